@@ -1,0 +1,1 @@
+"""FinOps Automation: find cloud waste and remove it, safely."""

@@ -1,0 +1,1 @@
+"""Pure domain: resources, policies, safety rules, pricing. No I/O, no adapters."""

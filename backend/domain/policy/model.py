@@ -1,0 +1,160 @@
+"""Policies as values: what to select, what to do, how carefully, and when."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+from croniter import croniter
+
+from backend.domain.policy.actions import ActionSpec, iam_permissions_for
+from backend.domain.policy.filters import Filter
+from backend.domain.policy.measures import MetricsFilter
+from backend.domain.resources import MetricSpec, ResourceKind
+
+__all__ = ["ActionSpec", "Limits", "Mode", "Notice", "Policy", "PolicyPack", "Risk", "Schedule"]
+
+
+class Mode(StrEnum):
+    REPORT = "report"  # list what matches; change nothing
+    APPROVAL = "approval"  # each change waits for a person
+    AUTO = "auto"  # change after the notice period; only for reversible actions
+
+
+class Risk(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When a policy runs: a five-field cron expression read in an IANA time zone, so that
+    `0 19 * * 1-5` stays 19:00 local across daylight saving changes."""
+
+    cron: str
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        fields = self.cron.split()
+        if len(fields) != 5 or not croniter.is_valid(self.cron):
+            raise ValueError(
+                f"bad cron expression {self.cron!r}; expected five fields: "
+                "minute hour day-of-month month day-of-week, e.g. '0 19 * * 1-5'"
+            )
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {self.timezone!r}; expected an IANA name "
+                "such as 'Europe/Paris' or 'UTC'"
+            ) from None
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    def next_after(self, moment: dt.datetime) -> dt.datetime:
+        """The first run strictly after `moment` (aware), in the schedule's zone."""
+        if moment.tzinfo is None:
+            raise ValueError("moment must be time zone aware")
+        result: dt.datetime = croniter(self.cron, moment.astimezone(self.zone)).get_next(
+            dt.datetime
+        )
+        return result
+
+    def is_due(self, last_run: dt.datetime, now: dt.datetime) -> bool:
+        """Whether a run fell due after `last_run`, up to and including `now`."""
+        return self.next_after(last_run) <= now
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Tell the owner before acting, and wait `grace_days` for an objection."""
+
+    notify: bool = False
+    grace_days: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.grace_days <= 90:
+            raise ValueError(f"'grace-days' must be between 0 and 90, got {self.grace_days}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps on one run, so that a wrong filter cannot sweep a whole fleet."""
+
+    max_actions_per_run: int | None = None
+    max_percent_of_fleet: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_actions_per_run is not None and not 1 <= self.max_actions_per_run <= 100_000:
+            raise ValueError(
+                "'max-actions-per-run' must be between 1 and 100000, got "
+                f"{self.max_actions_per_run}"
+            )
+        if self.max_percent_of_fleet is not None and not 0 < self.max_percent_of_fleet <= 100:
+            raise ValueError(
+                "'max-percent-of-fleet' must be above 0 and at most 100, got "
+                f"{self.max_percent_of_fleet:g}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    kind: ResourceKind
+    filters: Filter
+    action: ActionSpec
+    mode: Mode = Mode.REPORT
+    schedule: Schedule | None = None
+    notice: Notice = field(default_factory=Notice)
+    limits: Limits = field(default_factory=Limits)
+    risk: Risk = Risk.MEDIUM
+    description: str = ""
+    enabled: bool = True
+    source_file: str | None = None
+    source_line: int | None = None
+
+    @property
+    def metric_specs(self) -> frozenset[MetricSpec]:
+        return frozenset(f.spec for f in self.filters.walk() if isinstance(f, MetricsFilter))
+
+    @property
+    def source(self) -> str:
+        return f"{self.source_file or '<memory>'}:{self.source_line or 0}"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyPack:
+    policies: tuple[Policy, ...] = ()
+    by_name: Mapping[str, Policy] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        names: dict[str, Policy] = {}
+        for policy in self.policies:
+            if policy.name in names:
+                raise ValueError(f"duplicate policy name {policy.name!r}")
+            names[policy.name] = policy
+        object.__setattr__(self, "by_name", MappingProxyType(names))
+
+    def __iter__(self) -> Iterator[Policy]:
+        return iter(self.policies)
+
+    def __len__(self) -> int:
+        return len(self.policies)
+
+    def enabled(self) -> tuple[Policy, ...]:
+        return tuple(p for p in self.policies if p.enabled)
+
+    def for_kind(self, kind: ResourceKind) -> tuple[Policy, ...]:
+        return tuple(p for p in self.policies if p.kind is kind)
+
+    def iam_permissions(self, *, include_undo: bool = True) -> list[str]:
+        """IAM actions the enabled policies' actions (and their undo steps) call."""
+        uses = [(p.kind, p.action) for p in self.enabled() if p.mode is not Mode.REPORT]
+        return iam_permissions_for(uses, include_undo=include_undo)

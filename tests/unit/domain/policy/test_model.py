@@ -1,0 +1,100 @@
+"""Schedules (in time zones), notice, limits and the pack."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from backend.domain.policy import (
+    ActionSpec,
+    And,
+    Limits,
+    Mode,
+    Notice,
+    Policy,
+    PolicyPack,
+    Schedule,
+)
+from backend.domain.policy.actions import BackupParams
+from backend.domain.resources import ResourceKind
+
+PARIS = ZoneInfo("Europe/Paris")
+UTC = dt.UTC
+
+
+def test_schedule_runs_at_local_time_across_daylight_saving() -> None:
+    weekdays_19 = Schedule("0 19 * * 1-5", "Europe/Paris")
+    # Friday 29 March 2024, 20:00 in Paris (winter time) -> Monday 1 April, 19:00 summer time
+    after = dt.datetime(2024, 3, 29, 19, 0, tzinfo=UTC)
+    nxt = weekdays_19.next_after(after)
+    assert nxt == dt.datetime(2024, 4, 1, 19, 0, tzinfo=PARIS)
+    assert nxt.astimezone(UTC) == dt.datetime(2024, 4, 1, 17, 0, tzinfo=UTC)
+    # in winter the same 19:00 is 18:00 UTC
+    winter = weekdays_19.next_after(dt.datetime(2024, 1, 8, 12, 0, tzinfo=UTC))
+    assert winter.astimezone(UTC) == dt.datetime(2024, 1, 8, 18, 0, tzinfo=UTC)
+
+
+def test_schedule_due() -> None:
+    schedule = Schedule("0 19 * * 1-5", "America/New_York")
+    last = dt.datetime(2024, 6, 3, 22, 0, tzinfo=UTC)  # Monday 18:00 in New York
+    assert not schedule.is_due(last, dt.datetime(2024, 6, 3, 22, 59, tzinfo=UTC))
+    assert schedule.is_due(last, dt.datetime(2024, 6, 3, 23, 0, tzinfo=UTC))
+    assert Schedule("*/15 * * * *").timezone == "UTC"
+    with pytest.raises(ValueError, match="aware"):
+        schedule.next_after(dt.datetime(2024, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("cron", "zone", "message"),
+    [
+        ("0 25 * * *", "UTC", "bad cron expression"),
+        ("0 19 * * 1-5 2024", "UTC", "five fields"),
+        ("every day", "UTC", "bad cron"),
+        ("0 19 * * 1-5", "Mars/Olympus", "unknown time zone"),
+        ("0 19 * * 1-5", "../etc/passwd", "unknown time zone"),
+    ],
+)
+def test_schedule_validation(cron: str, zone: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Schedule(cron, zone)
+
+
+def test_notice_and_limits_ranges() -> None:
+    assert Notice(True, 7).grace_days == 7
+    with pytest.raises(ValueError, match="grace-days"):
+        Notice(True, 91)
+    with pytest.raises(ValueError, match="max-actions-per-run"):
+        Limits(0)
+    with pytest.raises(ValueError, match="max-percent-of-fleet"):
+        Limits(None, 0)
+    with pytest.raises(ValueError, match="max-percent-of-fleet"):
+        Limits(None, 100.5)
+    assert Limits(1, 100).max_percent_of_fleet == 100
+
+
+def make(name: str, kind: ResourceKind, action: ActionSpec, **kw: object) -> Policy:
+    return Policy(name, kind, And(()), action, **kw)  # type: ignore[arg-type]
+
+
+def test_pack() -> None:
+    delete = ActionSpec("delete", BackupParams())
+    a = make("a", ResourceKind.EBS_VOLUME, delete, mode=Mode.APPROVAL)
+    b = make("b", ResourceKind.EC2_INSTANCE, ActionSpec("stop"), enabled=False)
+    c = make("c", ResourceKind.EC2_INSTANCE, ActionSpec("stop"))  # report mode
+    pack = PolicyPack((a, b, c))
+    assert pack.by_name["b"] is b
+    assert list(pack) == [a, b, c]
+    assert len(pack) == 3
+    assert pack.enabled() == (a, c)
+    assert pack.for_kind(ResourceKind.EC2_INSTANCE) == (b, c)
+    # report-mode and disabled policies call nothing
+    assert pack.iam_permissions(include_undo=False) == [
+        "ec2:CreateSnapshot",
+        "ec2:CreateTags",
+        "ec2:DeleteVolume",
+    ]
+    with pytest.raises(ValueError, match="duplicate"):
+        PolicyPack((a, a))
+    assert hash(a) == hash(make("a", ResourceKind.EBS_VOLUME, delete, mode=Mode.APPROVAL))
