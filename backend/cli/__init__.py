@@ -1,0 +1,13 @@
+"""The `finops` command. Each group lives in its own module; this one wires them up."""
+
+from __future__ import annotations
+
+import sys
+
+from backend.cli.app import app
+
+
+def main() -> None:
+    from backend.cli import db, demo, policy, scan  # noqa: F401 - registers the commands
+
+    sys.exit(app(standalone_mode=True))

@@ -1,0 +1,63 @@
+"""The Typer application and the error handling every command shares."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from backend.config import Settings, SettingsError, get_settings
+
+app = typer.Typer(
+    name="finops",
+    help="Find AWS waste and remove it, safely. Dry-run unless told otherwise.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The database: migrations.", no_args_is_help=True)
+policy_app = typer.Typer(help="Policies: validate and list.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(policy_app, name="policy")
+
+console = Console()
+err = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class CommandError(Exception):
+    """A problem to print as one clear line, then exit with `code`."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Known failures print what is wrong and how to fix it, never a traceback."""
+    from backend.core.database import DatabaseUnavailableError
+    from backend.core.migrations import SchemaOutOfDateError
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except SettingsError as exc:
+            err.print(f"[red]configuration error[/red]\n{exc}", highlight=False)
+            raise typer.Exit(2) from None
+        except (DatabaseUnavailableError, SchemaOutOfDateError) as exc:
+            err.print(f"[red]database error:[/red] {exc}", highlight=False)
+            raise typer.Exit(3) from None
+        except CommandError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(exc.code) from None
+
+    return wrapper
+
+
+def settings() -> Settings:
+    return get_settings()

@@ -1,0 +1,72 @@
+"""`finops demo`: a whole scan of a simulated account, with no servers and no credentials."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from backend.cli.app import app, console, handle_errors, settings
+from backend.cli.render import print_opportunities, print_summary
+from backend.core.migrations import ensure_schema
+from backend.core.scan_service import ScanOutcome, ScanService
+from backend.providers.aws.session import AwsClients
+
+DEFAULT_PACK = Path(__file__).resolve().parents[2] / "policies"
+
+
+@app.command()
+@handle_errors
+def demo(
+    instances: Annotated[int, typer.Option(help="EC2 instances per region.")] = 120,
+    seed: Annotated[int, typer.Option(help="Random seed of the simulated fleet.")] = 42,
+    policies: Annotated[Path, typer.Option(help="Policy pack to evaluate.")] = DEFAULT_PACK,
+) -> None:
+    """Create a simulated AWS account in-process, scan it, and show its waste and traps."""
+    import boto3
+    from moto import mock_aws
+
+    from backend.cli.scan import load_policies
+    from backend.demo.fleet import seed_demo_fleet
+
+    cfg = settings()
+    pack = load_policies([policies])
+    ensure_schema()
+    # The simulated account never talks to a real endpoint, whatever the environment says.
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    regions = ("us-east-1", "eu-west-1")
+    with mock_aws():
+        started = time.perf_counter()
+
+        def client(service: str, region: str) -> Any:
+            return boto3.client(service, region_name=region)
+
+        fleet = seed_demo_fleet(client, regions, seed=seed, instances_per_region=instances)
+        console.print(
+            f"simulated account seeded: {fleet.total} resources in "
+            f"{', '.join(regions)} ({time.perf_counter() - started:.1f}s)"
+        )
+        service = ScanService(cfg, clients=AwsClients(endpoint_url=None))
+        outcome = service.run(pack=pack, regions=list(regions))
+    print_summary(console, outcome)
+    print_opportunities(console, outcome)
+    _print_traps(outcome, fleet.traps)
+    console.print(
+        f"database: {cfg.effective_database_url}  (scan {outcome.scan_id})", highlight=False
+    )
+
+
+def _print_traps(outcome: ScanOutcome, traps: Any) -> None:
+    """Which traps a policy selected: the safety rules judge those before anything acts."""
+    selected: dict[str, set[str]] = {}
+    for opp in outcome.opportunities:
+        selected.setdefault(opp.resource.resource_id, set()).add(opp.policy)
+    console.print("Traps in the simulated account (what a careless tool would harm):")
+    for trap, ids in traps.items():
+        hit = sorted({p for rid in ids for p in selected.get(rid, ())})
+        note = f"selected by {', '.join(hit)}" if hit else "selected by no policy"
+        console.print(f"  {trap:24} {len(ids):3} resource(s)  {note}", highlight=False)

@@ -1,0 +1,182 @@
+"""Settings, read from the environment (and a `.env` file) the first time they are asked for.
+
+Nothing here runs at import: call `get_settings()`. A bad value raises `SettingsError`, whose
+message names the variable and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REGION_PATTERN = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
+ACCOUNT_PATTERN = re.compile(r"^\d{12}$")
+ROLE_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+DEFAULT_SECRET = "change-me"  # refused outside development
+
+
+class SettingsError(RuntimeError):
+    """The configuration cannot be used; the message names each bad variable."""
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FINOPS_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Field(default=Path("./.finops"))
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "FINOPS_DATABASE_URL")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "FINOPS_REDIS_URL")
+    )
+    cost_optimization_role_arn: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("COST_OPTIMIZATION_ROLE_ARN", "FINOPS_ROLE_ARN"),
+    )
+    # Role assumed in each listed account: arn:aws:iam::<account>:role/<role_name>.
+    role_name: str | None = None
+    accounts: CsvList = Field(default_factory=list)
+    regions: CsvList = Field(default_factory=lambda: ["us-east-1"])
+    aws_endpoint_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "FINOPS_AWS_ENDPOINT_URL")
+    )
+    protected_tag_key: str = "env"
+    protected_tag_values: CsvList = Field(default_factory=lambda: ["prod", "production"])
+    opt_out_tag: str = "finops:opt-out"
+    dry_run: bool = True
+    metrics_window_days: int = Field(default=14, ge=1, le=455)
+    scan_concurrency: int = Field(default=8, ge=1, le=64)
+    price_overrides: Path | None = None
+    secret_key: str = DEFAULT_SECRET
+
+    @field_validator("accounts", "regions", "protected_tag_values", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, value: list[str]) -> list[str]:
+        bad = [r for r in value if not REGION_PATTERN.match(r)]
+        if bad:
+            raise ValueError(f"not an AWS region name: {', '.join(bad)} (e.g. us-east-1)")
+        if not value:
+            raise ValueError("at least one region is needed")
+        return value
+
+    @field_validator("accounts")
+    @classmethod
+    def _accounts(cls, value: list[str]) -> list[str]:
+        bad = [a for a in value if not ACCOUNT_PATTERN.match(a)]
+        if bad:
+            raise ValueError(f"not a 12-digit AWS account id: {', '.join(bad)}")
+        return value
+
+    @field_validator("cost_optimization_role_arn")
+    @classmethod
+    def _role_arn(cls, value: str | None) -> str | None:
+        if value and not ROLE_ARN_PATTERN.match(value):
+            raise ValueError(
+                f"{value!r} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"
+            )
+        return value or None
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:// or postgresql:// URL")
+        return value or None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value or None
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured URL, or SQLite in the data directory (the embedded default)."""
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite:///{(self.data_dir / 'finops.db').resolve()}"
+
+    @property
+    def role_name_for_accounts(self) -> str | None:
+        if self.role_name:
+            return self.role_name
+        if self.cost_optimization_role_arn:
+            return self.cost_optimization_role_arn.split(":role/", 1)[1]
+        return None
+
+    def require_safe_secret(self) -> None:
+        if self.environment != "development" and self.secret_key == DEFAULT_SECRET:
+            raise SettingsError(
+                "FINOPS_SECRET_KEY: the default secret is refused outside development; "
+                "set a long random value"
+            )
+
+
+def normalise_database_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL whatever driver the URL names (or none)."""
+    for prefix in ("postgresql+psycopg2://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning validation errors into SettingsError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        env_name = _ENV_NAMES.get(field, "FINOPS_" + field.upper())
+        lines.append(f"  {env_name}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+_ENV_NAMES = {
+    "database_url": "DATABASE_URL",
+    "redis_url": "REDIS_URL",
+    "cost_optimization_role_arn": "COST_OPTIMIZATION_ROLE_ARN",
+    "aws_endpoint_url": "AWS_ENDPOINT_URL",
+    "DATABASE_URL": "DATABASE_URL",
+    "REDIS_URL": "REDIS_URL",
+    "COST_OPTIMIZATION_ROLE_ARN": "COST_OPTIMIZATION_ROLE_ARN",
+    "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def reset_settings_cache() -> None:
+    """Forget the cached settings (tests, and after the environment changes)."""
+    get_settings.cache_clear()

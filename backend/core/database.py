@@ -1,0 +1,120 @@
+"""Engines and sessions. Nothing connects at import; the first call builds what it needs.
+
+Callers own transactions: `with session_scope() as session:` commits on success and rolls
+back on error. Repositories only query and add.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from backend.config import get_settings
+
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The database cannot be reached or used; the message says which and why."""
+
+
+def database_url() -> str:
+    return get_settings().effective_database_url
+
+
+def redacted(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """One engine per URL for the life of the process."""
+    url = url or database_url()
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _build_engine(url)
+            _engines[url] = engine
+        return engine
+
+
+def _build_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args={"connect_timeout": 5}
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run beside the one writer; foreign keys are off by default in SQLite.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def dispose_engines() -> None:
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def session_factory(url: str | None = None) -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A transaction: commit when the block ends, roll back if it raises."""
+    session = session_factory(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def check_database(url: str | None = None) -> None:
+    """Raise DatabaseUnavailableError naming the database and the cause, or return."""
+    url = url or database_url()
+    try:
+        with get_engine(url).connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        original = getattr(exc, "orig", None) or exc
+        cause = (str(original).strip().splitlines() or [type(original).__name__])[0]
+        raise DatabaseUnavailableError(f"cannot use database {redacted(url)}: {cause}") from exc
+
+
+def get_db(url: str | None = None) -> Session | None:
+    """A session on a database that answered, or None (with the reason on stderr).
+
+    The runbook probes with `print('DB OK' if get_db() else 'DB FAIL')`. The caller closes
+    the session.
+    """
+    try:
+        check_database(url)
+    except DatabaseUnavailableError as exc:
+        print(f"database check failed: {exc}", file=sys.stderr)
+        return None
+    return session_factory(url)()

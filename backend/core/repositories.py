@@ -1,0 +1,314 @@
+"""Queries over the tables. Repositories add and query; the caller owns the transaction.
+
+The runbook calls `ActionRepository().get_failed_actions(hours=24)` with no session: a
+repository made without one opens a short read-only session per call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import CursorResult, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from backend.core.models import (
+    ActionRow,
+    MetricSummaryRow,
+    OpportunityRow,
+    ResourceRow,
+    ScanRunRow,
+)
+from backend.core.types import utcnow
+from backend.core.upsert import upsert_rows
+from backend.domain.resources import MetricSpec, Resource, ResourceKind
+
+T = TypeVar("T")
+PartKey = tuple[str, str, str]  # (account, region, kind)
+
+
+class _Repository:
+    def __init__(self, session: Session | None = None) -> None:
+        self._session = session
+
+    @contextmanager
+    def _use(self) -> Iterator[Session]:
+        if self._session is not None:
+            yield self._session
+            return
+        from backend.core.database import session_scope
+
+        with session_scope() as session:
+            yield session
+
+
+class ResourceRepository(_Repository):
+    def upsert_many(
+        self,
+        resources: Iterable[Resource],
+        *,
+        scan_id: int,
+        seen_at: dt.datetime,
+        cost: Callable[[Resource], tuple[float | None, str | None]],
+    ) -> int:
+        rows = []
+        for r in resources:
+            monthly, unknown = cost(r)
+            rows.append(
+                {
+                    "account_id": r.account_id,
+                    "region": r.region,
+                    "kind": r.kind.value,
+                    "resource_id": r.resource_id,
+                    "state": r.state,
+                    "tags": dict(r.tags),
+                    "attributes": dict(r.attributes),
+                    "created_at": r.created_at,
+                    "state_changed_at": r.state_changed_at,
+                    "monthly_cost": monthly,
+                    "cost_unknown": unknown,
+                    "first_seen": seen_at,
+                    "last_seen": seen_at,
+                    "gone_at": None,
+                    "last_scan_id": scan_id,
+                }
+            )
+        with self._use() as session:
+            for i in range(0, len(rows), 2000):
+                upsert_rows(
+                    session,
+                    ResourceRow,
+                    rows[i : i + 2000],
+                    conflict_columns=("account_id", "region", "kind", "resource_id"),
+                    update_columns=(
+                        "state",
+                        "tags",
+                        "attributes",
+                        "created_at",
+                        "state_changed_at",
+                        "monthly_cost",
+                        "cost_unknown",
+                        "last_seen",
+                        "gone_at",
+                        "last_scan_id",
+                    ),
+                )
+        return len(rows)
+
+    def mark_gone(self, part: PartKey, *, scan_id: int, at: dt.datetime) -> int:
+        """Resources of a part that this scan saw completely, but that it did not find."""
+        account, region, kind = part
+        with self._use() as session:
+            result = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(ResourceRow)
+                    .where(
+                        ResourceRow.account_id == account,
+                        ResourceRow.region == region,
+                        ResourceRow.kind == kind,
+                        ResourceRow.gone_at.is_(None),
+                        or_(
+                            ResourceRow.last_scan_id.is_(None), ResourceRow.last_scan_id != scan_id
+                        ),
+                    )
+                    .values(gone_at=at)
+                ),
+            )
+            return int(result.rowcount or 0)
+
+    def primary_keys(self, scan_id: int) -> dict[tuple[str, str, str, str], int]:
+        with self._use() as session:
+            rows = session.execute(
+                select(
+                    ResourceRow.id,
+                    ResourceRow.account_id,
+                    ResourceRow.region,
+                    ResourceRow.kind,
+                    ResourceRow.resource_id,
+                ).where(ResourceRow.last_scan_id == scan_id)
+            )
+            return {(a, r, k, rid): pk for pk, a, r, k, rid in rows}
+
+    def live(
+        self,
+        *,
+        kinds: Sequence[str] = (),
+        accounts: Sequence[str] = (),
+        regions: Sequence[str] = (),
+    ) -> list[Resource]:
+        query = select(ResourceRow).where(ResourceRow.gone_at.is_(None))
+        if kinds:
+            query = query.where(ResourceRow.kind.in_(kinds))
+        if accounts:
+            query = query.where(ResourceRow.account_id.in_(accounts))
+        if regions:
+            query = query.where(ResourceRow.region.in_(regions))
+        with self._use() as session:
+            return [to_resource(row) for row in session.scalars(query)]
+
+    def cost_summary(self) -> list[tuple[str, str, str, int, float, int]]:
+        """(kind, account, region, count, monthly cost, count priced unknown) of live ones."""
+        with self._use() as session:
+            rows = session.execute(
+                select(
+                    ResourceRow.kind,
+                    ResourceRow.account_id,
+                    ResourceRow.region,
+                    func.count(),
+                    func.coalesce(func.sum(ResourceRow.monthly_cost), 0.0),
+                    func.count(ResourceRow.cost_unknown),
+                )
+                .where(ResourceRow.gone_at.is_(None))
+                .group_by(ResourceRow.kind, ResourceRow.account_id, ResourceRow.region)
+                .order_by(ResourceRow.kind, ResourceRow.account_id, ResourceRow.region)
+            )
+            return [(k, a, r, int(n), float(c or 0.0), int(u)) for k, a, r, n, c, u in rows]
+
+
+def to_resource(row: ResourceRow) -> Resource:
+    return Resource(
+        kind=ResourceKind(row.kind),
+        resource_id=row.resource_id,
+        account_id=row.account_id,
+        region=row.region,
+        state=row.state,
+        tags=row.tags or {},
+        attributes=row.attributes or {},
+        created_at=row.created_at,
+        state_changed_at=row.state_changed_at,
+    )
+
+
+class ScanRepository(_Repository):
+    def start(self, *, accounts: Sequence[str], regions: Sequence[str]) -> ScanRunRow:
+        with self._use() as session:
+            row = ScanRunRow(accounts={"ids": list(accounts)}, regions={"names": list(regions)})
+            session.add(row)
+            session.flush()
+            return row
+
+    def latest(self) -> ScanRunRow | None:
+        with self._use() as session:
+            return session.scalars(select(ScanRunRow).order_by(ScanRunRow.id.desc())).first()
+
+
+class MetricRepository(_Repository):
+    def upsert_many(
+        self, values: Iterable[tuple[int, MetricSpec, float | None]], *, at: dt.datetime
+    ) -> None:
+        rows = [
+            {
+                "resource_pk": pk,
+                "namespace": s.namespace,
+                "metric": s.metric,
+                "statistic": s.statistic,
+                "days": s.days,
+                "value": v,
+                "collected_at": at,
+            }
+            for pk, s, v in values
+        ]
+        with self._use() as session:
+            upsert_rows(
+                session,
+                MetricSummaryRow,
+                rows,
+                conflict_columns=("resource_pk", "namespace", "metric", "statistic", "days"),
+                update_columns=("value", "collected_at"),
+            )
+
+
+class OpportunityRepository(_Repository):
+    def record(
+        self,
+        found: Sequence[dict[str, Any]],
+        *,
+        policies: Sequence[str],
+        at: dt.datetime,
+        scan_id: int,
+    ) -> tuple[int, int]:
+        """Upsert what the policies found now; resolve their open ones not found again.
+
+        Only opportunities on resources this scan saw (or found gone) are resolved: a part
+        that failed to scan says nothing about its resources.
+
+        `found` rows hold policy_name, resource_pk, action, params, evidence, savings.
+        Returns (open now, resolved now).
+        """
+        rows = [
+            {**row, "status": "open", "first_found": at, "last_seen": at, "resolved_at": None}
+            for row in found
+        ]
+        with self._use() as session:
+            for i in range(0, len(rows), 2000):
+                upsert_rows(
+                    session,
+                    OpportunityRow,
+                    rows[i : i + 2000],
+                    conflict_columns=("policy_name", "resource_pk"),
+                    update_columns=(
+                        "action",
+                        "params",
+                        "evidence",
+                        "estimated_monthly_savings",
+                        "savings_unknown",
+                        "status",
+                        "last_seen",
+                        "resolved_at",
+                    ),
+                )
+            resolved = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(OpportunityRow)
+                    .where(
+                        OpportunityRow.policy_name.in_(policies),
+                        OpportunityRow.status == "open",
+                        OpportunityRow.last_seen < at,
+                    )
+                    .values(status="resolved", resolved_at=at)
+                ),
+            )
+            return len(rows), int(resolved.rowcount or 0)
+
+    def open_summary(self) -> list[tuple[str, int, float]]:
+        with self._use() as session:
+            rows = session.execute(
+                select(
+                    OpportunityRow.policy_name,
+                    func.count(),
+                    func.coalesce(func.sum(OpportunityRow.estimated_monthly_savings), 0.0),
+                )
+                .where(OpportunityRow.status == "open")
+                .group_by(OpportunityRow.policy_name)
+                .order_by(OpportunityRow.policy_name)
+            )
+            return [(p, int(n), float(s or 0.0)) for p, n, s in rows]
+
+
+class ActionRepository(_Repository):
+    def get_failed_actions(self, hours: float = 24) -> list[dict[str, Any]]:
+        """Actions that failed in the last `hours`, newest first, as plain dicts."""
+        since = utcnow() - dt.timedelta(hours=hours)
+        with self._use() as session:
+            rows = session.scalars(
+                select(ActionRow)
+                .where(and_(ActionRow.state == "failed", ActionRow.updated_at >= since))
+                .order_by(ActionRow.updated_at.desc())
+            )
+            return [action_summary(row) for row in rows]
+
+
+def action_summary(row: ActionRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "policy": row.policy_name,
+        "action": row.action,
+        "state": row.state,
+        "resource": f"{row.account_id}/{row.region}/{row.kind}/{row.resource_id}",
+        "error": row.error,
+        "updated_at": row.updated_at.isoformat(),
+    }

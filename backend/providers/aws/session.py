@@ -1,0 +1,103 @@
+"""boto3 sessions and clients per account: the caller's own, or an assumed role.
+
+Clients are cached per (account, region, service); boto3 sessions are not thread-safe to
+build clients from concurrently, so client creation takes a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from backend.providers.aws.retry import call
+
+# Our own retry policy (tenacity) owns retries; botocore's would multiply them.
+_BOTO_CONFIG = Config(
+    retries={"max_attempts": 1, "mode": "standard"},
+    max_pool_connections=32,
+    connect_timeout=10,
+    read_timeout=60,
+)
+
+
+@dataclass(frozen=True)
+class AccountTarget:
+    """An account to act in: its id, and the role to assume there (None: own credentials)."""
+
+    account_id: str | None
+    role_arn: str | None = None
+
+
+class AwsClients:
+    """Hands out clients per (account, region, service), assuming roles as needed."""
+
+    def __init__(self, endpoint_url: str | None = None, base_session: Any = None) -> None:
+        self._endpoint_url = endpoint_url
+        self._base = base_session or boto3.session.Session()
+        self._lock = threading.Lock()
+        self._sessions: dict[str | None, Any] = {}
+        self._clients: dict[tuple[str | None, str, str], Any] = {}
+        self._caller_account: str | None = None
+
+    def caller_account(self) -> str:
+        """The account of the base credentials (STS GetCallerIdentity), asked once."""
+        with self._lock:
+            if self._caller_account is None:
+                sts = self._make_client(self._base, "sts", "us-east-1")
+                self._caller_account = str(call(sts.get_caller_identity)["Account"])
+            return self._caller_account
+
+    def client(self, target: AccountTarget, service: str, region: str) -> Any:
+        key = (target.role_arn, service, region)
+        with self._lock:
+            cached = self._clients.get(key)
+            if cached is not None:
+                return cached
+            session = self._session_for(target)
+            made = self._make_client(session, service, region)
+            self._clients[key] = made
+            return made
+
+    def _session_for(self, target: AccountTarget) -> Any:
+        if target.role_arn is None:
+            return self._base
+        session = self._sessions.get(target.role_arn)
+        if session is None:
+            sts = self._make_client(self._base, "sts", "us-east-1")
+            creds = call(
+                sts.assume_role, RoleArn=target.role_arn, RoleSessionName="finops-automation"
+            )["Credentials"]
+            session = boto3.session.Session(
+                aws_access_key_id=creds["AccessKeyId"],
+                aws_secret_access_key=creds["SecretAccessKey"],
+                aws_session_token=creds["SessionToken"],
+            )
+            self._sessions[target.role_arn] = session
+        return session
+
+    def _make_client(self, session: Any, service: str, region: str) -> Any:
+        return session.client(
+            service, region_name=region, endpoint_url=self._endpoint_url, config=_BOTO_CONFIG
+        )
+
+
+def account_targets(
+    accounts: list[str], role_name: str | None, role_arn: str | None
+) -> list[AccountTarget]:
+    """The accounts to scan: each listed one through its role, or the configured role, or us.
+
+    An account listed without a role name to assume is reached with the caller's own
+    credentials (it must then be the caller's account; the scanner checks).
+    """
+    if accounts:
+        return [
+            AccountTarget(a, f"arn:aws:iam::{a}:role/{role_name}" if role_name else None)
+            for a in accounts
+        ]
+    if role_arn:
+        return [AccountTarget(role_arn.split(":")[4], role_arn)]
+    return [AccountTarget(None, None)]
