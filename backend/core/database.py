@@ -6,9 +6,10 @@ back on error. Repositories only query and add.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # The SQL policy compiler's regex on SQLite: Python's own re, so the meaning is the same.
+    dbapi_connection.create_function("finops_regex_match", 3, _regex_match, deterministic=True)
+
+
+def _regex_match(pattern: str, text: str | None, ignore_case: int) -> int | None:
+    if text is None:
+        return None
+    return int(re.match(pattern, text, re.IGNORECASE if ignore_case else 0) is not None)
 
 
 def dispose_engines() -> None:
@@ -81,9 +90,11 @@ def session_factory(url: str | None = None) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
+def session_scope(
+    url: str | None = None, *, factory: Callable[[], Session] | None = None
+) -> Iterator[Session]:
     """A transaction: commit when the block ends, roll back if it raises."""
-    session = session_factory(url)()
+    session = (factory or session_factory(url))()
     try:
         yield session
         session.commit()

@@ -7,7 +7,7 @@ never reported as $0. Amounts are USD per month of `table.hours_per_month` hours
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
@@ -59,6 +59,55 @@ _IOPS_TIERS: Final[Mapping[str, tuple[tuple[int | None, str], ...]]] = {
 }
 _DECIMALS: Final = 4  # hundredths of a cent: hides float noise, keeps sums exact enough
 _NO_PARAMS: Final[Mapping[str, Any]] = MappingProxyType({})
+
+
+# Everything a price reads besides kind, region and state: dotted attribute paths. Pricing
+# many resources at once prices each distinct combination of these once (tests hold the
+# price model to this list).
+PRICING_FIELDS: dict[ResourceKind, tuple[str, ...]] = {
+    ResourceKind.EC2_INSTANCE: (
+        "InstanceType",
+        "Platform",
+        "PlatformDetails",
+        "InstanceLifecycle",
+        "Placement.Tenancy",
+    ),
+    ResourceKind.EBS_VOLUME: ("VolumeType", "Size", "Iops", "Throughput"),
+    ResourceKind.EBS_SNAPSHOT: ("VolumeSize", "StorageTier"),
+    ResourceKind.AMI: (),
+    ResourceKind.ELASTIC_IP: (),
+    ResourceKind.LOAD_BALANCER: ("Type",),
+    ResourceKind.RDS_INSTANCE: (
+        "DBInstanceClass",
+        "Engine",
+        "MultiAZ",
+        "AllocatedStorage",
+        "StorageType",
+        "Iops",
+        "StorageThroughput",
+    ),
+}
+
+
+def pricing_stub(kind: ResourceKind, region: str, state: str, values: Sequence[Any]) -> Resource:
+    """A resource holding only the pricing fields (`values` in PRICING_FIELDS order)."""
+    attributes: dict[str, Any] = {}
+    for path, value in zip(PRICING_FIELDS[kind], values, strict=True):
+        if value is None:
+            continue
+        *parents, leaf = path.split(".")
+        node = attributes
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return Resource(
+        kind=kind,
+        resource_id="pricing-stub",
+        account_id="",
+        region=region,
+        state=state,
+        attributes=attributes,
+    )
 
 
 def _money(value: float) -> str:

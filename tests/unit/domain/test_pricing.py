@@ -359,3 +359,55 @@ def test_region_without_a_section_is_unknown_not_zero() -> None:
 )
 def test_recommend_instance_type(current: str, cpu: float | None, expected: str | None) -> None:
     assert recommend_instance_type(current, cpu) == expected
+
+
+def test_prices_read_only_the_declared_pricing_fields() -> None:
+    """The stored evaluator prices one stub per distinct PRICING_FIELDS combination."""
+    from backend.domain.policy.values import lookup
+    from backend.domain.pricing import PRICING_FIELDS, pricing_stub
+
+    noisy = {
+        "Tags": [{"Key": "x"}],
+        "LaunchTime": "2024-01-01",
+        "SubnetId": "subnet-1",
+        "Placement": {"AvailabilityZone": "us-east-1a", "Tenancy": "default"},
+    }
+    samples = [
+        (
+            ec2("m5.xlarge"),
+            [
+                ("stop", {}),
+                ("resize", {"instance_type": "m5.large"}),
+                ("rightsize", {"cpu_average": 3.0}),
+                ("terminate", {}),
+            ],
+        ),
+        (
+            volume("gp2", 500),
+            [
+                ("delete", {"backup": True}),
+                ("delete", {"backup": False}),
+                ("modify-volume", {"volume_type": "gp3"}),
+            ],
+        ),
+    ]
+    for resource, actions in samples:
+        full = Resource(
+            kind=resource.kind,
+            resource_id="x",
+            account_id="1",
+            region=resource.region,
+            state=resource.state,
+            attributes={**noisy, **resource.attributes},
+        )
+        stub = pricing_stub(
+            full.kind,
+            full.region,
+            full.state,
+            [lookup(full, path) for path in PRICING_FIELDS[full.kind]],
+        )
+        assert monthly_cost(full, TABLE) == monthly_cost(stub, TABLE)
+        for action, params in actions:
+            assert estimate_savings(action, full, TABLE, params) == estimate_savings(
+                action, stub, TABLE, params
+            ), action

@@ -1,0 +1,328 @@
+"""Policy filters compiled to SQL, for evaluating a stored inventory where it lies.
+
+SQL's NULL is Kleene's UNKNOWN, so the tree of and/or/not maps one to one. Each leaf is
+written to give exactly what the Python filter gives (TRUE, FALSE, or UNKNOWN where the
+metric summary was never collected). Anything outside the subset below compiles to None,
+and the caller evaluates that policy in Python instead: nothing is approximated.
+
+Compiled: value filters on tags, record fields and attribute paths (string equality and
+lists, absent/present, regex, numeric comparison of JSON numbers), age, metrics, and the
+relations unattached, unassociated, orphaned, backs-ami (PostgreSQL) and no-healthy-targets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Float,
+    and_,
+    case,
+    cast,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    null,
+    or_,
+    select,
+    true,
+    type_coerce,
+)
+from sqlalchemy.orm import aliased
+
+from backend.core.models import MetricSummaryRow, ResourceRow
+from backend.domain.policy.filters import And, Filter, Not, Or
+from backend.domain.policy.measures import AgeFilter, MetricsFilter
+from backend.domain.policy.relations import (
+    BacksAmi,
+    NoHealthyTargets,
+    Orphaned,
+    Unassociated,
+    Unattached,
+)
+from backend.domain.policy.values import RECORD_FIELDS, ValueFilter
+from backend.domain.resources import MetricSpec, ResourceKind
+
+Predicate = ColumnElement[bool]
+_DECIMAL = r"^\s*[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
+_NUMERIC_TEXT = re.compile(r"^\s*[-+]?(\d|\.\d|inf|nan)", re.IGNORECASE)
+# Regexes that mean the same in Python's re and PostgreSQL's ARE.
+_PORTABLE_REGEX = re.compile(r"^[\w\s^$.*+?()|\[\]\\\-:/,{}=@#%&!<>']*$")
+_COLUMNS: dict[str, Any] = {
+    "state": ResourceRow.state,
+    "region": ResourceRow.region,
+    "account": ResourceRow.account_id,
+    "id": ResourceRow.resource_id,
+    "kind": ResourceRow.kind,
+}
+_PLACEHOLDERS: dict[str, Any] = {
+    "{account_id}": ResourceRow.account_id,
+    "{region}": ResourceRow.region,
+}
+_OPS = {"gt": "__gt__", "ge": "__ge__", "lt": "__lt__", "le": "__le__", "eq": "__eq__"}
+
+
+class NotCompilableError(Exception):
+    """This filter has no exact SQL form here; evaluate its policy in Python."""
+
+
+def _text_like(value: Any) -> bool:
+    """A string Python would compare as text only (not as a number or a boolean)."""
+    return (
+        isinstance(value, str)
+        and not _NUMERIC_TEXT.match(value)
+        and value.lower() not in ("true", "false")
+    )
+
+
+class SqlCompiler:
+    """Turns a filter tree into a predicate over `ResourceRow` for one dialect."""
+
+    def __init__(
+        self,
+        dialect: str,
+        now: dt.datetime,
+        metric_columns: Mapping[MetricSpec, tuple[ColumnElement[Any], ColumnElement[Any]]]
+        | None = None,
+    ) -> None:
+        """`metric_columns`: spec -> (summary row id, value) of a LEFT JOIN the caller made;
+        without it a metric filter reads its summary through a correlated subquery."""
+        self.dialect = dialect
+        self.now = now
+        self.metric_columns = metric_columns or {}
+        # jsonb_typeof says 'string'; SQLite's json_type says 'text'
+        self.string_type = "string" if dialect == "postgresql" else "text"
+
+    def compile(self, node: Filter) -> Predicate | None:
+        try:
+            return self._node(node)
+        except NotCompilableError:
+            return None
+
+    def _node(self, node: Filter) -> Predicate:
+        if isinstance(node, And):
+            return and_(*[self._node(f) for f in node.filters])
+        if isinstance(node, Or):
+            return or_(*[self._node(f) for f in node.filters])
+        if isinstance(node, Not):
+            return not_(self._node(node.filter))
+        return type_coerce(self._leaf(node), Boolean)  # a verdict, whatever SQL infers
+
+    def _leaf(self, node: Filter) -> Predicate:
+        if isinstance(node, ValueFilter):
+            return self._value(node)
+        if isinstance(node, AgeFilter):
+            return self._age(node)
+        if isinstance(node, MetricsFilter):
+            return self._metric(node)
+        return self._relation(node)
+
+    # -- values ------------------------------------------------------------------------
+    def _path(self, key: str) -> tuple[ColumnElement[Any], ColumnElement[Any] | None]:
+        """(text value, JSON type or None when the value is always text)."""
+        if key.startswith("tag:"):
+            return ResourceRow.tags[key[4:]].as_string(), None
+        if key in RECORD_FIELDS:
+            return _COLUMNS[key], None
+        parts: list[str | int] = []
+        for part in key.replace("[", ".").replace("]", "").split("."):
+            if not part:
+                raise NotCompilableError(key)
+            parts.append(int(part) if part.isdigit() else part)
+        element = ResourceRow.attributes[tuple(parts)]
+        if self.dialect == "postgresql":
+            kind = func.jsonb_typeof(element)
+        else:
+            path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f'."{p}"' for p in parts)
+            kind = func.json_type(ResourceRow.attributes, path)
+        return element.as_string(), kind
+
+    def _value(self, node: ValueFilter) -> Predicate:
+        text, json_type = self._path(node.key)
+        if node.op in ("eq", "ne") and node.value in _PLACEHOLDERS:
+            # `OwnerId: "{account_id}"`: the resource's own account (or region)
+            own: Predicate = func.coalesce(
+                and_(json_type == self.string_type, text == _PLACEHOLDERS[node.value])
+                if json_type is not None
+                else text == _PLACEHOLDERS[node.value],
+                false(),
+            )
+            return own if node.op == "eq" else not_(own)
+        if node.fold_case or node.normalize or "{" in str(node.value):
+            raise NotCompilableError("case folding or placeholders")
+        if node.op == "absent":
+            return text.is_(None)
+        if node.op == "present":
+            return text.is_not(None)
+        if node.op in ("eq", "ne", "in", "not-in"):
+            values = node.value if isinstance(node.value, tuple) else (node.value,)
+            if all(_text_like(v) for v in values):
+                found = text.in_(values) if len(values) > 1 else text == values[0]
+                if json_type is not None:
+                    found = and_(json_type == self.string_type, found)
+                found = func.coalesce(found, false())
+                return not_(found) if node.op in ("ne", "not-in") else found
+            if node.op == "eq" and _is_number(node.value):
+                return self._numeric("eq", text, json_type, node.value)
+            raise NotCompilableError("non-text equality")
+        if node.op in ("regex", "regex-case") and isinstance(node.value, str):
+            return self._regex(node.op == "regex", text, json_type, node.value)
+        if node.op in _OPS and _is_number(node.value):
+            return self._numeric(node.op, text, json_type, node.value)
+        raise NotCompilableError(node.op)
+
+    def _numeric(
+        self, op: str, text: ColumnElement[Any], json_type: ColumnElement[Any] | None, value: float
+    ) -> Predicate:
+        """JSON numbers, and text that is a plain decimal (Python compares it as a number)."""
+        compared = getattr(cast(text, Float), _OPS[op])(float(value))
+        if self.dialect == "postgresql":
+            decimal_text: Predicate = text.op("~")(_DECIMAL)
+        else:
+            decimal_text = func.finops_regex_match(_DECIMAL, text, 0) == 1
+        is_text = (
+            decimal_text if json_type is None else and_(json_type == self.string_type, decimal_text)
+        )
+        is_number = false() if json_type is None else json_type.in_(("number", "integer", "real"))
+        return func.coalesce(
+            case((is_number, compared), (is_text, compared), else_=false()), false()
+        )
+
+    def _regex(
+        self,
+        ignore_case: bool,
+        text: ColumnElement[Any],
+        json_type: ColumnElement[Any] | None,
+        pattern: str,
+    ) -> Predicate:
+        if self.dialect == "postgresql":
+            if not _PORTABLE_REGEX.match(pattern) or "(?" in pattern:
+                raise NotCompilableError("regex outside the portable subset")
+            # Python's re.match anchors at the start only.
+            matched: Predicate = text.op("~*" if ignore_case else "~")(f"^(?:{pattern})")
+        else:
+            matched = func.finops_regex_match(pattern, text, 1 if ignore_case else 0) == 1
+        if json_type is not None:
+            matched = and_(json_type == self.string_type, matched)
+        return func.coalesce(matched, false())
+
+    # -- time and metrics ----------------------------------------------------------------
+    def _age(self, node: AgeFilter) -> Predicate:
+        column = ResourceRow.created_at if node.of == "created" else ResourceRow.state_changed_at
+        cutoff = self.now - dt.timedelta(days=node.days)
+        # age > days  <=>  moment < now - days
+        flipped = {"gt": "__lt__", "ge": "__le__", "lt": "__gt__", "le": "__ge__", "eq": "__eq__"}[
+            node.op
+        ]
+        return func.coalesce(getattr(column, flipped)(cutoff), false())
+
+    def _metric(self, node: MetricsFilter) -> Predicate:
+        m = MetricSummaryRow
+        compared = getattr(m.value, _OPS[node.op])(node.value)
+        if node.missing_value is None:
+            when_missing: ColumnElement[Any] = false()
+        else:
+            when_missing = literal(
+                bool(getattr(float(node.missing_value), _OPS[node.op])(node.value))
+            )
+        # No summary row: never collected, UNKNOWN (NULL). A row with NULL value: no data.
+        joined = self.metric_columns.get(node.spec)
+        if joined is not None:
+            row_id, value = joined
+            return case(
+                (row_id.is_(None), null()),
+                (value.is_(None), when_missing),
+                else_=getattr(value, _OPS[node.op])(node.value),
+            )
+        verdict = (
+            select(case((m.value.is_(None), when_missing), else_=compared))
+            .where(
+                m.resource_pk == ResourceRow.id,
+                m.namespace == node.spec.namespace,
+                m.metric == node.spec.metric,
+                m.statistic == node.spec.statistic,
+                m.days == node.spec.days,
+            )
+            .scalar_subquery()
+        )
+        return verdict
+
+    # -- relations -----------------------------------------------------------------------
+    def _relation(self, node: Filter) -> Predicate:
+        attrs = ResourceRow.attributes
+        if isinstance(node, Unattached):
+            if self.dialect == "postgresql":
+                count = func.jsonb_array_length(
+                    func.coalesce(attrs["Attachments"], func.jsonb("[]"))
+                )
+            else:
+                count = func.coalesce(func.json_array_length(attrs, "$.Attachments"), 0)
+            return and_(ResourceRow.state == "available", count == 0)
+        if isinstance(node, Unassociated):
+            return func.coalesce(attrs["AssociationId"].as_string(), "") == ""
+        if isinstance(node, NoHealthyTargets):
+            return false()  # target health is not stored: not known is not zero
+        if isinstance(node, Orphaned):
+            volume_id = attrs["VolumeId"].as_string()
+            v = aliased(ResourceRow)
+            gone = ~exists().where(
+                v.kind == ResourceKind.EBS_VOLUME.value,
+                v.gone_at.is_(None),
+                v.account_id == ResourceRow.account_id,
+                v.region == ResourceRow.region,
+                v.resource_id == volume_id,
+            )
+            return case((func.coalesce(volume_id, "") == "", false()), else_=gone)
+        if isinstance(node, BacksAmi):
+            return self._backs_ami()
+        raise NotCompilableError(type(node).__name__)
+
+    def _backs_ami(self) -> Predicate:
+        """The snapshot's key among every AMI's snapshot keys: uncorrelated, so the database
+        builds the set once (a correlated form made PostgreSQL loop over AMIs per snapshot)."""
+        a = aliased(ResourceRow)
+        if self.dialect == "postgresql":
+            entries = (
+                func.jsonb_array_elements(a.attributes["BlockDeviceMappings"])
+                .table_valued("value")
+                .alias("bdm")
+            )
+            snapshot: ColumnElement[Any] = entries.c.value.op("->")("Ebs").op("->>")("SnapshotId")
+        else:
+            entries = (
+                func.json_each(a.attributes, "$.BlockDeviceMappings")
+                .table_valued("value")
+                .alias("bdm")
+            )
+            snapshot = func.json_extract(entries.c.value, "$.Ebs.SnapshotId")
+        # One text key, so that PostgreSQL hashes the set (a row value is not hashed).
+        backed = (
+            select(a.account_id + "/" + a.region + "/" + snapshot)
+            .select_from(a)
+            .join(entries, true())
+            .where(a.kind == ResourceKind.AMI.value, a.gone_at.is_(None), snapshot.is_not(None))
+        )
+        key = ResourceRow.account_id + "/" + ResourceRow.region + "/" + ResourceRow.resource_id
+        return key.in_(backed)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def leaves(node: Filter) -> Iterable[Filter]:
+    """The leaf filters of a tree, left to right."""
+    if isinstance(node, And | Or):
+        for child in node.filters:
+            yield from leaves(child)
+    elif isinstance(node, Not):
+        yield from leaves(node.filter)
+    else:
+        yield node
