@@ -1,0 +1,177 @@
+"""What else depends on a resource, asked of AWS right before acting on it.
+
+The safety checker blocks on any of these facts. Every AWS error propagates: a probe that
+could not finish is no evidence that nothing depends on the resource (fail closed).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from backend.domain.resources import Resource, ResourceKind
+from backend.providers.aws.describe import pages
+from backend.providers.aws.operations_base import OperationContext, read
+from backend.providers.aws.retry import error_code
+
+K = ResourceKind
+_AMI_ID = re.compile(r"\bami-[0-9a-f]{8,17}\b")
+# CreateImage writes "Created by CreateImage(i-..) for ami-.. from vol-..";
+# CopyImage "Copied for DestinationAmi ami-.. from SourceAmi ami-..".
+_AMI_MARKERS = ("CreateImage(", "for ami-", "DestinationAmi")
+
+
+@dataclass(frozen=True)
+class DependencyFacts:
+    in_auto_scaling_group: str | None = None  # the group's name
+    termination_protected: bool = False
+    stop_protected: bool = False
+    load_balancer_targets: tuple[str, ...] = ()  # target group ARNs the instance is in
+    attached_to: tuple[str, ...] = ()  # instances a volume is attached to
+    is_root_device_of: str | None = None  # the instance this volume boots
+    backs_amis: tuple[str, ...] = ()  # AMIs built on this snapshot
+    associated_with: str | None = None  # the instance or network interface of an address
+
+
+def probe_dependencies(ctx: OperationContext, resource: Resource) -> DependencyFacts:
+    if resource.kind is K.EC2_INSTANCE:
+        return _instance(ctx, resource)
+    if resource.kind is K.EBS_VOLUME:
+        return _volume(ctx, resource.resource_id)
+    if resource.kind is K.EBS_SNAPSHOT:
+        return DependencyFacts(backs_amis=backing_amis(ctx, resource.resource_id))
+    if resource.kind is K.ELASTIC_IP:
+        return _address(ctx, resource.resource_id)
+    return DependencyFacts()
+
+
+def _instance(ctx: OperationContext, resource: Resource) -> DependencyFacts:
+    iid = resource.resource_id
+    members = read(ctx, "autoscaling", "describe_auto_scaling_instances", InstanceIds=[iid])
+    group = next((m["AutoScalingGroupName"] for m in members["AutoScalingInstances"]), None)
+    # the tag outlives a detach by a moment; either is enough to stay away
+    group = group or resource.tags.get("aws:autoscaling:groupName")
+    return DependencyFacts(
+        in_auto_scaling_group=group,
+        termination_protected=_attribute(ctx, iid, "disableApiTermination"),
+        stop_protected=_attribute(ctx, iid, "disableApiStop"),
+        load_balancer_targets=_target_groups_of(ctx, iid, _private_ips(resource)),
+    )
+
+
+def _attribute(ctx: OperationContext, instance_id: str, name: str) -> bool:
+    answer = read(ctx, "ec2", "describe_instance_attribute", InstanceId=instance_id, Attribute=name)
+    key = name[0].upper() + name[1:]
+    return bool((answer.get(key) or {}).get("Value", False))
+
+
+def _private_ips(resource: Resource) -> set[str]:
+    ips = {
+        str(a["PrivateIpAddress"])
+        for eni in resource.attributes.get("NetworkInterfaces") or ()
+        for a in eni.get("PrivateIpAddresses") or ()
+        if a.get("PrivateIpAddress")
+    }
+    if resource.attributes.get("PrivateIpAddress"):
+        ips.add(str(resource.attributes["PrivateIpAddress"]))
+    return ips
+
+
+def _target_groups_of(ctx: OperationContext, instance_id: str, ips: set[str]) -> tuple[str, ...]:
+    """Target groups with this instance registered (by id, or by address for ip targets)."""
+    found = []
+    kwargs: dict[str, Any] = {"PageSize": 400}
+    while True:
+        page = read(ctx, "elbv2", "describe_target_groups", **kwargs)
+        for group in page["TargetGroups"]:
+            kind = group.get("TargetType", "instance")
+            if kind not in ("instance", "ip"):
+                continue
+            arn = group["TargetGroupArn"]
+            health = read(ctx, "elbv2", "describe_target_health", TargetGroupArn=arn)
+            ids = {d["Target"]["Id"] for d in health["TargetHealthDescriptions"]}
+            if instance_id in ids or (kind == "ip" and ids & ips):
+                found.append(str(arn))
+        if not page.get("NextMarker"):
+            return tuple(found)
+        kwargs["Marker"] = page["NextMarker"]
+
+
+def _volume(ctx: OperationContext, volume_id: str) -> DependencyFacts:
+    volume = read(ctx, "ec2", "describe_volumes", VolumeIds=[volume_id])["Volumes"][0]
+    attachments = [a for a in volume.get("Attachments") or () if a.get("InstanceId")]
+    root_of = None
+    if attachments:
+        ids = sorted({a["InstanceId"] for a in attachments})
+        answer = read(ctx, "ec2", "describe_instances", InstanceIds=ids)
+        roots = {
+            inst["InstanceId"]: inst.get("RootDeviceName")
+            for reservation in answer["Reservations"]
+            for inst in reservation["Instances"]
+        }
+        root_of = next(
+            (
+                str(a["InstanceId"])
+                for a in attachments
+                if roots.get(a["InstanceId"])
+                and _device(roots[a["InstanceId"]]) == _device(a.get("Device"))
+            ),
+            None,
+        )
+    return DependencyFacts(
+        attached_to=tuple(str(a["InstanceId"]) for a in attachments), is_root_device_of=root_of
+    )
+
+
+def _device(name: str | None) -> str:
+    """/dev/sda1, /dev/sda and /dev/xvda name one root device (Xen renames sd to xvd;
+    moto attaches the root at /dev/sda1 whatever the AMI's root name). Erring towards
+    "root" only ever blocks."""
+    short = (name or "").removeprefix("/dev/")
+    if short.startswith("xvd"):
+        short = "sd" + short[3:]
+    return short.rstrip("0123456789")
+
+
+def backing_amis(ctx: OperationContext, snapshot_id: str) -> tuple[str, ...]:
+    """Our AMIs whose block devices come from this snapshot.
+
+    Not by a block-device-mapping.snapshot-id filter (moto answers it with a 500): our
+    images' mappings, plus the AMI that the snapshot's own description names, if it exists.
+    """
+    found: set[str] = set()
+    for page in pages(ctx.client_for("ec2"), "describe_images", Owners=["self"]):
+        for image in page["Images"]:
+            for mapping in image.get("BlockDeviceMappings") or ():
+                if (mapping.get("Ebs") or {}).get("SnapshotId") == snapshot_id:
+                    found.add(str(image["ImageId"]))
+    snapshot = read(ctx, "ec2", "describe_snapshots", SnapshotIds=[snapshot_id])["Snapshots"][0]
+    description = str(snapshot.get("Description") or "")
+    if any(marker in description for marker in _AMI_MARKERS):
+        for image_id in sorted(set(_AMI_ID.findall(description)) - found):
+            if _image_exists(ctx, image_id):
+                found.add(image_id)
+    return tuple(sorted(found))
+
+
+def _image_exists(ctx: OperationContext, image_id: str) -> bool:
+    try:
+        images = read(ctx, "ec2", "describe_images", ImageIds=[image_id])["Images"]
+    except ClientError as exc:
+        if error_code(exc) in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
+            return False
+        raise
+    return any(i.get("State") not in ("deregistered", "failed") for i in images)
+
+
+def _address(ctx: OperationContext, address_id: str) -> DependencyFacts:
+    by = "AllocationIds" if address_id.startswith("eipalloc-") else "PublicIps"
+    address = read(ctx, "ec2", "describe_addresses", **{by: [address_id]})["Addresses"][0]
+    if not address.get("AssociationId"):
+        return DependencyFacts()
+    # moto answers "" for the id it does not have
+    target = address.get("InstanceId") or address.get("NetworkInterfaceId") or None
+    return DependencyFacts(associated_with=str(target or address["AssociationId"]))

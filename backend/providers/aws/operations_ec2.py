@@ -1,0 +1,309 @@
+"""EC2 instances: stop, start, resize, terminate (with an AMI first) and their inverses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from backend.domain.resources import Resource, ResourceKind
+from backend.providers.aws.operations_base import (
+    KEY_TAG,
+    RESTORED_FROM_TAG,
+    SOURCE_INSTANCE_TAG,
+    BackupFailed,
+    BaseOperation,
+    CannotUndo,
+    OperationContext,
+    Params,
+    VerificationFailed,
+    WaitTimeoutError,
+    act,
+    await_gone,
+    client_token,
+    create,
+    fresh,
+    fresh_or_none,
+    is_gone,
+    key_value,
+    making_from,
+    read,
+    require_param,
+    settle,
+    short_digest,
+    tag_filters,
+    tag_list,
+    tag_specs,
+    undo_needs,
+    user_tags,
+    wait_until,
+)
+from backend.providers.aws.retry import describe_error, error_code
+
+EC2 = ResourceKind.EC2_INSTANCE
+_UP = frozenset({"running", "pending"})
+_DOWN = frozenset({"stopped", "stopping"})
+_LEAVING = frozenset({"shutting-down", "terminated"})
+
+
+def _start(ctx: OperationContext, instance_id: str) -> None:
+    if fresh(ctx, EC2, instance_id).state not in _UP:
+        act(ctx, "ec2", "start_instances", InstanceIds=[instance_id])
+
+
+def _stop(ctx: OperationContext, instance_id: str) -> None:
+    if fresh(ctx, EC2, instance_id).state not in _DOWN:
+        act(ctx, "ec2", "stop_instances", InstanceIds=[instance_id])
+
+
+def _running(ctx: OperationContext, instance_id: str) -> Resource:
+    return settle(ctx, EC2, instance_id, frozenset({"running"}), frozenset({"pending"}))
+
+
+def _stopped(ctx: OperationContext, instance_id: str) -> Resource:
+    return settle(ctx, EC2, instance_id, frozenset({"stopped"}), frozenset({"stopping"}))
+
+
+class StopInstance(BaseOperation):
+    action = "stop"
+
+    def execute(self, ctx: OperationContext, resource: Resource, params: Params) -> None:
+        _stop(ctx, resource.resource_id)
+
+    def verify(self, ctx: OperationContext, resource_id: str, params: Params) -> Resource | None:
+        return _stopped(ctx, resource_id)
+
+    def undo(
+        self, ctx: OperationContext, pre_state: Resource, backup_ref: str | None, params: Params
+    ) -> str:
+        with undo_needs(EC2, pre_state.resource_id):
+            _start(ctx, pre_state.resource_id)
+            _running(ctx, pre_state.resource_id)
+        return f"started {pre_state.resource_id}"
+
+
+class StartInstance(BaseOperation):
+    action = "start"
+
+    def execute(self, ctx: OperationContext, resource: Resource, params: Params) -> None:
+        _start(ctx, resource.resource_id)
+
+    def verify(self, ctx: OperationContext, resource_id: str, params: Params) -> Resource | None:
+        return _running(ctx, resource_id)
+
+    def undo(
+        self, ctx: OperationContext, pre_state: Resource, backup_ref: str | None, params: Params
+    ) -> str:
+        with undo_needs(EC2, pre_state.resource_id):
+            _stop(ctx, pre_state.resource_id)
+            _stopped(ctx, pre_state.resource_id)
+        return f"stopped {pre_state.resource_id}"
+
+
+def _resize(ctx: OperationContext, instance_id: str, new_type: str, run_after: bool) -> bool:
+    """Stop if needed, change the type, start again if it ran before; True if it changed.
+
+    A retried step resumes: a type already changed is left alone, a start still owed is made.
+    """
+    now = fresh(ctx, EC2, instance_id)
+    changed = False
+    if now.attributes.get("InstanceType") != new_type:
+        if now.state not in _DOWN:
+            act(ctx, "ec2", "stop_instances", InstanceIds=[instance_id])
+        _stopped(ctx, instance_id)
+        act(
+            ctx,
+            "ec2",
+            "modify_instance_attribute",
+            InstanceId=instance_id,
+            InstanceType={"Value": new_type},
+        )
+        changed = True
+    if run_after:
+        _start(ctx, instance_id)
+    return changed
+
+
+class ResizeInstance(BaseOperation):
+    action = "resize"
+
+    def backup(self, ctx: OperationContext, resource: Resource) -> str | None:
+        # the previous type; the pre-state in the action record holds it too
+        return "config:" + json.dumps({"InstanceType": resource.attributes.get("InstanceType")})
+
+    def execute(self, ctx: OperationContext, resource: Resource, params: Params) -> None:
+        new_type = str(require_param(params, "instance_type", self.action))
+        _resize(ctx, resource.resource_id, new_type, run_after=resource.state in _UP)
+
+    def verify(self, ctx: OperationContext, resource_id: str, params: Params) -> Resource | None:
+        new_type = str(require_param(params, "instance_type", self.action))
+        now = settle(
+            ctx, EC2, resource_id, frozenset({"running", "stopped"}), frozenset({"pending"})
+        )
+        if now.attributes.get("InstanceType") != new_type:
+            found = now.attributes.get("InstanceType")
+            raise VerificationFailed(f"{resource_id} is {found}, expected {new_type}")
+        return now
+
+    def undo(
+        self, ctx: OperationContext, pre_state: Resource, backup_ref: str | None, params: Params
+    ) -> str:
+        old_type = pre_state.attributes.get("InstanceType")
+        if not old_type:
+            raise CannotUndo(f"the pre-state of {pre_state.resource_id} has no InstanceType")
+        was_up = pre_state.state in _UP
+        with undo_needs(EC2, pre_state.resource_id):
+            _resize(ctx, pre_state.resource_id, str(old_type), run_after=was_up)
+        if was_up:
+            _running(ctx, pre_state.resource_id)
+        return f"resized {pre_state.resource_id} back to {old_type}" + (
+            " and started it" if was_up else ""
+        )
+
+
+class TerminateInstance(BaseOperation):
+    action = "terminate"
+
+    def backup(self, ctx: OperationContext, resource: Resource) -> str | None:
+        iid = resource.resource_id
+        marks = {KEY_TAG: key_value(ctx), SOURCE_INSTANCE_TAG: iid}
+        image_id = _find_image(ctx, marks)
+        if image_id is None:
+            fresh(ctx, EC2, iid)  # a terminated instance can still be imaged on moto
+            name = f"finops-backup-{iid}-{short_digest(ctx)}"
+            try:
+                with making_from(EC2, iid):
+                    made = create(
+                        ctx,
+                        "ec2",
+                        "create_image",
+                        InstanceId=iid,
+                        Name=name,
+                        Description=f"finops: {iid} before terminate",
+                        # the approved action is a termination, not a reboot; EBS snapshots
+                        # are crash-consistent
+                        NoReboot=True,
+                        # snapshots are tagged once the image is there: moto refuses
+                        # snapshot tag specifications in CreateImage
+                        TagSpecifications=tag_specs("image", marks),
+                    )
+                image_id = str(made["ImageId"])
+            except ClientError as exc:
+                # AMI names are unique: a first try that made it and lost the answer
+                if error_code(exc) != "InvalidAMIName.Duplicate":
+                    raise
+                image_id = _find_image(ctx, {}, name=name)
+                if image_id is None:
+                    raise
+        snapshots = _await_image(ctx, image_id)
+        if snapshots:  # so that snapshot policies see whose backup they are
+            act(ctx, "ec2", "create_tags", Resources=snapshots, Tags=tag_list(marks))
+        return image_id
+
+    def execute(self, ctx: OperationContext, resource: Resource, params: Params) -> None:
+        now = fresh_or_none(ctx, EC2, resource.resource_id)
+        if now is None or now.state in _LEAVING:
+            return
+        try:
+            act(ctx, "ec2", "terminate_instances", InstanceIds=[resource.resource_id])
+        except ClientError as exc:
+            if not is_gone(exc):
+                raise
+
+    def verify(self, ctx: OperationContext, resource_id: str, params: Params) -> Resource | None:
+        await_gone(ctx, EC2, resource_id, "shutting-down")
+        return None
+
+    def undo(
+        self, ctx: OperationContext, pre_state: Resource, backup_ref: str | None, params: Params
+    ) -> str:
+        old = pre_state.resource_id
+        mark = {KEY_TAG: key_value(ctx, "undo")}
+        existing = _find_instance(ctx, mark)
+        if existing is not None:
+            return f"already relaunched {old} as {existing} (a new instance id)"
+        if not backup_ref or not backup_ref.startswith("ami-"):
+            raise CannotUndo(f"no image was taken of {old}; it cannot be launched again")
+        try:
+            read(ctx, "ec2", "describe_images", ImageIds=[backup_ref])
+        except ClientError as exc:
+            if is_gone(exc):
+                raise CannotUndo(f"the backup image {backup_ref} of {old} is gone") from exc
+            raise
+        attrs = pre_state.attributes
+        tags = {**user_tags(pre_state.tags), RESTORED_FROM_TAG: old, **mark}
+        kwargs: dict[str, Any] = {
+            "ImageId": backup_ref,
+            "InstanceType": attrs.get("InstanceType"),
+            "MinCount": 1,
+            "MaxCount": 1,
+            "ClientToken": client_token(ctx, "undo"),
+            "TagSpecifications": tag_specs("instance", tags),
+        }
+        if attrs.get("SubnetId"):
+            kwargs["SubnetId"] = attrs["SubnetId"]
+        elif attrs.get("Placement", {}).get("AvailabilityZone"):
+            kwargs["Placement"] = {"AvailabilityZone": attrs["Placement"]["AvailabilityZone"]}
+        groups = [g["GroupId"] for g in attrs.get("SecurityGroups") or () if g.get("GroupId")]
+        if groups:
+            kwargs["SecurityGroupIds"] = groups
+        if attrs.get("KeyName"):
+            kwargs["KeyName"] = attrs["KeyName"]
+        if (attrs.get("IamInstanceProfile") or {}).get("Arn"):
+            kwargs["IamInstanceProfile"] = {"Arn": attrs["IamInstanceProfile"]["Arn"]}
+        try:
+            launched = create(ctx, "ec2", "run_instances", **kwargs)
+        except ClientError as exc:
+            raise CannotUndo(f"AWS would not launch {backup_ref}: {describe_error(exc)}") from exc
+        new_id = str(launched["Instances"][0]["InstanceId"])
+        _running(ctx, new_id)
+        stopped = ""
+        if pre_state.state in _DOWN:  # it was stopped when terminated: leave it stopped
+            _stop(ctx, new_id)
+            _stopped(ctx, new_id)
+            stopped = ", stopped as it was"
+        return (
+            f"launched {new_id} from {backup_ref} to replace {old}: a NEW instance id "
+            f"(new private IP too), type {attrs.get('InstanceType')}, "
+            f"subnet {attrs.get('SubnetId')}, {len(user_tags(pre_state.tags))} tags{stopped}"
+        )
+
+
+def _find_image(ctx: OperationContext, tags: dict[str, str], name: str | None = None) -> str | None:
+    filters = tag_filters(tags) + ([{"Name": "name", "Values": [name]}] if name else [])
+    images = read(ctx, "ec2", "describe_images", Owners=["self"], Filters=filters)["Images"]
+    usable = [i for i in images if i.get("State") not in ("failed", "deregistered", "error")]
+    usable.sort(key=lambda i: str(i.get("CreationDate", "")))
+    return str(usable[0]["ImageId"]) if usable else None
+
+
+def _await_image(ctx: OperationContext, image_id: str) -> list[str]:
+    """Wait until the image is usable; its snapshot ids."""
+
+    def check() -> list[str] | None:
+        images = read(ctx, "ec2", "describe_images", ImageIds=[image_id])["Images"]
+        state = images[0].get("State") if images else "missing"
+        if state == "available":
+            mappings = images[0].get("BlockDeviceMappings") or ()
+            return [m["Ebs"]["SnapshotId"] for m in mappings if m.get("Ebs", {}).get("SnapshotId")]
+        if state in ("pending", "transient"):
+            return None
+        raise BackupFailed(f"image {image_id} is {state}")
+
+    try:
+        return wait_until(ctx, f"image {image_id}", check)
+    except WaitTimeoutError as exc:
+        raise BackupFailed(str(exc)) from exc
+
+
+def _find_instance(ctx: OperationContext, tags: dict[str, str]) -> str | None:
+    filters = [
+        *tag_filters(tags),
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+    ]
+    answer = read(ctx, "ec2", "describe_instances", Filters=filters)
+    for reservation in answer["Reservations"]:
+        for inst in reservation["Instances"]:
+            return str(inst["InstanceId"])
+    return None
