@@ -6,6 +6,7 @@ message names the variable and what is wrong with it.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+DEFAULT_POLICY_DIR = Path(__file__).resolve().parents[1] / "policies"
 REGION_PATTERN = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 ACCOUNT_PATTERN = re.compile(r"^\d{12}$")
 ROLE_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
@@ -65,8 +67,29 @@ class Settings(BaseSettings):
     scan_concurrency: int = Field(default=8, ge=1, le=64)
     price_overrides: Path | None = None
     secret_key: str = DEFAULT_SECRET
+    # Policy packs: files or directories; the default pack ships in the repository.
+    policy_paths: CsvList = Field(default_factory=lambda: [str(DEFAULT_POLICY_DIR)])
+    # Safety: only an administrator's configuration changes these; no policy can.
+    protected_accounts: CsvList = Field(default_factory=list)
+    protected_regions: CsvList = Field(default_factory=list)
+    # Change freezes: ISO intervals "2026-12-20T00:00Z/2027-01-03T00:00Z", comma-separated.
+    freeze_windows: CsvList = Field(default_factory=list)
+    max_actions_per_run: int = Field(default=50, ge=0)
+    max_actions_per_hour: int = Field(default=100, ge=0)
+    max_percent_of_fleet_per_run: float = Field(default=10.0, ge=0, le=100)
+    approval_ttl_hours: float = Field(default=24.0, gt=0)
+    action_deadline_minutes: float = Field(default=30.0, gt=0)
 
-    @field_validator("accounts", "regions", "protected_tag_values", mode="before")
+    @field_validator(
+        "accounts",
+        "regions",
+        "protected_tag_values",
+        "policy_paths",
+        "protected_accounts",
+        "protected_regions",
+        "freeze_windows",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -81,7 +104,14 @@ class Settings(BaseSettings):
             raise ValueError("at least one region is needed")
         return value
 
-    @field_validator("accounts")
+    @field_validator("freeze_windows")
+    @classmethod
+    def _freeze_windows(cls, value: list[str]) -> list[str]:
+        for window in value:
+            parse_window(window)
+        return value
+
+    @field_validator("accounts", "protected_accounts")
     @classmethod
     def _accounts(cls, value: list[str]) -> list[str]:
         bad = [a for a in value if not ACCOUNT_PATTERN.match(a)]
@@ -133,6 +163,27 @@ class Settings(BaseSettings):
                 "FINOPS_SECRET_KEY: the default secret is refused outside development; "
                 "set a long random value"
             )
+
+
+def parse_window(text: str) -> tuple[dt.datetime, dt.datetime]:
+    """'START/END' in ISO 8601 with a zone -> (start, end); ValueError names what is wrong."""
+    start_text, sep, end_text = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError("expected START/END")
+        start, end = (
+            dt.datetime.fromisoformat(t.strip().replace("Z", "+00:00"))
+            for t in (start_text, end_text)
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"freeze window {text!r}: {exc} (e.g. 2026-12-20T00:00Z/2027-01-03T00:00Z)"
+        ) from None
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError(f"freeze window {text!r}: times need a zone (Z or +01:00)")
+    if end <= start:
+        raise ValueError(f"freeze window {text!r}: the end is not after the start")
+    return start, end
 
 
 def normalise_database_url(url: str) -> str:
