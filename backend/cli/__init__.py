@@ -8,6 +8,6 @@ from backend.cli.app import app
 
 
 def main() -> None:
-    from backend.cli import audit, db, demo, policy, scan  # noqa: F401 - registers the commands
+    from backend.cli import actions, audit, db, demo, emergency, policy, scan  # noqa: F401 - registers
 
     sys.exit(app(standalone_mode=True))

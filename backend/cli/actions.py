@@ -1,0 +1,206 @@
+"""`finops plan`, `finops apply`, `finops actions ...` and `finops status`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from sqlalchemy import select
+
+from backend.cli.app import CommandError, app, console, handle_errors, settings
+from backend.core.action_engine import ActionEngine, RunReport
+from backend.core.action_planner import ActionPlanner, ApprovalError
+from backend.core.database import session_scope
+from backend.core.migrations import ensure_schema
+from backend.core.models import ActionRow
+from backend.core.policy_evaluator import StoredPolicyEvaluator
+from backend.domain.lifecycle import IllegalTransitionError
+from backend.domain.policy.model import PolicyPack
+
+actions_app = typer.Typer(
+    help="Actions: list, approve, reject, retry, roll back.", no_args_is_help=True
+)
+app.add_typer(actions_app, name="actions")
+PolicyOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--policies", "-p", help="Policy files or directories; default FINOPS_POLICY_PATHS."
+    ),
+]
+
+
+def _pack(paths: list[Path] | None) -> PolicyPack:
+    from backend.cli.scan import load_policies
+
+    return load_policies(paths or [Path(p) for p in settings().policy_paths])
+
+
+@app.command()
+@handle_errors
+def plan(
+    policies: PolicyOption = None,
+    requested_by: Annotated[str, typer.Option(help="Who asks.")] = "cli",
+) -> None:
+    """Propose actions from the stored inventory, with savings and each safety verdict."""
+    pack = _pack(policies)
+    ensure_schema()
+    with session_scope() as session:
+        StoredPolicyEvaluator(session).run(pack)
+        result = ActionPlanner().plan(session, pack, requested_by=requested_by)
+    print_actions(
+        title=f"Plan: {len(result.created)} new, {len(result.blocked)} blocked, "
+        f"{result.existing} already planned"
+    )
+
+
+@app.command()
+@handle_errors
+def apply(
+    live: Annotated[
+        bool, typer.Option("--live", help="Change the account (default: dry-run).")
+    ] = False,
+    action: Annotated[list[int] | None, typer.Option("--action", help="Only these ids.")] = None,
+    policies: PolicyOption = None,
+) -> None:
+    """Execute approved actions that are due. Dry-run unless --live."""
+    ensure_schema()
+    engine = ActionEngine(pack=_pack(policies))
+    report = engine.execute(action, dry_run=not live, triggered_by="cli")
+    print_run(report)
+    if report.stopped_by:
+        raise typer.Exit(1)
+
+
+def print_run(report: RunReport) -> None:
+    mode = "DRY-RUN (nothing changed)" if report.dry_run else "LIVE"
+    table = Table(title=f"Run {report.run_id}: {mode}")
+    for col in ("action", "result", "detail"):
+        table.add_column(col)
+    for o in report.outcomes:
+        table.add_row(str(o.action_id), o.result, o.detail)
+    console.print(table)
+    if report.stopped_by:
+        console.print(f"[red]stopped:[/red] {report.stopped_by}", highlight=False)
+
+
+def print_actions(title: str = "Actions", state: str | None = None) -> None:
+    with session_scope() as session:
+        query = select(ActionRow).order_by(ActionRow.id)
+        if state:
+            query = query.where(ActionRow.state == state)
+        rows = session.scalars(query).all()
+        table = Table(title=title)
+        for col in ("id", "state", "policy", "action", "resource", "savings/mo", "safety"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            verdict = r.safety_verdict or {}
+            blocking = [v["reason"] for v in verdict.get("verdicts", []) if not v["ok"]]
+            table.add_row(
+                str(r.id),
+                r.state,
+                r.policy_name,
+                r.action,
+                f"{r.region}/{r.resource_id}",
+                ""
+                if r.estimated_monthly_savings is None
+                else f"${r.estimated_monthly_savings:,.2f}",
+                "; ".join(blocking) or ("allowed" if verdict else ""),
+            )
+    console.print(table)
+
+
+@actions_app.command("list")
+@handle_errors
+def list_actions(
+    state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
+) -> None:
+    """Every action with its state, savings and safety verdict."""
+    ensure_schema()
+    print_actions(state=state)
+
+
+@actions_app.command("approve")
+@handle_errors
+def approve(
+    action_id: int, approver: Annotated[str, typer.Option("--as", help="Approver.")]
+) -> None:
+    """Approve an action (not your own request); the approval expires."""
+    try:
+        with session_scope() as session:
+            row = ActionPlanner().approve(session, action_id, approver)
+            console.print(
+                f"action {action_id} approved by {approver} until "
+                f"{row.approval_expires_at:%Y-%m-%d %H:%M} UTC"
+            )
+    except (ApprovalError, IllegalTransitionError, LookupError) as exc:
+        raise CommandError(str(exc), code=2) from None
+
+
+@actions_app.command("reject")
+@handle_errors
+def reject(
+    action_id: int,
+    actor: Annotated[str, typer.Option("--as", help="Who rejects.")],
+    reason: Annotated[str, typer.Option(help="Why.")],
+) -> None:
+    """Reject an action; it will not run."""
+    try:
+        with session_scope() as session:
+            ActionPlanner().reject(session, action_id, actor, reason)
+    except (ApprovalError, IllegalTransitionError, LookupError) as exc:
+        raise CommandError(str(exc), code=2) from None
+    console.print(f"action {action_id} rejected")
+
+
+@actions_app.command("retry")
+@handle_errors
+def retry(action_id: int, actor: Annotated[str, typer.Option("--as")] = "cli") -> None:
+    """Run a failed action again, through every safety check."""
+    try:
+        outcome = ActionEngine().retry(action_id, actor)
+    except (IllegalTransitionError, LookupError) as exc:
+        raise CommandError(str(exc), code=2) from None
+    console.print(f"action {action_id}: {outcome.result} {outcome.detail}", highlight=False)
+
+
+@actions_app.command("rollback")
+@handle_errors
+def rollback(
+    action_id: Annotated[int | None, typer.Argument(help="One action.")] = None,
+    run: Annotated[int | None, typer.Option(help="Every action of this run.")] = None,
+    policy: Annotated[str | None, typer.Option(help="Every action of this policy...")] = None,
+    since: Annotated[str | None, typer.Option(help="...since this ISO time.")] = None,
+    actor: Annotated[str, typer.Option("--as")] = "cli",
+) -> None:
+    """Undo from the recorded pre-state; what cannot be undone says why."""
+    engine = ActionEngine()
+    if action_id is not None:
+        outcomes = [engine.rollback(action_id, actor)]
+    elif run is not None:
+        outcomes = engine.rollback_run(run, actor)
+    elif policy and since:
+        try:
+            when = dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            raise CommandError(f"--since {since!r} is not an ISO time", code=2) from None
+        outcomes = engine.rollback_policy(policy, when, actor)
+    else:
+        raise CommandError("give an ACTION_ID, --run N, or --policy NAME --since TIME", code=2)
+    for o in outcomes:
+        console.print(f"action {o.action_id}: {o.result} {o.detail}", highlight=False)
+    if any(o.result == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def status() -> None:
+    """The safety system, the emergency stop, and what is active."""
+    from backend.core.safety_checker import SafetyChecker
+
+    ensure_schema()
+    console.print(str(SafetyChecker().system_status()), highlight=False, markup=False)
+    ActionEngine().get_active_actions()

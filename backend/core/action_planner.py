@@ -1,0 +1,351 @@
+"""Plan: open opportunities become actions; people approve or reject them.
+
+A policy's mode decides: `report` makes no action, `approval` waits for a person, `auto`
+is approved by the policy itself (unless the action is irreversible or high-risk). Each
+action is judged by the safety rules at planning; a blocked one is kept with its reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.config import Settings, get_settings
+from backend.core.automation_audit_logger import AuditLogger
+from backend.core.models import ActionRow, OpportunityRow, ResourceRow
+from backend.core.repositories import to_resource
+from backend.core.safety_checker import SafetyChecker
+from backend.core.types import utcnow
+from backend.domain.lifecycle import ActionState, check_transition
+from backend.domain.policy.model import PolicyPack
+from backend.domain.resources import ResourceKind
+from backend.domain.safety import needs_approval
+
+S = ActionState
+
+
+class ApprovalError(PermissionError):
+    """An approval or rejection that the rules do not allow; the message says which."""
+
+
+@dataclass
+class PlanResult:
+    created: list[int] = field(default_factory=list)
+    approved: list[int] = field(default_factory=list)
+    awaiting: list[int] = field(default_factory=list)
+    blocked: dict[int, str] = field(default_factory=dict)
+    existing: int = 0
+
+
+def idempotency_key(
+    policy: str, row: ResourceRow, action: str, params: dict[str, Any], found: dt.datetime
+) -> str:
+    """The same opportunity always plans to the same action, so a re-plan adds nothing."""
+    text = json.dumps(
+        [
+            policy,
+            row.account_id,
+            row.region,
+            row.kind,
+            row.resource_id,
+            action,
+            params,
+            found.isoformat(),
+        ],
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def transition(
+    session: Session,
+    row: ActionRow,
+    wanted: ActionState,
+    *,
+    actor: str,
+    audit: AuditLogger,
+    event: str,
+    details: dict[str, Any] | None = None,
+    now: dt.datetime | None = None,
+) -> None:
+    """Move an action to a new state and audit it in the same transaction (audit first)."""
+    check_transition(row.state, wanted)
+    before = row.state
+    row.state = wanted.value
+    row.updated_at = now or utcnow()
+    audit.record(
+        event,
+        subject_type="action",
+        subject_id=row.id,
+        actor=actor,
+        outcome=wanted.value,
+        details={
+            "from": before,
+            "policy": row.policy_name,
+            "action": row.action,
+            "resource": row.resource_id,
+            **(details or {}),
+        },
+        session=session,
+    )
+
+
+class ActionPlanner:
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        safety: SafetyChecker | None = None,
+        audit: AuditLogger | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self._settings = settings
+        self._safety = safety or SafetyChecker(settings=settings, clock=clock)
+        self._audit = audit or AuditLogger()
+        self._clock = clock
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings or get_settings()
+
+    def plan(
+        self, session: Session, pack: PolicyPack, *, requested_by: str = "system"
+    ) -> PlanResult:
+        now = self._clock()
+        out = PlanResult()
+        acting = {p.name: p for p in pack.enabled() if p.mode != "report"}
+        if not acting:
+            return out
+        rows = session.execute(
+            select(OpportunityRow, ResourceRow)
+            .join(ResourceRow, ResourceRow.id == OpportunityRow.resource_pk)
+            .where(
+                OpportunityRow.status == "open",
+                OpportunityRow.policy_name.in_(acting),
+                ResourceRow.gone_at.is_(None),
+            )
+            .order_by(OpportunityRow.id)
+        )
+        for opp, resource in rows:
+            policy = acting[opp.policy_name]
+            key = idempotency_key(policy.name, resource, opp.action, opp.params, opp.first_found)
+            existing = session.scalars(
+                select(ActionRow).where(ActionRow.idempotency_key == key)
+            ).first()
+            if existing is not None and existing.state != S.BLOCKED:
+                out.existing += 1
+                continue
+            action = existing or self._new_action(
+                session,
+                policy.name,
+                policy.mode,
+                policy.risk,
+                opp,
+                resource,
+                key,
+                requested_by,
+                now,
+            )
+            if policy.notice.notify and action.not_before is None:
+                action.not_before = now + dt.timedelta(days=policy.notice.grace_days)
+            self._decide(session, action, to_resource(resource), out, now)
+        return out
+
+    def _new_action(
+        self,
+        session: Session,
+        policy: str,
+        mode: str,
+        risk: str,
+        opp: OpportunityRow,
+        resource: ResourceRow,
+        key: str,
+        requested_by: str,
+        now: dt.datetime,
+    ) -> ActionRow:
+        row = ActionRow(
+            idempotency_key=key,
+            opportunity_id=opp.id,
+            policy_name=policy,
+            account_id=resource.account_id,
+            region=resource.region,
+            kind=resource.kind,
+            resource_id=resource.resource_id,
+            action=opp.action,
+            params=opp.params,
+            mode=mode,
+            state=S.PROPOSED.value,
+            risk=risk,
+            requested_by=requested_by,
+            estimated_monthly_savings=opp.estimated_monthly_savings,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(row)
+        session.flush()
+        self._audit.record(
+            "action_proposed",
+            subject_type="action",
+            subject_id=row.id,
+            actor=requested_by,
+            outcome="proposed",
+            details={
+                "policy": policy,
+                "action": row.action,
+                "resource": row.resource_id,
+                "params": row.params,
+                "savings": row.estimated_monthly_savings,
+            },
+            session=session,
+        )
+        return row
+
+    def _decide(
+        self, session: Session, row: ActionRow, resource: Any, out: PlanResult, now: dt.datetime
+    ) -> None:
+        judgement = self._safety.judge_planned(row, resource)
+        row.safety_verdict = judgement.as_dict()
+        self._audit.record(
+            "safety_verdict",
+            subject_type="action",
+            subject_id=row.id,
+            actor="safety",
+            outcome="allowed" if judgement.allowed else "blocked",
+            details={"stage": "plan", "summary": judgement.summary()},
+            session=session,
+        )
+        # At planning, a missing approval is the normal case: it decides the queue, not a block.
+        blocking = [v for v in judgement.blocking if v.rule.value != "approval-required"]
+        if blocking:
+            if row.state != S.BLOCKED:
+                transition(
+                    session,
+                    row,
+                    S.BLOCKED,
+                    actor="safety",
+                    audit=self._audit,
+                    event="safety_verdict",
+                    details={"stage": "plan"},
+                    now=now,
+                )
+            out.blocked[row.id] = "; ".join(f"{v.rule.value}: {v.reason}" for v in blocking)
+            return
+        auto = row.mode == "auto" and not needs_approval(
+            row.action, ResourceKind(row.kind), row.risk
+        )
+        if auto:
+            row.approved_by = f"policy:{row.policy_name}"
+            row.approved_at = now
+            row.approval_expires_at = now + dt.timedelta(hours=self.settings.approval_ttl_hours)
+            transition(
+                session,
+                row,
+                S.APPROVED,
+                actor=row.approved_by,
+                audit=self._audit,
+                event="approval",
+                now=now,
+            )
+            out.approved.append(row.id)
+        else:
+            transition(
+                session,
+                row,
+                S.AWAITING_APPROVAL,
+                actor="system",
+                audit=self._audit,
+                event="action_proposed",
+                now=now,
+            )
+            out.awaiting.append(row.id)
+        out.created.append(row.id)
+
+    def approve(self, session: Session, action_id: int, approver: str) -> ActionRow:
+        row = self._get(session, action_id)
+        if row.state != S.AWAITING_APPROVAL:
+            raise ApprovalError(f"action {action_id} is {row.state}, not awaiting approval")
+        if approver == row.requested_by:
+            raise ApprovalError(
+                f"{approver} requested action {action_id} and cannot also "
+                "approve it (separation of duties)"
+            )
+        now = self._clock()
+        row.approved_by, row.approved_at = approver, now
+        row.approval_expires_at = now + dt.timedelta(hours=self.settings.approval_ttl_hours)
+        transition(
+            session,
+            row,
+            S.APPROVED,
+            actor=approver,
+            audit=self._audit,
+            event="approval",
+            details={"expires": row.approval_expires_at.isoformat()},
+            now=now,
+        )
+        return row
+
+    def reject(self, session: Session, action_id: int, actor: str, reason: str) -> ActionRow:
+        row = self._get(session, action_id)
+        if row.state not in (S.AWAITING_APPROVAL, S.APPROVED):
+            raise ApprovalError(
+                f"action {action_id} is {row.state}; only a waiting or "
+                "approved action can be rejected"
+            )
+        if row.state == S.APPROVED:
+            # rejecting an approved action withdraws it: back to the queue, then rejected
+            transition(
+                session,
+                row,
+                S.AWAITING_APPROVAL,
+                actor=actor,
+                audit=self._audit,
+                event="rejection",
+                details={"reason": reason},
+            )
+        transition(
+            session,
+            row,
+            S.REJECTED,
+            actor=actor,
+            audit=self._audit,
+            event="rejection",
+            details={"reason": reason},
+        )
+        return row
+
+    def expire_approvals(self, session: Session) -> int:
+        now = self._clock()
+        expired = session.scalars(
+            select(ActionRow).where(
+                ActionRow.state == S.APPROVED,
+                ActionRow.approval_expires_at.is_not(None),
+                ActionRow.approval_expires_at <= now,
+            )
+        ).all()
+        for row in expired:
+            row.approved_by = row.approved_at = row.approval_expires_at = None
+            transition(
+                session,
+                row,
+                S.AWAITING_APPROVAL,
+                actor="system",
+                audit=self._audit,
+                event="approval",
+                details={"reason": "approval expired"},
+                now=now,
+            )
+        return len(expired)
+
+    @staticmethod
+    def _get(session: Session, action_id: int) -> ActionRow:
+        row = session.get(ActionRow, action_id)
+        if row is None:
+            raise LookupError(f"no action {action_id}")
+        return row

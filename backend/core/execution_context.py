@@ -1,0 +1,406 @@
+"""The steps of one action: claim, judge, pre-state, backup, change, verify; and undo.
+
+Each step commits with its audit event before the next begins, so a crash between steps
+leaves a record that says exactly how far the action got.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import update
+
+from backend.config import Settings
+from backend.core.action_planner import transition
+from backend.core.automation_audit_logger import AuditLogger
+from backend.core.database import session_scope
+from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
+from backend.core.models import ActionRow
+from backend.domain.lifecycle import ActionState
+from backend.domain.policy.loader import load_pack
+from backend.domain.policy.model import Policy, PolicyPack
+from backend.domain.resources import Resource, ResourceKind
+from backend.providers.aws.describe import jsonable
+from backend.providers.aws.operations import (
+    CannotUndo,
+    OperationContext,
+    ResourceGone,
+    operation_for,
+)
+from backend.providers.aws.retry import describe_error
+from backend.providers.aws.session import AccountTarget, AwsClients
+
+if TYPE_CHECKING:
+    from backend.core.action_engine import ActionOutcome
+    from backend.core.safety_checker import SafetyChecker
+
+S = ActionState
+Clock = Callable[[], dt.datetime]
+
+
+def resource_dict(resource: Resource) -> dict[str, Any]:
+    return {**jsonable(asdict(resource)), "kind": resource.kind.value}
+
+
+def resource_from(data: dict[str, Any]) -> Resource:
+    parse = dt.datetime.fromisoformat
+    return Resource(
+        kind=ResourceKind(data["kind"]),
+        resource_id=data["resource_id"],
+        account_id=data["account_id"],
+        region=data["region"],
+        state=data["state"],
+        tags=data.get("tags") or {},
+        attributes=data.get("attributes") or {},
+        created_at=parse(data["created_at"]) if data.get("created_at") else None,
+        state_changed_at=(
+            parse(data["state_changed_at"]) if data.get("state_changed_at") else None
+        ),
+    )
+
+
+class _Guard:
+    """Checked before every changing AWS call; counts the calls that went through."""
+
+    def __init__(self, emergency: EmergencyStop) -> None:
+        self.emergency = emergency
+        self.changes = 0
+
+    def __call__(self, call: str) -> None:
+        self.emergency.check(call)
+        self.changes += 1
+
+
+class ExecutionContext:
+    def __init__(
+        self,
+        settings: Settings,
+        clients: AwsClients,
+        emergency: EmergencyStop,
+        pack: PolicyPack | None,
+    ) -> None:
+        self.settings = settings
+        self.clients = clients
+        self.emergency = emergency
+        self._pack = pack
+
+    def pack(self) -> PolicyPack:
+        if self._pack is None:
+            from pathlib import Path
+
+            self._pack = load_pack([Path(p) for p in self.settings.policy_paths])
+        return self._pack
+
+    def policy(self, name: str) -> Policy | None:
+        return self.pack().by_name.get(name)
+
+    def op_context(self, row: ActionRow, guard: Callable[[str], None] | None) -> OperationContext:
+        target = self._target(row.account_id)
+        return OperationContext(
+            client_for=lambda service: self.clients.client(target, service, row.region),
+            account_id=row.account_id,
+            region=row.region,
+            idempotency_key=row.idempotency_key,
+            guard=guard,
+        )
+
+    def _target(self, account: str) -> AccountTarget:
+        role = self.settings.role_name_for_accounts
+        if role and account in self.settings.accounts:
+            return AccountTarget(account, f"arn:aws:iam::{account}:role/{role}")
+        if self.settings.cost_optimization_role_arn and not self.settings.accounts:
+            return AccountTarget(account, self.settings.cost_optimization_role_arn)
+        return AccountTarget(account, None)
+
+    # -- dry run ------------------------------------------------------------------------
+    def dry_run_one(
+        self,
+        action_id: int,
+        run_id: int | None,
+        safety: SafetyChecker,
+        audit: AuditLogger,
+        worker: str,
+        clock: Clock,
+    ) -> ActionOutcome:
+        from backend.core.action_engine import ActionOutcome
+
+        with session_scope() as session:
+            row = session.get(ActionRow, action_id)
+            assert row is not None
+            op = operation_for(row.action, ResourceKind(row.kind))
+            # No guard: a dry run only reads; a changing call would be a bug, so refuse it.
+            ctx = self.op_context(row, guard=_refuse_changes)
+            judgement, _ = safety.judge_before_execution(
+                session, row, self.policy(row.policy_name), op, ctx
+            )
+            audit.record(
+                "execution",
+                subject_type="action",
+                subject_id=row.id,
+                actor=worker,
+                outcome="dry-run",
+                details={
+                    "run": run_id,
+                    "would": "execute" if judgement.allowed else "block",
+                    "summary": judgement.summary(),
+                },
+                session=session,
+            )
+        if judgement.allowed:
+            return ActionOutcome(action_id, "would-execute", f"{row.action} {row.resource_id}")
+        return ActionOutcome(action_id, "would-block", judgement.summary())
+
+    # -- live ---------------------------------------------------------------------------
+    def execute_one(
+        self,
+        action_id: int,
+        run_id: int | None,
+        safety: SafetyChecker,
+        audit: AuditLogger,
+        worker: str,
+        clock: Clock,
+    ) -> ActionOutcome:
+        from backend.core.action_engine import ActionOutcome
+
+        now = clock()
+        with session_scope() as session:
+            if not _claim(session, action_id, worker, now, self.settings):
+                return ActionOutcome(action_id, "skipped", "not approved, or claimed elsewhere")
+            row = session.get(ActionRow, action_id)
+            assert row is not None
+            row.run_id = run_id
+            audit.record(
+                "execution",
+                subject_type="action",
+                subject_id=row.id,
+                actor=worker,
+                outcome="claimed",
+                details={"run": run_id},
+                session=session,
+            )
+        guard = _Guard(self.emergency)
+        try:
+            return self._steps(action_id, safety, audit, worker, clock, guard)
+        except EmergencyStopEngaged as exc:
+            return self._interrupted(action_id, audit, worker, guard, str(exc))
+        except Exception as exc:  # noqa: BLE001 - recorded as a failure, backup kept
+            return self._fail(action_id, audit, worker, describe_error(exc))
+
+    def _steps(
+        self,
+        action_id: int,
+        safety: SafetyChecker,
+        audit: AuditLogger,
+        worker: str,
+        clock: Clock,
+        guard: _Guard,
+    ) -> ActionOutcome:
+        from backend.core.action_engine import ActionOutcome
+
+        with session_scope() as session:
+            row = session.get(ActionRow, action_id)
+            assert row is not None
+            op = operation_for(row.action, ResourceKind(row.kind))
+            ctx = self.op_context(row, guard)
+            judgement, fresh = safety.judge_before_execution(
+                session, row, self.policy(row.policy_name), op, ctx
+            )
+            row.safety_verdict = judgement.as_dict()
+            audit.record(
+                "safety_verdict",
+                subject_type="action",
+                subject_id=row.id,
+                actor="safety",
+                outcome="allowed" if judgement.allowed else "blocked",
+                details={"stage": "execute", "summary": judgement.summary()},
+                session=session,
+            )
+            if not judgement.allowed or fresh is None:
+                transition(
+                    session,
+                    row,
+                    S.BLOCKED,
+                    actor="safety",
+                    audit=audit,
+                    event="safety_verdict",
+                    details={"summary": judgement.summary()},
+                )
+                return ActionOutcome(action_id, "blocked", judgement.summary())
+            row.pre_state = resource_dict(fresh)
+            params = dict(row.params or {})
+            audit.record(
+                "execution",
+                subject_type="action",
+                subject_id=row.id,
+                actor=worker,
+                outcome="pre-state recorded",
+                details={"state": fresh.state},
+                session=session,
+            )
+        backup = op.backup(ctx, fresh)
+        with session_scope() as session:
+            row = session.get(ActionRow, action_id)
+            assert row is not None
+            row.backup_ref = backup
+            audit.record(
+                "execution",
+                subject_type="action",
+                subject_id=row.id,
+                actor=worker,
+                outcome="backup taken",
+                details={"backup": _short(backup)},
+                session=session,
+            )
+        op.execute(ctx, fresh, params)
+        post = op.verify(ctx, fresh.resource_id, params)
+        with session_scope() as session:
+            row = session.get(ActionRow, action_id)
+            assert row is not None
+            row.post_state = resource_dict(post) if post is not None else {"gone": True}
+            row.finished_at = clock()
+            row.realized_monthly_savings = None  # measured later, never assumed
+            transition(
+                session,
+                row,
+                S.SUCCEEDED,
+                actor=worker,
+                audit=audit,
+                event="execution",
+                details={"after": post.state if post else "gone", "backup": _short(row.backup_ref)},
+            )
+        return ActionOutcome(action_id, "succeeded", f"{row.action} {row.resource_id}")
+
+    def _interrupted(
+        self, action_id: int, audit: AuditLogger, worker: str, guard: _Guard, why: str
+    ) -> ActionOutcome:
+        from backend.core.action_engine import ActionOutcome
+
+        with session_scope() as session:
+            row = session.get(ActionRow, action_id)
+            assert row is not None
+            if guard.changes == 0:
+                # nothing in AWS changed yet: hand the action back untouched (backup kept)
+                transition(
+                    session,
+                    row,
+                    S.APPROVED,
+                    actor=worker,
+                    audit=audit,
+                    event="execution",
+                    details={"interrupted": why, "changed": False},
+                )
+                return ActionOutcome(action_id, "stopped", why)
+            row.error = (
+                f"interrupted by the emergency stop after {guard.changes} change(s); "
+                "may be partial: the pre-state and backup are kept, roll back to undo"
+            )
+            transition(
+                session,
+                row,
+                S.FAILED,
+                actor=worker,
+                audit=audit,
+                event="execution",
+                details={"interrupted": why, "changed": True},
+            )
+            return ActionOutcome(action_id, "failed", row.error)
+
+    def _fail(self, action_id: int, audit: AuditLogger, worker: str, why: str) -> ActionOutcome:
+        from backend.core.action_engine import ActionOutcome
+
+        with session_scope() as session:
+            row = session.get(ActionRow, action_id)
+            assert row is not None
+            row.error = why
+            row.finished_at = None
+            transition(
+                session,
+                row,
+                S.FAILED,
+                actor=worker,
+                audit=audit,
+                event="execution",
+                details={"error": why, "backup": _short(row.backup_ref)},
+            )
+        return ActionOutcome(action_id, "failed", why)
+
+    # -- undo ---------------------------------------------------------------------------
+    def rollback_one(
+        self, action_id: int, actor: str, audit: AuditLogger, clock: Clock
+    ) -> ActionOutcome:
+        from backend.core.action_engine import ActionOutcome
+
+        self.emergency.check("a rollback")
+        with session_scope() as session:
+            row = session.get(ActionRow, action_id)
+            if row is None:
+                raise LookupError(f"no action {action_id}")
+            if row.state not in (S.SUCCEEDED, S.FAILED) or not row.pre_state:
+                return ActionOutcome(
+                    action_id,
+                    "skipped",
+                    f"{row.state}: only a succeeded or failed action with a "
+                    "recorded pre-state can be rolled back",
+                )
+            op = operation_for(row.action, ResourceKind(row.kind))
+            ctx = self.op_context(row, _Guard(self.emergency))
+            pre, backup, params = resource_from(row.pre_state), row.backup_ref, dict(row.params)
+        try:
+            done = op.undo(ctx, pre, backup, params)
+        except (CannotUndo, ResourceGone) as exc:
+            with session_scope() as session:
+                audit.record(
+                    "rollback",
+                    subject_type="action",
+                    subject_id=action_id,
+                    actor=actor,
+                    outcome="impossible",
+                    details={"why": str(exc)},
+                    session=session,
+                )
+            return ActionOutcome(action_id, "failed", f"cannot undo: {exc}")
+        with session_scope() as session:
+            row = session.get(ActionRow, action_id)
+            assert row is not None
+            transition(
+                session,
+                row,
+                S.ROLLED_BACK,
+                actor=actor,
+                audit=audit,
+                event="rollback",
+                details={"done": done},
+            )
+        return ActionOutcome(action_id, "rolled_back", done)
+
+
+def _claim(session: Any, action_id: int, worker: str, now: dt.datetime, settings: Settings) -> bool:
+    """Atomic: one UPDATE moves an approved action to executing; only one claimant wins."""
+    deadline = now + dt.timedelta(minutes=settings.action_deadline_minutes)
+    result = session.execute(
+        update(ActionRow)
+        .where(ActionRow.id == action_id, ActionRow.state == S.APPROVED)
+        .values(
+            state=S.EXECUTING.value,
+            claimed_by=worker,
+            claimed_at=now,
+            deadline=deadline,
+            attempts=ActionRow.attempts + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def _refuse_changes(call: str) -> None:
+    raise RuntimeError(f"dry run: refusing the changing call {call}")
+
+
+def _short(backup: str | None) -> str | None:
+    if backup and backup.startswith("config:"):
+        return "configuration captured"
+    return backup

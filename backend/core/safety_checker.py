@@ -1,0 +1,258 @@
+"""SafetyChecker: gathers the facts about an action and lets the safety rules judge it.
+
+It judges at planning (stored inventory, no AWS calls) and again immediately before
+execution (a fresh describe, a fresh dependency probe, the policy re-evaluated on the fresh
+resource). Any error while gathering facts blocks: fail closed. The runbook calls
+`print(SafetyChecker().system_status())` and `print(SafetyChecker().run_full_check())`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.config import Settings, get_settings, parse_window
+from backend.core.models import ActionRow, MetricSummaryRow, ResourceRow
+from backend.core.repositories import to_resource
+from backend.core.types import utcnow
+from backend.domain.policy.evaluate import EvaluationContext
+from backend.domain.policy.model import Policy
+from backend.domain.policy.truth import Truth
+from backend.domain.resources import MetricSpec, Resource, ResourceKind
+from backend.domain.safety import (
+    ActionFacts,
+    BatchItem,
+    Dependencies,
+    FleetCounts,
+    Judgement,
+    Rule,
+    SafetyConfig,
+    Verdict,
+    check_batch,
+    judge,
+)
+from backend.providers.aws.dependencies import probe_dependencies
+from backend.providers.aws.operations import Operation, OperationContext, ResourceGone
+from backend.providers.aws.retry import describe_error
+
+
+def safety_config(settings: Settings) -> SafetyConfig:
+    return SafetyConfig(
+        protected_tag_key=settings.protected_tag_key,
+        protected_tag_values=frozenset(settings.protected_tag_values),
+        opt_out_tag=settings.opt_out_tag,
+        protected_accounts=frozenset(settings.protected_accounts),
+        protected_regions=frozenset(settings.protected_regions),
+        freeze_windows=tuple(parse_window(w) for w in settings.freeze_windows),
+        max_actions_per_run=settings.max_actions_per_run,
+        max_actions_per_hour=settings.max_actions_per_hour,
+        max_percent_of_fleet_per_run=settings.max_percent_of_fleet_per_run,
+    )
+
+
+def facts_for(
+    row: ActionRow, resource: Resource | None, *, now: dt.datetime, **kw: Any
+) -> ActionFacts:
+    approved = row.approved_by is not None and (
+        row.approval_expires_at is None or row.approval_expires_at > now
+    )
+    return ActionFacts(
+        action=row.action,
+        kind=ResourceKind(row.kind),
+        account_id=row.account_id,
+        region=row.region,
+        resource_id=row.resource_id,
+        resource=resource,
+        approved=approved or row.mode == "auto",
+        risk=row.risk,
+        mode=row.mode,
+        **kw,
+    )
+
+
+@dataclass
+class SafetyStatus:
+    active: bool
+    emergency_stop: dict[str, Any]
+    rules: dict[str, str]
+    recent_failures: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"safety system: {'ACTIVE' if self.active else 'NOT ACTIVE'}"]
+        stop = self.emergency_stop
+        lines.append(
+            "emergency stop: "
+            + (
+                f"ENGAGED by {stop.get('engaged_by')} at "
+                f"{stop.get('engaged_at')}: {stop.get('reason')}"
+                if stop.get("engaged")
+                else "off"
+            )
+        )
+        lines.append("rules in force:")
+        lines += [f"  {name}: {value}" for name, value in self.rules.items()]
+        lines.append(f"blocked in the last 24h: {len(self.recent_failures)}")
+        lines += [f"  {line}" for line in self.recent_failures[-10:]]
+        lines += [f"PROBLEM: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass
+class SelfTestReport:
+    results: list[tuple[str, bool, str]]
+
+    @property
+    def passed(self) -> bool:
+        return all(ok for _, ok, _ in self.results)
+
+    def __str__(self) -> str:
+        lines = [
+            f"{'PASS' if ok else 'FAIL'} {name}: {detail}" for name, ok, detail in self.results
+        ]
+        failed = sum(1 for _, ok, _ in self.results if not ok)
+        lines.append(f"safety self-test: {len(self.results) - failed} passed, {failed} failed")
+        return "\n".join(lines)
+
+
+class SafetyChecker:
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+        probe: Callable[[OperationContext, Resource], Any] = probe_dependencies,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._probe = probe
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings or get_settings()
+
+    @property
+    def config(self) -> SafetyConfig:
+        return safety_config(self.settings)
+
+    # -- judging ------------------------------------------------------------------------
+    def judge_planned(self, row: ActionRow, resource: Resource | None) -> Judgement:
+        """At planning, on the stored inventory: the static rules (no AWS calls)."""
+        try:
+            return judge(
+                facts_for(row, resource, now=self._clock()),
+                self.config,
+                self._clock(),
+                before_execution=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - any error judging blocks
+            return _fail_closed(exc)
+
+    def judge_before_execution(
+        self,
+        session: Session,
+        row: ActionRow,
+        policy: Policy | None,
+        operation: Operation,
+        ctx: OperationContext,
+    ) -> tuple[Judgement, Resource | None]:
+        """Fresh describe, fresh dependencies, the policy re-evaluated: every rule."""
+        now = self._clock()
+        try:
+            try:
+                fresh: Resource | None = operation.describe(ctx, row.resource_id)
+            except ResourceGone:
+                fresh = None
+            still, deps = None, None
+            if fresh is not None:
+                deps = Dependencies(**dataclasses.asdict(self._probe(ctx, fresh)))
+                still = (
+                    self._still_matches(session, policy, fresh, now)
+                    if policy is not None
+                    else Truth.UNKNOWN
+                )
+            facts = facts_for(row, fresh, now=now, still_matches=still, dependencies=deps)
+            judgement = judge(facts, self.config, now, before_execution=True)
+            if policy is None:
+                judgement = Judgement(
+                    (
+                        *judgement.verdicts,
+                        Verdict(
+                            Rule.STILL_MATCHES,
+                            False,
+                            f"policy {row.policy_name} is no longer loaded",
+                        ),
+                    )
+                )
+            return judgement, fresh
+        except Exception as exc:  # noqa: BLE001 - any error gathering facts blocks
+            return _fail_closed(exc), None
+
+    def _still_matches(
+        self, session: Session, policy: Policy, fresh: Resource, now: dt.datetime
+    ) -> Truth:
+        """The policy's filters on the fresh resource, with stored metrics and relations."""
+        neighbours = [
+            to_resource(r)
+            for r in session.scalars(
+                select(ResourceRow).where(
+                    ResourceRow.account_id == fresh.account_id,
+                    ResourceRow.region == fresh.region,
+                    ResourceRow.kind.in_([ResourceKind.EBS_VOLUME.value, ResourceKind.AMI.value]),
+                    ResourceRow.gone_at.is_(None),
+                )
+            )
+        ]
+        metrics: dict[tuple[str, MetricSpec], float | None] = {}
+        stored = session.scalars(
+            select(MetricSummaryRow)
+            .join(ResourceRow, ResourceRow.id == MetricSummaryRow.resource_pk)
+            .where(
+                ResourceRow.account_id == fresh.account_id,
+                ResourceRow.region == fresh.region,
+                ResourceRow.kind == fresh.kind.value,
+                ResourceRow.resource_id == fresh.resource_id,
+            )
+        )
+        for m in stored:
+            metrics[(fresh.resource_id, MetricSpec(m.namespace, m.metric, m.statistic, m.days))] = (
+                m.value
+            )
+        others = [r for r in neighbours if r.key != fresh.key]
+        ctx = EvaluationContext.from_resources([*others, fresh], now=now, metrics=metrics)
+        return policy.filters.evaluate(fresh, ctx, {})
+
+    def check_batch(
+        self, batch: list[BatchItem], fleet: FleetCounts, executed_last_hour: int
+    ) -> Verdict:
+        try:
+            return check_batch(
+                batch, fleet, executed_last_hour=executed_last_hour, config=self.config
+            )
+        except Exception as exc:  # noqa: BLE001
+            return Verdict(
+                Rule.FAIL_CLOSED, False, f"blast radius not checkable: {describe_error(exc)}"
+            )
+
+    # -- the runbook's checks ------------------------------------------------------------
+    def system_status(self) -> SafetyStatus:
+        from backend.core.safety_status import build_status
+
+        return build_status(self)
+
+    def run_full_check(self) -> SelfTestReport:
+        from backend.core.safety_selftest import run_self_test
+
+        return SelfTestReport(run_self_test(self.config, self._clock()))
+
+
+def _fail_closed(exc: BaseException) -> Judgement:
+    return Judgement(
+        (Verdict(Rule.FAIL_CLOSED, False, f"could not judge safely: {describe_error(exc)}"),)
+    )

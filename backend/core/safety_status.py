@@ -1,0 +1,66 @@
+"""What `SafetyChecker().system_status()` reports: active or not, and why."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from backend.core.database import session_scope
+from backend.core.models import EngineStateRow
+from backend.providers.aws.retry import describe_error
+
+if TYPE_CHECKING:
+    from backend.core.safety_checker import SafetyChecker, SafetyStatus
+
+
+def build_status(checker: SafetyChecker) -> SafetyStatus:
+    from backend.core.safety_checker import SafetyStatus
+
+    problems: list[str] = []
+    rules: dict[str, str] = {}
+    try:
+        c = checker.config
+        rules = {
+            "protected tag": f"{c.protected_tag_key} in {sorted(c.protected_tag_values)}",
+            "opt-out tag": c.opt_out_tag,
+            "protected accounts": ", ".join(sorted(c.protected_accounts)) or "none",
+            "protected regions": ", ".join(sorted(c.protected_regions)) or "none",
+            "change freezes": ", ".join(f"{s:%Y-%m-%d}..{e:%Y-%m-%d}" for s, e in c.freeze_windows)
+            or "none",
+            "blast radius": f"{c.max_actions_per_run}/run, {c.max_actions_per_hour}/hour, "
+            f"{c.max_percent_of_fleet_per_run:g}% of a fleet per run",
+            "approval": "irreversible or high-risk actions need a person",
+            "fail closed": "any error while judging blocks",
+            "dry run": "on" if checker.settings.dry_run else "OFF (live)",
+        }
+    except Exception as exc:  # noqa: BLE001 - a broken configuration is the finding
+        problems.append(f"configuration unusable: {describe_error(exc)}")
+    stop: dict[str, Any] = {"engaged": None}
+    recent: list[str] = []
+    try:
+        with session_scope() as session:
+            row = session.scalars(select(EngineStateRow).where(EngineStateRow.id == 1)).first()
+            stop = {
+                "engaged": bool(row and row.emergency_stop),
+                "reason": row.reason if row else None,
+                "engaged_by": row.engaged_by if row else None,
+                "engaged_at": row.engaged_at.isoformat() if row and row.engaged_at else None,
+            }
+        from backend.core.automation_audit_logger import AuditLogger
+
+        for event in AuditLogger().events("24h", event_types=frozenset({"safety_verdict"})):
+            if event.outcome == "blocked":
+                recent.append(
+                    f"{event.occurred_at:%Y-%m-%d %H:%M} {event.subject_id}: "
+                    f"{event.details.get('summary', '')}"
+                )
+    except Exception as exc:  # noqa: BLE001 - the safety system cannot see its state
+        problems.append(f"database unusable: {describe_error(exc)}")
+    return SafetyStatus(
+        active=not problems,
+        emergency_stop=stop,
+        rules=rules,
+        recent_failures=recent,
+        problems=problems,
+    )

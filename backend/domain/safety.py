@@ -1,0 +1,321 @@
+"""Safety rules: pure judgements over facts gathered by the caller. Any doubt blocks.
+
+`judge` takes everything a rule needs as data (the resource as just described, its
+dependencies, whether the policy still selects it) and returns one verdict per rule. The
+caller gathers the facts; an error while gathering is itself a blocking verdict
+(FAIL_CLOSED), never a pass.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from backend.domain.policy.actions import ACTIONS, ALIASES
+from backend.domain.policy.truth import Truth
+from backend.domain.resources import Resource, ResourceKind
+
+
+class Rule(StrEnum):
+    EMERGENCY_STOP = "emergency-stop"
+    FAIL_CLOSED = "fail-closed"
+    PROTECTED_TAG = "protected-tag"
+    OPT_OUT = "opt-out"
+    PROTECTED_ACCOUNT = "protected-account"
+    PROTECTED_REGION = "protected-region"
+    EXISTS = "resource-exists"
+    STATE = "resource-state"
+    STILL_MATCHES = "still-matches-policy"
+    DEPENDENCY = "dependency"
+    FREEZE = "change-freeze"
+    APPROVAL = "approval-required"
+    BLAST_RADIUS = "blast-radius"
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """What an administrator configures; no policy can change any of it."""
+
+    protected_tag_key: str = "env"
+    protected_tag_values: frozenset[str] = frozenset({"prod", "production"})
+    opt_out_tag: str = "finops:opt-out"
+    protected_accounts: frozenset[str] = frozenset()
+    protected_regions: frozenset[str] = frozenset()
+    freeze_windows: tuple[tuple[dt.datetime, dt.datetime], ...] = ()
+    max_actions_per_run: int = 50
+    max_actions_per_hour: int = 100
+    max_percent_of_fleet_per_run: float = 10.0
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """What else relies on the resource (gathered fresh from AWS by the caller)."""
+
+    in_auto_scaling_group: str | None = None
+    termination_protected: bool = False
+    stop_protected: bool = False
+    load_balancer_targets: tuple[str, ...] = ()
+    attached_to: tuple[str, ...] = ()
+    is_root_device_of: str | None = None
+    backs_amis: tuple[str, ...] = ()
+    associated_with: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    rule: Rule
+    ok: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule.value, "ok": self.ok, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdicts: tuple[Verdict, ...]
+
+    @property
+    def allowed(self) -> bool:
+        return bool(self.verdicts) and all(v.ok for v in self.verdicts)
+
+    @property
+    def blocking(self) -> tuple[Verdict, ...]:
+        return tuple(v for v in self.verdicts if not v.ok)
+
+    def summary(self) -> str:
+        if self.allowed:
+            return "allowed"
+        return "; ".join(f"{v.rule.value}: {v.reason}" for v in self.blocking)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"allowed": self.allowed, "verdicts": [v.as_dict() for v in self.verdicts]}
+
+
+@dataclass(frozen=True)
+class ActionFacts:
+    """One proposed action and what is known about its resource right now.
+
+    `resource` None means AWS says it no longer exists. `dependencies` None means they were
+    not probed (at planning); before execution the caller must probe them.
+    """
+
+    action: str
+    kind: ResourceKind
+    account_id: str
+    region: str
+    resource_id: str
+    resource: Resource | None
+    still_matches: Truth | None = None
+    dependencies: Dependencies | None = None
+    approved: bool = False
+    risk: str = "low"
+    mode: str = "approval"
+
+
+def canonical_action(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def needs_approval(action: str, kind: ResourceKind, risk: str) -> bool:
+    """Irreversible or high-risk actions never run on a policy's say-so alone."""
+    action_type = ACTIONS.get(canonical_action(action))
+    if action_type is None:
+        return True
+    return risk == "high" or not action_type.reversible(kind)
+
+
+def judge(
+    facts: ActionFacts, config: SafetyConfig, now: dt.datetime, *, before_execution: bool
+) -> Judgement:
+    """Every rule's verdict on one action. Before execution, missing facts block."""
+    verdicts = [
+        _account(facts, config),
+        _region(facts, config),
+        _freeze(config, now),
+        _approval(facts),
+    ]
+    resource = facts.resource
+    if resource is None:
+        verdicts.append(Verdict(Rule.EXISTS, False, f"{facts.resource_id} no longer exists"))
+        return Judgement(tuple(verdicts))
+    verdicts += [
+        Verdict(Rule.EXISTS, True, "exists"),
+        _protected(resource, config),
+        _opt_out(resource, config),
+        _state(facts, resource),
+    ]
+    if facts.still_matches is not None or before_execution:
+        verdicts.append(_still_matches(facts.still_matches))
+    if facts.dependencies is not None:
+        verdicts.append(_dependencies(facts, facts.dependencies))
+    elif before_execution:
+        verdicts.append(Verdict(Rule.DEPENDENCY, False, "dependencies were not checked"))
+    return Judgement(tuple(verdicts))
+
+
+def _account(f: ActionFacts, c: SafetyConfig) -> Verdict:
+    if f.account_id in c.protected_accounts:
+        return Verdict(Rule.PROTECTED_ACCOUNT, False, f"account {f.account_id} is protected")
+    return Verdict(Rule.PROTECTED_ACCOUNT, True, "account not protected")
+
+
+def _region(f: ActionFacts, c: SafetyConfig) -> Verdict:
+    if f.region in c.protected_regions:
+        return Verdict(Rule.PROTECTED_REGION, False, f"region {f.region} is protected")
+    return Verdict(Rule.PROTECTED_REGION, True, "region not protected")
+
+
+def _freeze(c: SafetyConfig, now: dt.datetime) -> Verdict:
+    for start, end in c.freeze_windows:
+        if start <= now < end:
+            return Verdict(
+                Rule.FREEZE,
+                False,
+                f"change freeze {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC",
+            )
+    return Verdict(Rule.FREEZE, True, "no change freeze")
+
+
+def _approval(f: ActionFacts) -> Verdict:
+    if needs_approval(f.action, f.kind, f.risk) and not f.approved:
+        return Verdict(
+            Rule.APPROVAL,
+            False,
+            f"{f.action} on {f.kind.value} is irreversible or high-risk: a person must approve it",
+        )
+    return Verdict(Rule.APPROVAL, True, "approved" if f.approved else "no approval needed")
+
+
+def _protected(r: Resource, c: SafetyConfig) -> Verdict:
+    value = r.tags.get(c.protected_tag_key)
+    # tag values are compared without case: Prod and PRODUCTION are production too
+    protected = {v.casefold() for v in c.protected_tag_values}
+    if value is not None and value.strip().casefold() in protected:
+        return Verdict(Rule.PROTECTED_TAG, False, f"tagged {c.protected_tag_key}={value}")
+    return Verdict(Rule.PROTECTED_TAG, True, "no protected tag")
+
+
+def _opt_out(r: Resource, c: SafetyConfig) -> Verdict:
+    if c.opt_out_tag in r.tags:
+        return Verdict(Rule.OPT_OUT, False, f"its owner opted out ({c.opt_out_tag})")
+    return Verdict(Rule.OPT_OUT, True, "not opted out")
+
+
+def _state(f: ActionFacts, r: Resource) -> Verdict:
+    action_type = ACTIONS.get(canonical_action(f.action))
+    rule = action_type.rule(f.kind) if action_type else None
+    if rule is None:
+        return Verdict(Rule.STATE, False, f"{f.action} does not apply to {f.kind.value}")
+    if rule.states is not None and r.state not in rule.states:
+        return Verdict(
+            Rule.STATE,
+            False,
+            f"state is {r.state}; {f.action} needs " + " or ".join(sorted(rule.states)),
+        )
+    return Verdict(Rule.STATE, True, f"state {r.state}")
+
+
+def _still_matches(truth: Truth | None) -> Verdict:
+    if truth is Truth.TRUE:
+        return Verdict(Rule.STILL_MATCHES, True, "the policy still selects it")
+    if truth is Truth.FALSE:
+        return Verdict(Rule.STILL_MATCHES, False, "the policy no longer selects it")
+    return Verdict(
+        Rule.STILL_MATCHES, False, "cannot tell whether the policy still selects it (data missing)"
+    )
+
+
+_INSTANCE_STOPPING = {"stop", "terminate", "resize"}
+
+
+def _dependencies(f: ActionFacts, d: Dependencies) -> Verdict:
+    action = canonical_action(f.action)
+    problems: list[str] = []
+    if f.kind is ResourceKind.EC2_INSTANCE and action in _INSTANCE_STOPPING:
+        if d.in_auto_scaling_group:
+            problems.append(f"member of Auto Scaling group {d.in_auto_scaling_group}")
+        if d.load_balancer_targets:
+            problems.append(f"registered in {len(d.load_balancer_targets)} target group(s)")
+        if action in ("stop", "resize") and d.stop_protected:
+            problems.append("stop protection is on")
+        if action == "terminate" and d.termination_protected:
+            problems.append("termination protection is on")
+    if f.kind is ResourceKind.EBS_VOLUME and action == "delete":
+        if d.attached_to:
+            problems.append(f"attached to {', '.join(d.attached_to)}")
+        if d.is_root_device_of:
+            problems.append(f"root device of {d.is_root_device_of}")
+    if f.kind is ResourceKind.EBS_SNAPSHOT and action == "delete" and d.backs_amis:
+        problems.append(f"backs AMI {', '.join(d.backs_amis)}")
+    if f.kind is ResourceKind.ELASTIC_IP and action == "release" and d.associated_with:
+        problems.append(f"associated with {d.associated_with}")
+    if problems:
+        return Verdict(Rule.DEPENDENCY, False, "; ".join(problems))
+    return Verdict(Rule.DEPENDENCY, True, "nothing depends on it")
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    policy: str
+    kind: ResourceKind
+    policy_max_actions: int | None = None
+    policy_max_percent: float | None = None
+
+
+@dataclass(frozen=True)
+class FleetCounts:
+    by_kind: Mapping[ResourceKind, int] = field(default_factory=dict)
+
+
+def check_batch(
+    batch: Sequence[BatchItem],
+    fleet: FleetCounts,
+    *,
+    executed_last_hour: int,
+    config: SafetyConfig,
+) -> Verdict:
+    """Blast radius: crossing any limit stops the whole batch (never the first N of it)."""
+    problems: list[str] = []
+    if len(batch) > config.max_actions_per_run:
+        problems.append(f"{len(batch)} actions in one run > limit {config.max_actions_per_run}")
+    if executed_last_hour + len(batch) > config.max_actions_per_hour:
+        problems.append(
+            f"{executed_last_hour} in the last hour + {len(batch)} now > hourly "
+            f"limit {config.max_actions_per_hour}"
+        )
+    by_kind: dict[ResourceKind, int] = {}
+    by_policy: dict[str, list[BatchItem]] = {}
+    for item in batch:
+        by_kind[item.kind] = by_kind.get(item.kind, 0) + 1
+        by_policy.setdefault(item.policy, []).append(item)
+    for kind, count in by_kind.items():
+        percent = _percent(count, fleet.by_kind.get(kind, 0))
+        if percent > config.max_percent_of_fleet_per_run:
+            problems.append(
+                f"{count} {kind.value} = {percent:.1f}% of the fleet > "
+                f"{config.max_percent_of_fleet_per_run:g}%"
+            )
+    for policy, items in by_policy.items():
+        first = items[0]
+        if first.policy_max_actions is not None and len(items) > first.policy_max_actions:
+            problems.append(
+                f"policy {policy}: {len(items)} actions > its limit {first.policy_max_actions}"
+            )
+        percent = _percent(len(items), fleet.by_kind.get(first.kind, 0))
+        if first.policy_max_percent is not None and percent > first.policy_max_percent:
+            problems.append(
+                f"policy {policy}: {percent:.1f}% of the {first.kind.value} fleet "
+                f"> its limit {first.policy_max_percent:g}%"
+            )
+    if problems:
+        return Verdict(Rule.BLAST_RADIUS, False, "; ".join(problems))
+    return Verdict(Rule.BLAST_RADIUS, True, f"{len(batch)} action(s) within every limit")
+
+
+def _percent(count: int, fleet: int) -> float:
+    # an unknown or empty fleet makes any action 100% of it: fail closed
+    return 100.0 if fleet <= 0 else 100.0 * count / fleet

@@ -1,0 +1,119 @@
+"""Plan, approve, execute and roll back against a moto_server; the safety rules hold."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from backend.config import reset_settings_cache
+from backend.core.action_planner import ActionPlanner, ApprovalError
+from backend.core.automation_audit_logger import AuditLogger
+from backend.core.database import session_scope
+from backend.core.emergency_stop import EmergencyStop
+from backend.core.models import ActionRow
+from tests.integration.execution_support import Account, engine, scan_and_plan, seed
+
+pytestmark = pytest.mark.moto_server
+
+
+def actions() -> dict[str, ActionRow]:
+    with session_scope() as session:
+        return {r.resource_id: r for r in session.scalars(select(ActionRow))}
+
+
+@pytest.fixture
+def account(moto_url: str, any_database: str, monkeypatch: pytest.MonkeyPatch) -> Account:
+    # a four-instance account: one action is 25% of the fleet, over the 10% default
+    monkeypatch.setenv("FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN", "50")
+    reset_settings_cache()
+    return seed(moto_url)
+
+
+def test_protected_and_opted_out_are_blocked_at_planning(account: Account) -> None:
+    result = scan_and_plan()
+    rows = actions()
+    assert rows[account.idle].state == "approved"  # auto, reversible
+    assert rows[account.loose_volume].state == "awaiting_approval"  # irreversible: a person
+    assert rows[account.prod].state == "blocked"
+    assert "protected-tag" in result.blocked[rows[account.prod].id]
+    assert rows[account.opted_out].state == "blocked"
+    assert "opt-out" in result.blocked[rows[account.opted_out].id]
+    assert account.busy not in rows
+    assert scan_and_plan().created == []  # planning again adds nothing
+
+
+def test_dry_run_changes_nothing(account: Account) -> None:
+    scan_and_plan()
+    report = engine().execute(dry_run=True)
+    assert [o.result for o in report.outcomes] == ["would-execute"]
+    assert account.instance_state(account.idle) == "running"
+    assert actions()[account.idle].state == "approved"
+
+
+def test_execute_then_roll_back(account: Account) -> None:
+    scan_and_plan(requested_by="planner")
+    volume_action = actions()[account.loose_volume].id
+    with session_scope() as session, pytest.raises(ApprovalError, match="separation"):
+        ActionPlanner().approve(session, volume_action, "planner")
+    with session_scope() as session:
+        ActionPlanner().approve(session, volume_action, "alice")
+    report = engine().execute(dry_run=False)
+    assert sorted(o.result for o in report.outcomes) == ["succeeded", "succeeded"]
+    assert account.instance_state(account.idle) == "stopped"
+    assert account.instance_state(account.prod) == "running"
+    assert not account.volume_exists(account.loose_volume)
+    rows = actions()
+    snapshot = rows[account.loose_volume].backup_ref
+    assert snapshot and snapshot.startswith("snap-")
+    assert rows[account.idle].pre_state["state"] == "running"
+    assert rows[account.idle].post_state["state"] == "stopped"
+
+    for row in rows.values():
+        if row.state == "succeeded":
+            assert engine().rollback(row.id, "oncall").result == "rolled_back"
+    assert account.instance_state(account.idle) == "running"
+    restored = [
+        v for v in account.ec2().describe_volumes()["Volumes"] if v.get("SnapshotId") == snapshot
+    ]
+    assert len(restored) == 1
+    assert {"Key": "owner", "Value": "team-a"} in restored[0]["Tags"]
+    assert {
+        r.state
+        for r in actions().values()
+        if r.id in {x.id for x in rows.values() if x.state == "succeeded"}
+    } == {"rolled_back"}
+    events = [e.event_type for e in AuditLogger().events("1h")]
+    assert events.count("rollback") == 2
+    assert AuditLogger().verify().ok
+
+
+def test_blast_radius_stops_the_whole_batch(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scan_and_plan()
+    monkeypatch.setenv("FINOPS_MAX_ACTIONS_PER_RUN", "0")
+    reset_settings_cache()
+    report = engine().execute(dry_run=False)
+    assert report.stopped_by and "limit 0" in report.stopped_by
+    assert report.outcomes == []
+    assert account.instance_state(account.idle) == "running"
+
+
+def test_emergency_stop_prevents_any_start(account: Account) -> None:
+    scan_and_plan()
+    EmergencyStop().engage("test", "oncall")
+    report = engine().execute(dry_run=False)
+    assert report.stopped_by and "test" in report.stopped_by
+    assert account.instance_state(account.idle) == "running"
+    assert actions()[account.idle].state == "approved"
+
+
+def test_a_resource_that_changed_is_blocked_before_execution(account: Account) -> None:
+    scan_and_plan()
+    account.ec2().create_tags(
+        Resources=[account.idle], Tags=[{"Key": "finops:opt-out", "Value": "now"}]
+    )
+    report = engine().execute(dry_run=False)
+    assert [o.result for o in report.outcomes] == ["blocked"]
+    assert "opt-out" in report.outcomes[0].detail
+    assert account.instance_state(account.idle) == "running"
