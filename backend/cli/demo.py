@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from backend.cli.app import app, console, handle_errors, settings
 from backend.cli.render import print_opportunities, print_summary
 from backend.core.migrations import ensure_schema
 from backend.core.scan_service import ScanOutcome, ScanService
+from backend.demo.cycle import APPROVER, CycleResult, run_cycle
 from backend.providers.aws.session import AwsClients
 
 DEFAULT_PACK = Path(__file__).resolve().parents[2] / "policies"
@@ -50,14 +52,52 @@ def demo(
             f"simulated account seeded: {fleet.total} resources in "
             f"{', '.join(regions)} ({time.perf_counter() - started:.1f}s)"
         )
-        service = ScanService(cfg, clients=AwsClients(endpoint_url=None))
-        outcome = service.run(pack=pack, regions=list(regions))
-    print_summary(console, outcome)
-    print_opportunities(console, outcome)
-    _print_traps(outcome, fleet.traps)
+        clients = AwsClients(endpoint_url=None)
+        outcome = ScanService(cfg, clients=clients).run(pack=pack, regions=list(regions))
+        print_summary(console, outcome)
+        print_opportunities(console, outcome)
+        _print_traps(outcome, fleet.traps)
+        cycle = run_cycle(cfg, pack, clients)
+    _print_cycle(cycle)
     console.print(
         f"database: {cfg.effective_database_url}  (scan {outcome.scan_id})", highlight=False
     )
+
+
+def _print_cycle(cycle: CycleResult) -> None:
+    plan = cycle.plan
+    console.rule("The cycle: plan on day 0, act as each owner's notice ends")
+    console.print(
+        f"planned {len(plan.created) + len(plan.blocked)} action(s): "
+        f"{len(plan.approved)} approved by their policy, {len(plan.awaiting)} "
+        f"waiting for a person, {len(plan.blocked)} blocked by the safety rules; "
+        f"{cycle.approved_by_person} approved by {APPROVER} (not the requester)"
+    )
+    first = cycle.first_try
+    if first.stopped_by:
+        console.print(
+            f"[yellow]a run of every due action at once was stopped whole by the "
+            f"blast-radius limits[/yellow] ({first.stopped_by})",
+            highlight=False,
+        )
+    chosen = cycle.chosen
+    results = Counter(o.result for o in chosen.outcomes)
+    console.print(
+        f"executed, LIVE in the simulated account, in batches within the limits: {dict(results)}",
+        highlight=False,
+    )
+    for outcome in [o for o in chosen.outcomes if o.result != "succeeded"][:5]:
+        console.print(
+            f"  action {outcome.action_id} {outcome.result}: {outcome.detail}", highlight=False
+        )
+    console.print(f"rollback: {cycle.rolled_back}", highlight=False)
+    console.print(f"estimated savings of what was done: ${cycle.saved_per_month:,.2f}/month")
+    console.print(
+        "blocked by the safety rules, by rule: "
+        + (", ".join(f"{rule} {n}" for rule, n in cycle.blocked_by_rule.most_common()) or "none"),
+        highlight=False,
+    )
+    console.print("every step above is in the audit log: finops audit timeline --since 1h")
 
 
 def _print_traps(outcome: ScanOutcome, traps: Any) -> None:

@@ -212,17 +212,18 @@ class ActionPlanner:
     ) -> None:
         judgement = self._safety.judge_planned(row, resource)
         row.safety_verdict = judgement.as_dict()
+        # At planning, a missing approval is the normal case: it decides the queue, not a block.
+        blocking = [v for v in judgement.blocking if v.rule.value != "approval-required"]
+        outcome = "blocked" if blocking else "allowed" if judgement.allowed else "needs approval"
         self._audit.record(
             "safety_verdict",
             subject_type="action",
             subject_id=row.id,
             actor="safety",
-            outcome="allowed" if judgement.allowed else "blocked",
+            outcome=outcome,
             details={"stage": "plan", "summary": judgement.summary()},
             session=session,
         )
-        # At planning, a missing approval is the normal case: it decides the queue, not a block.
-        blocking = [v for v in judgement.blocking if v.rule.value != "approval-required"]
         if blocking:
             if row.state != S.BLOCKED:
                 transition(
@@ -243,7 +244,10 @@ class ActionPlanner:
         if auto:
             row.approved_by = f"policy:{row.policy_name}"
             row.approved_at = now
-            row.approval_expires_at = now + dt.timedelta(hours=self.settings.approval_ttl_hours)
+            # The approval's lifetime starts when the action may run (after the owner's
+            # notice); counted from now it would expire during the grace period.
+            due = max(now, row.not_before or now)
+            row.approval_expires_at = due + dt.timedelta(hours=self.settings.approval_ttl_hours)
             transition(
                 session,
                 row,

@@ -73,6 +73,17 @@ def _all(ctx: OperationContext, operation: str, key: str, **kwargs: Any) -> list
         kwargs["Marker"] = page["NextMarker"]
 
 
+def _groups_of(ctx: OperationContext, arn: str) -> list[dict[str, Any]]:
+    """The load balancer's target groups. AWS answers none with an empty list; moto raises
+    TargetGroupNotFound, which for this query means the same."""
+    try:
+        return _all(ctx, "describe_target_groups", "TargetGroups", LoadBalancerArn=arn)
+    except ClientError as exc:
+        if error_code(exc) == "TargetGroupNotFound":
+            return []
+        raise
+
+
 def _forwarded(actions: list[dict[str, Any]]) -> set[str]:
     arns = {a["TargetGroupArn"] for a in actions if a.get("TargetGroupArn")}
     for a in actions:
@@ -97,10 +108,7 @@ def capture(ctx: OperationContext, lb: Resource) -> dict[str, Any]:
         for rule in rules:
             referenced |= _forwarded(rule.get("Actions", []))
         listeners.append({**listener, "Rules": rules})
-    groups = {
-        g["TargetGroupArn"]: g
-        for g in _all(ctx, "describe_target_groups", "TargetGroups", LoadBalancerArn=arn)
-    }
+    groups = {g["TargetGroupArn"]: g for g in _groups_of(ctx, arn)}
     missing = sorted(referenced - set(groups))
     if missing:
         for g in _all(ctx, "describe_target_groups", "TargetGroups", TargetGroupArns=missing):

@@ -1,0 +1,153 @@
+"""The demo's whole cycle on the simulated account: plan, approve, act, roll back.
+
+Owners get notice first, so the cycle plans on day 0 and acts as each grace period ends
+(the engine's clock is injected; nothing waits). All changes happen in the in-process
+simulated account.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+
+from backend.config import Settings
+from backend.core.action_engine import ActionEngine, RunReport
+from backend.core.action_planner import ActionPlanner, PlanResult
+from backend.core.database import session_scope
+from backend.core.models import ActionRow, ResourceRow
+from backend.core.safety_checker import safety_config
+from backend.core.types import utcnow
+from backend.domain.policy.model import PolicyPack
+from backend.providers.aws.session import AwsClients
+
+PLANNER, APPROVER, OPERATOR = "demo-planner", "demo-approver", "demo-operator"
+
+
+@dataclass
+class CycleResult:
+    plan: PlanResult
+    approved_by_person: int
+    first_try: RunReport
+    chosen: RunReport
+    rolled_back: str
+    blocked_by_rule: Counter[str] = field(default_factory=Counter)
+    saved_per_month: float = 0.0
+
+
+def run_cycle(settings: Settings, pack: PolicyPack, clients: AwsClients) -> CycleResult:
+    day0 = utcnow()
+    with session_scope() as session:
+        plan = ActionPlanner(settings=settings, clock=lambda: day0).plan(
+            session, pack, requested_by=PLANNER
+        )
+        moments = sorted(
+            {
+                row.not_before or day0
+                for row in session.scalars(
+                    select(ActionRow).where(ActionRow.state.in_(["approved", "awaiting_approval"]))
+                )
+            }
+        )
+    first_try: RunReport | None = None
+    chosen = RunReport(run_id=None, dry_run=False)
+    approved_by_person = 0
+    engine = ActionEngine(settings=settings, clients=clients, pack=pack, worker="demo-worker")
+    # Act when each owner's notice ends, as the scheduler would.
+    for moment in moments:
+        at = moment + dt.timedelta(minutes=1)
+        with session_scope() as session:
+            planner = ActionPlanner(settings=settings, clock=fixed(at))
+            for action_id in session.scalars(
+                select(ActionRow.id).where(
+                    ActionRow.state == "awaiting_approval", ActionRow.not_before <= at
+                )
+            ).all():
+                planner.approve(session, action_id, APPROVER)
+                approved_by_person += 1
+        engine = ActionEngine(
+            settings=settings,
+            clients=clients,
+            pack=pack,
+            clock=fixed(at),
+            worker="demo-worker",
+        )
+        everything = engine.execute(dry_run=False, triggered_by=OPERATOR)
+        if everything.stopped_by and first_try is None:
+            first_try = everything
+        if everything.stopped_by:
+            batch = engine.execute(
+                _batch_within_limits(settings, pack), dry_run=False, triggered_by=OPERATOR
+            )
+            chosen.outcomes += batch.outcomes
+        else:
+            chosen.outcomes += everything.outcomes
+    done = [o for o in chosen.outcomes if o.result == "succeeded"]
+    rolled_back = "nothing to roll back"
+    if done:
+        outcome = engine.rollback(done[0].action_id, OPERATOR)
+        rolled_back = f"action {outcome.action_id}: {outcome.result}: {outcome.detail}"
+    result = CycleResult(
+        plan, approved_by_person, first_try or RunReport(None, False), chosen, rolled_back
+    )
+    with session_scope() as session:
+        for row in session.scalars(select(ActionRow).where(ActionRow.state == "blocked")):
+            for verdict in (row.safety_verdict or {}).get("verdicts", []):
+                # approval decides the queue at planning; it is not what blocked these
+                if not verdict["ok"] and verdict["rule"] != "approval-required":
+                    result.blocked_by_rule[verdict["rule"]] += 1
+        result.saved_per_month = float(
+            session.scalar(
+                select(func.coalesce(func.sum(ActionRow.estimated_monthly_savings), 0.0)).where(
+                    ActionRow.state == "succeeded"
+                )
+            )
+            or 0.0
+        )
+    return result
+
+
+def fixed(moment: dt.datetime) -> Callable[[], dt.datetime]:
+    return lambda: moment
+
+
+def _batch_within_limits(settings: Settings, pack: PolicyPack) -> list[int]:
+    """The operator's choice: the largest batch, policy by policy, that every limit allows."""
+    config = safety_config(settings)
+    limits = {p.name: p.limits for p in pack.policies}
+    with session_scope() as session:
+        fleet = dict(
+            session.execute(
+                select(ResourceRow.kind, func.count())
+                .where(ResourceRow.gone_at.is_(None))
+                .group_by(ResourceRow.kind)
+            ).all()
+        )
+        due = session.scalars(
+            select(ActionRow).where(ActionRow.state == "approved").order_by(ActionRow.id)
+        ).all()
+        chosen: list[int] = []
+        per_kind: Counter[str] = Counter()
+        per_policy: Counter[str] = Counter()
+        for row in due:
+            total = fleet.get(row.kind, 0)
+            policy = limits.get(row.policy_name)
+            kind_cap = int(total * config.max_percent_of_fleet_per_run / 100)
+            policy_cap = min(
+                policy.max_actions_per_run if policy and policy.max_actions_per_run else 10**9,
+                int(total * policy.max_percent_of_fleet / 100)
+                if policy and policy.max_percent_of_fleet
+                else 10**9,
+            )
+            if (
+                len(chosen) < config.max_actions_per_run
+                and per_kind[row.kind] < kind_cap
+                and per_policy[row.policy_name] < policy_cap
+            ):
+                chosen.append(row.id)
+                per_kind[row.kind] += 1
+                per_policy[row.policy_name] += 1
+        return chosen
