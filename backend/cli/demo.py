@@ -73,6 +73,10 @@ def _print_cycle(cycle: CycleResult) -> None:
         f"waiting for a person, {len(plan.blocked)} blocked by the safety rules; "
         f"{cycle.approved_by_person} approved by {APPROVER} (not the requester)"
     )
+    console.print(
+        f"owner notices: {cycle.notices} mail(s) delivered to the owners (the demo's "
+        "loopback mailbox); their resources marked finops:scheduled-action"
+    )
     first = cycle.first_try
     if first.stopped_by:
         console.print(

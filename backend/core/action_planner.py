@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,6 +27,9 @@ from backend.domain.lifecycle import ActionState, check_transition
 from backend.domain.policy.model import PolicyPack
 from backend.domain.resources import ResourceKind
 from backend.domain.safety import needs_approval
+
+if TYPE_CHECKING:
+    from backend.core.owner_notice import OwnerNotice
 
 S = ActionState
 
@@ -105,21 +108,29 @@ class ActionPlanner:
         safety: SafetyChecker | None = None,
         audit: AuditLogger | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        owner_notice: OwnerNotice | None = None,
     ) -> None:
         self._settings = settings
         self._safety = safety or SafetyChecker(settings=settings, clock=clock)
         self._audit = audit or AuditLogger()
         self._clock = clock
+        self._owner_notice = owner_notice
 
     @property
     def settings(self) -> Settings:
         return self._settings or get_settings()
 
     def plan(
-        self, session: Session, pack: PolicyPack, *, requested_by: str = "system"
+        self,
+        session: Session,
+        pack: PolicyPack,
+        *,
+        requested_by: str = "system",
+        notify_owners: bool = False,
     ) -> PlanResult:
         now = self._clock()
         out = PlanResult()
+        to_notice: list[ActionRow] = []  # owner notice (see owner_notice.py)
         acting = {p.name: p for p in pack.enabled() if p.mode != "report"}
         if not acting:
             return out
@@ -156,7 +167,33 @@ class ActionPlanner:
             if policy.notice.notify and action.not_before is None:
                 action.not_before = now + dt.timedelta(days=policy.notice.grace_days)
             self._decide(session, action, to_resource(resource), out, now)
+            if policy.notice.notify and action.state != S.BLOCKED:
+                to_notice.append(action)
+        if to_notice:
+            self._give_notice(
+                session, to_notice, out, live=notify_owners or not self.settings.dry_run
+            )
         return out
+
+    # --- owner notice: mark, notify; a notice that cannot be given blocks the action ------
+    def _give_notice(
+        self, session: Session, actions: list[ActionRow], out: PlanResult, *, live: bool
+    ) -> None:
+        # Imported here: owner_notice imports this module (transition) and the executor.
+        from backend.core.owner_notice import OwnerNotice
+
+        if self._owner_notice is None:
+            self._owner_notice = OwnerNotice(
+                settings=self._settings, audit=self._audit, clock=self._clock
+            )
+        result = self._owner_notice.give(session, actions, live=live)
+        for action_id, reason in result.blocked.items():
+            for queue in (out.created, out.approved, out.awaiting):
+                if action_id in queue:
+                    queue.remove(action_id)
+            out.blocked[action_id] = f"owner-notice: {reason}"
+
+    # --- end of owner notice ---------------------------------------------------------------
 
     def _new_action(
         self,

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.config import Settings, get_settings, parse_window
-from backend.core.models import ActionRow, MetricSummaryRow, ResourceRow
+from backend.core.models import ActionRow, AuditEventRow, MetricSummaryRow, ResourceRow
 from backend.core.repositories import to_resource
 from backend.core.types import utcnow
 from backend.domain.policy.evaluate import EvaluationContext
@@ -177,7 +177,16 @@ class SafetyChecker:
                     if policy is not None
                     else Truth.UNKNOWN
                 )
-            facts = facts_for(row, fresh, now=now, still_matches=still, dependencies=deps)
+            notice_required = bool(policy is not None and policy.notice.notify)
+            facts = facts_for(
+                row,
+                fresh,
+                now=now,
+                still_matches=still,
+                dependencies=deps,
+                notice_required=notice_required,
+                notice_delivered=(_notice_delivered(session, row.id) if notice_required else None),
+            )
             judgement = judge(facts, self.config, now, before_execution=True)
             if policy is None:
                 judgement = Judgement(
@@ -250,6 +259,21 @@ class SafetyChecker:
         from backend.core.safety_selftest import run_self_test
 
         return SelfTestReport(run_self_test(self.config, self._clock()))
+
+
+def _notice_delivered(session: Session, action_id: int) -> bool:
+    """The owner-notice flow records a delivered notice as outcome 'notified'."""
+    found = session.scalar(
+        select(AuditEventRow.id)
+        .where(
+            AuditEventRow.subject_type == "action",
+            AuditEventRow.subject_id == str(action_id),
+            AuditEventRow.event_type == "action_proposed",
+            AuditEventRow.outcome == "notified",
+        )
+        .limit(1)
+    )
+    return found is not None
 
 
 def _fail_closed(exc: BaseException) -> Judgement:

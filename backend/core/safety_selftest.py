@@ -158,6 +158,14 @@ def run_self_test(config: SafetyConfig, now: dt.datetime) -> list[tuple[str, boo
             config,
         ),
     ]
+    cases.append(
+        (
+            "a promised notice never delivered blocks",
+            Rule.OWNER_NOTICE,
+            lambda: _facts(notice_required=True, notice_delivered=False),
+            config,
+        )
+    )
     results: list[tuple[str, bool, str]] = []
     for name, rule, make, cfg in cases:
         try:

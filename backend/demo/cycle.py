@@ -8,8 +8,10 @@ simulated account.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
@@ -19,8 +21,10 @@ from backend.core.action_engine import ActionEngine, RunReport
 from backend.core.action_planner import ActionPlanner, PlanResult
 from backend.core.database import session_scope
 from backend.core.models import ActionRow, ResourceRow
+from backend.core.notification_settings import reset_notification_settings_cache
 from backend.core.safety_checker import safety_config
 from backend.core.types import utcnow
+from backend.demo.mailbox import SmtpPeer
 from backend.domain.policy.model import PolicyPack
 from backend.providers.aws.session import AwsClients
 
@@ -35,15 +39,19 @@ class CycleResult:
     chosen: RunReport
     rolled_back: str
     blocked_by_rule: Counter[str] = field(default_factory=Counter)
+    notices: int = 0
     saved_per_month: float = 0.0
 
 
 def run_cycle(settings: Settings, pack: PolicyPack, clients: AwsClients) -> CycleResult:
+    """Owners are really told (by mail, to the demo's loopback mailbox) before anything acts:
+    the execution re-check refuses an action whose promised notice was not delivered."""
     day0 = utcnow()
-    with session_scope() as session:
+    with demo_mailbox() as mailbox, session_scope() as session:
         plan = ActionPlanner(settings=settings, clock=lambda: day0).plan(
-            session, pack, requested_by=PLANNER
+            session, pack, requested_by=PLANNER, notify_owners=True
         )
+        notices = len(mailbox.mail)
         moments = sorted(
             {
                 row.not_before or day0
@@ -91,7 +99,12 @@ def run_cycle(settings: Settings, pack: PolicyPack, clients: AwsClients) -> Cycl
         outcome = engine.rollback(done[0].action_id, OPERATOR)
         rolled_back = f"action {outcome.action_id}: {outcome.result}: {outcome.detail}"
     result = CycleResult(
-        plan, approved_by_person, first_try or RunReport(None, False), chosen, rolled_back
+        plan,
+        approved_by_person,
+        first_try or RunReport(None, False),
+        chosen,
+        rolled_back,
+        notices=notices,
     )
     with session_scope() as session:
         for row in session.scalars(select(ActionRow).where(ActionRow.state == "blocked")):
@@ -108,6 +121,29 @@ def run_cycle(settings: Settings, pack: PolicyPack, clients: AwsClients) -> Cycl
             or 0.0
         )
     return result
+
+
+@contextmanager
+def demo_mailbox() -> Iterator[SmtpPeer]:
+    """Point the notification settings at a loopback mailbox for the length of the block."""
+    names = {
+        "FINOPS_NOTIFY_SMTP_HOST": "127.0.0.1",
+        "FINOPS_NOTIFY_EMAIL_FROM": "finops-demo@example.com",
+        "FINOPS_NOTIFY_FALLBACK_CONTACT": "finops@example.com",
+    }
+    saved = {n: os.environ.get(n) for n in [*names, "FINOPS_NOTIFY_SMTP_PORT"]}
+    with SmtpPeer() as mailbox:
+        os.environ.update(names | {"FINOPS_NOTIFY_SMTP_PORT": str(mailbox.port)})
+        reset_notification_settings_cache()
+        try:
+            yield mailbox
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            reset_notification_settings_cache()
 
 
 def fixed(moment: dt.datetime) -> Callable[[], dt.datetime]:

@@ -33,6 +33,7 @@ class Rule(StrEnum):
     FREEZE = "change-freeze"
     APPROVAL = "approval-required"
     BLAST_RADIUS = "blast-radius"
+    OWNER_NOTICE = "owner-notice"
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ class ActionFacts:
     approved: bool = False
     risk: str = "low"
     mode: str = "approval"
+    # the policy promises the owner notice; None means the notice was not looked up
+    notice_required: bool = False
+    notice_delivered: bool | None = None
 
 
 def canonical_action(name: str) -> str:
@@ -138,6 +142,8 @@ def judge(
         _freeze(config, now),
         _approval(facts),
     ]
+    if facts.notice_required and (before_execution or facts.notice_delivered is not None):
+        verdicts.append(_notice(facts))
     resource = facts.resource
     if resource is None:
         verdicts.append(Verdict(Rule.EXISTS, False, f"{facts.resource_id} no longer exists"))
@@ -188,6 +194,17 @@ def _approval(f: ActionFacts) -> Verdict:
             f"{f.action} on {f.kind.value} is irreversible or high-risk: a person must approve it",
         )
     return Verdict(Rule.APPROVAL, True, "approved" if f.approved else "no approval needed")
+
+
+def _notice(f: ActionFacts) -> Verdict:
+    # A policy that promises notice never acts without it, however the action was planned.
+    if f.notice_delivered:
+        return Verdict(Rule.OWNER_NOTICE, True, "the owner was notified")
+    return Verdict(
+        Rule.OWNER_NOTICE,
+        False,
+        "the policy promises the owner notice, and no delivered notice is on record",
+    )
 
 
 def _protected(r: Resource, c: SafetyConfig) -> Verdict:
