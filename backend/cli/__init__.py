@@ -8,7 +8,16 @@ from backend.cli.app import app
 
 
 def main() -> None:
-    from backend.cli import actions, audit, db, demo, emergency, policy, scan  # noqa: F401 - registers
+    from backend.cli import (  # noqa: F401 - registers
+        actions,
+        audit,
+        db,
+        demo,
+        emergency,
+        policy,
+        rollback_watch,
+        scan,
+    )
     from backend.logging_setup import configure_logging
 
     configure_logging()

@@ -18,7 +18,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(help="The database: migrations.", no_args_is_help=True)
-policy_app = typer.Typer(help="Policies: validate, list, sync, enable, disable, pause.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="Policies: validate, list, sync, enable, disable, pause.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(policy_app, name="policy")
 

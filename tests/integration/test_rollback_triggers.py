@@ -1,0 +1,154 @@
+"""Automated rollback triggers on a moto_server: started again, owner objection, alarm."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import select
+
+from backend.config import reset_settings_cache
+from backend.core.action_planner import ActionPlanner
+from backend.core.automation_audit_logger import AuditLogger
+from backend.core.database import session_scope
+from backend.core.models import ActionRow
+from backend.core.rollback_triggers import (
+    CLOUDWATCH_ALARM,
+    NEEDED_AGAIN,
+    OWNER_OBJECTION,
+    RollbackTriggers,
+)
+from backend.core.types import utcnow
+from tests.integration.aws_fleet import client
+from tests.integration.execution_support import Account, engine, scan_and_plan, seed
+
+pytestmark = pytest.mark.moto_server
+
+
+def actions() -> dict[str, ActionRow]:
+    with session_scope() as session:
+        return {r.resource_id: r for r in session.scalars(select(ActionRow))}
+
+
+def rollback_events(action_id: int) -> list[dict[str, object]]:
+    return [
+        {"actor": e.actor, "outcome": e.outcome, **e.details}
+        for e in AuditLogger().events("1h", event_types=frozenset({"rollback"}))
+        if e.subject_id == str(action_id)
+    ]
+
+
+@pytest.fixture
+def account(moto_url: str, any_database: str, monkeypatch: pytest.MonkeyPatch) -> Account:
+    monkeypatch.setenv("FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN", "50")
+    monkeypatch.delenv("FINOPS_ROLLBACK_WINDOW_DAYS", raising=False)
+    reset_settings_cache()
+    account = seed(moto_url)
+    # a stop and a volume delete, executed live
+    scan_and_plan(requested_by="planner")
+    with session_scope() as session:
+        ActionPlanner().approve(session, actions()[account.loose_volume].id, "alice")
+    report = engine().execute(dry_run=False)
+    assert sorted(o.result for o in report.outcomes) == ["succeeded", "succeeded"]
+    assert account.instance_state(account.idle) == "stopped"
+    return account
+
+
+def alarm(account: Account, name: str) -> None:
+    cw = client(account.endpoint, "cloudwatch", "us-east-1")
+    cw.put_metric_alarm(
+        AlarmName=name,
+        MetricName="5XXError",
+        Namespace="AWS/ApiGateway",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1.0,
+        ComparisonOperator="GreaterThanThreshold",
+    )
+    cw.set_alarm_state(AlarmName=name, StateValue="ALARM", StateReason="errors after the stop")
+
+
+def test_started_again_is_recorded_without_calling_aws(account: Account) -> None:
+    account.ec2().start_instances(InstanceIds=[account.idle])
+    stop = actions()[account.idle]
+    results = RollbackTriggers().check()
+    assert [(r.action_id, r.trigger, r.result) for r in results] == [
+        (stop.id, NEEDED_AGAIN, "rolled_back")
+    ]
+    rows = actions()
+    assert rows[account.idle].state == "rolled_back"
+    assert rows[account.loose_volume].state == "succeeded"  # not needed: left alone
+    (event,) = rollback_events(stop.id)
+    assert event["trigger"] == NEEDED_AGAIN
+    assert event["outcome"] == "rolled_back"
+    assert event["aws_call"] == "none: already undone"
+    assert RollbackTriggers().check() == []  # fires once
+    assert AuditLogger().verify().ok
+
+
+def test_owner_objection_restores_the_volume(account: Account) -> None:
+    delete = actions()[account.loose_volume]
+    snapshot = delete.backup_ref
+    result = RollbackTriggers().object(delete.id, "bob@team-a", "holds last quarter's data")
+    assert (result.trigger, result.result, result.fired_by) == (
+        OWNER_OBJECTION,
+        "rolled_back",
+        "bob@team-a",
+    )
+    restored = [
+        v for v in account.ec2().describe_volumes()["Volumes"] if v.get("SnapshotId") == snapshot
+    ]
+    assert len(restored) == 1
+    assert {"Key": "owner", "Value": "team-a"} in restored[0]["Tags"]
+    assert actions()[account.loose_volume].state == "rolled_back"
+    events = rollback_events(delete.id)
+    triggered = [e for e in events if e["outcome"] == "triggered"]
+    assert triggered == [
+        {
+            "actor": "bob@team-a",
+            "outcome": "triggered",
+            "trigger": OWNER_OBJECTION,
+            "fired_by": "bob@team-a",
+            "who": "bob@team-a",
+            "reason": "holds last quarter's data",
+        }
+    ]
+    assert [e["outcome"] for e in events] == ["triggered", "rolled_back"]
+    assert AuditLogger().verify().ok
+
+
+def test_alarm_rolls_back_the_policy(account: Account) -> None:
+    alarm(account, "api-5xx")
+    alarm(account, "unrelated")
+    stop = actions()[account.idle]
+    triggers = RollbackTriggers(alarms={"stop-idle": ["api-5xx"], "other": ["unrelated"]})
+    results = triggers.check()
+    assert [(r.action_id, r.trigger, r.result, r.fired_by) for r in results] == [
+        (stop.id, CLOUDWATCH_ALARM, "rolled_back", "cloudwatch:api-5xx")
+    ]
+    assert account.instance_state(account.idle) in {"running", "pending"}  # the engine started it
+    assert actions()[account.idle].state == "rolled_back"
+    assert actions()[account.loose_volume].state == "succeeded"  # another policy
+    (event,) = [e for e in rollback_events(stop.id) if e["outcome"] == "triggered"]
+    assert event["trigger"] == CLOUDWATCH_ALARM
+    assert event["alarm"] == "api-5xx"
+
+
+def test_outside_the_window_nothing_fires(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account.ec2().start_instances(InstanceIds=[account.idle])
+    alarm(account, "api-5xx")
+    later = utcnow() + dt.timedelta(days=8)
+    triggers = RollbackTriggers(clock=lambda: later, alarms={"stop-idle": ["api-5xx"]})
+    assert triggers.check() == []
+    late = triggers.object(actions()[account.loose_volume].id, "bob", "too late")
+    assert late.result == "skipped"
+    assert {r.state for r in actions().values() if r.state != "blocked"} == {"succeeded"}
+
+    # the window is read from the environment at call time, and per policy
+    monkeypatch.setenv("FINOPS_ROLLBACK_WINDOW_DAYS", "10")
+    assert [r.trigger for r in triggers.check()] == [NEEDED_AGAIN]
+    short = RollbackTriggers(clock=lambda: later, windows={"delete-unattached": 1})
+    assert short.object(actions()[account.loose_volume].id, "bob", "x").result == "skipped"
