@@ -95,6 +95,9 @@ class ActionEngine:
     # -- the runbook's view --------------------------------------------------------------
     def get_active_actions(self) -> list[dict[str, Any]]:
         """What is executing now or approved to run next; printed for the runbook."""
+        from backend.core.migrations import ensure_embedded_schema
+
+        ensure_embedded_schema()
         with session_scope() as session:
             rows = session.scalars(
                 select(ActionRow)

@@ -61,3 +61,10 @@ def ensure_schema(url: str | None = None) -> None:
             f"database schema is at revision {current or 'none'}, the code needs {head}: "
             "run `finops db upgrade`"
         )
+
+
+def ensure_embedded_schema(url: str | None = None) -> None:
+    """The embedded SQLite migrates itself wherever the runbook enters; a server does not."""
+    url = url or database_url()
+    if url.startswith("sqlite"):
+        upgrade(url)

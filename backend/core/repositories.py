@@ -291,7 +291,13 @@ class OpportunityRepository(_Repository):
 
 class ActionRepository(_Repository):
     def get_failed_actions(self, hours: float = 24) -> list[dict[str, Any]]:
-        """Actions that failed in the last `hours`, newest first, as plain dicts."""
+        """Actions that failed in the last `hours`, newest first; printed for the runbook."""
+        from backend.core.runbook_output import echo
+
+        if self._session is None:
+            from backend.core.migrations import ensure_embedded_schema
+
+            ensure_embedded_schema()
         since = utcnow() - dt.timedelta(hours=hours)
         with self._use() as session:
             rows = session.scalars(
@@ -299,7 +305,14 @@ class ActionRepository(_Repository):
                 .where(and_(ActionRow.state == "failed", ActionRow.updated_at >= since))
                 .order_by(ActionRow.updated_at.desc())
             )
-            return [action_summary(row) for row in rows]
+            failed = [action_summary(row) for row in rows]
+        echo(f"{len(failed)} failed action(s) in the last {hours:g}h")
+        for a in failed:
+            echo(
+                f"  #{a['id']} {a['action']} {a['resource']} ({a['policy']}): {a['error']}"
+                f"  -> retry: AutoRemediationEngine().retry_action({a['id']})"
+            )
+        return failed
 
 
 def action_summary(row: ActionRow) -> dict[str, Any]:

@@ -39,6 +39,9 @@ def build_status(checker: SafetyChecker) -> SafetyStatus:
     stop: dict[str, Any] = {"engaged": None}
     recent: list[str] = []
     try:
+        from backend.core.migrations import ensure_embedded_schema
+
+        ensure_embedded_schema()
         with session_scope() as session:
             row = session.scalars(select(EngineStateRow).where(EngineStateRow.id == 1)).first()
             stop = {
