@@ -62,6 +62,10 @@ def resource_from(data: dict[str, Any]) -> Resource:
     )
 
 
+class ChangeUnverifiedError(RuntimeError):
+    """The change was made in AWS, but reading it back failed."""
+
+
 class _Guard:
     """Checked before every changing AWS call; counts the calls that went through."""
 
@@ -186,6 +190,15 @@ class ExecutionContext:
             return self._steps(action_id, safety, audit, worker, clock, guard)
         except EmergencyStopEngaged as exc:
             return self._interrupted(action_id, audit, worker, guard, str(exc))
+        except ChangeUnverifiedError as exc:
+            return self._fail(
+                action_id,
+                audit,
+                worker,
+                f"the change was made but could not be verified: {exc}; the "
+                "pre-state and backup are kept, roll back to undo",
+                changed=True,
+            )
         except Exception as exc:  # noqa: BLE001 - recorded as a failure, backup kept
             return self._fail(action_id, audit, worker, describe_error(exc))
 
@@ -255,7 +268,24 @@ class ExecutionContext:
                 session=session,
             )
         op.execute(ctx, fresh, params)
-        post = op.verify(ctx, fresh.resource_id, params)
+        with session_scope() as session:
+            # Recorded before verifying: if the check fails, the record still says AWS changed.
+            row = session.get(ActionRow, action_id)
+            assert row is not None
+            row.post_state = {"change_made": True, "verified": False}
+            audit.record(
+                "execution",
+                subject_type="action",
+                subject_id=row.id,
+                actor=worker,
+                outcome="change made",
+                details={"changed": True, "verified": False},
+                session=session,
+            )
+        try:
+            post = op.verify(ctx, fresh.resource_id, params)
+        except Exception as exc:
+            raise ChangeUnverifiedError(describe_error(exc)) from exc
         with session_scope() as session:
             row = session.get(ActionRow, action_id)
             assert row is not None
@@ -308,7 +338,9 @@ class ExecutionContext:
             )
             return ActionOutcome(action_id, "failed", row.error)
 
-    def _fail(self, action_id: int, audit: AuditLogger, worker: str, why: str) -> ActionOutcome:
+    def _fail(
+        self, action_id: int, audit: AuditLogger, worker: str, why: str, changed: bool = False
+    ) -> ActionOutcome:
         from backend.core.action_engine import ActionOutcome
 
         with session_scope() as session:
@@ -323,7 +355,7 @@ class ExecutionContext:
                 actor=worker,
                 audit=audit,
                 event="execution",
-                details={"error": why, "backup": _short(row.backup_ref)},
+                details={"error": why, "backup": _short(row.backup_ref), "changed": changed},
             )
         return ActionOutcome(action_id, "failed", why)
 

@@ -17,7 +17,9 @@ from backend.providers.aws.retry import call
 
 # Our own retry policy (tenacity) owns retries; botocore's would multiply them.
 _BOTO_CONFIG = Config(
-    retries={"max_attempts": 1, "mode": "standard"},
+    # total_max_attempts counts the first try (max_attempts counts retries: 1 meant two
+    # tries, and botocore resent a CreateSnapshot whose answer was lost: two snapshots).
+    retries={"total_max_attempts": 1, "mode": "standard"},
     max_pool_connections=32,
     connect_timeout=10,
     read_timeout=60,

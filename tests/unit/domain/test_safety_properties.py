@@ -1,0 +1,585 @@
+"""Property tests: the safety rules hold on random facts, batches and transitions.
+
+The references below are written separately from `backend.domain.safety`, straight from
+ARCHITECTURE.md's invariants: protected tags (any case, surrounding spaces), the opt-out tag,
+protected accounts and regions, freeze windows, approvals, missing facts before execution,
+and the blast-radius limits (compared in exact fractions, not floats).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backend.domain.lifecycle import (
+    TRANSITIONS,
+    ActionState,
+    IllegalTransitionError,
+    check_transition,
+)
+from backend.domain.policy.actions import ACTIONS, ALIASES
+from backend.domain.policy.truth import Truth
+from backend.domain.resources import Resource, ResourceKind
+from backend.domain.safety import (
+    ActionFacts,
+    BatchItem,
+    Dependencies,
+    FleetCounts,
+    Judgement,
+    Rule,
+    SafetyConfig,
+    check_batch,
+    judge,
+)
+
+NOW = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
+ACCOUNTS = ["111111111111", "222222222222", "333333333333"]
+REGIONS = ["us-east-1", "us-west-2", "eu-west-1"]
+STATES = ["running", "stopped", "available", "in-use", "completed", "active", "failed",
+          "unassociated", "associated", "pending", "terminated", "deleting", ""]  # fmt: skip
+ACTION_NAMES = sorted({*ACTIONS, *ALIASES, "no-such-action"})
+SPACES = " \t\n\r\x0b\x0c\u00a0"
+PROTECTED_KEY_POOL = ["env", "Environment", "stage"]
+OPT_OUT_POOL = ["finops:opt-out", "do-not-touch"]
+VALUE_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+
+PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --- strategies ---------------------------------------------------------------------------
+
+
+# Strategies are built once, at import: a variant is a recipe (case choices, spaces) that is
+# applied to whatever text the drawn configuration protects.
+Variant = tuple[list[int], str, str]
+variants: st.SearchStrategy[Variant] = st.tuples(
+    st.lists(st.integers(0, 2), max_size=12),
+    st.text(alphabet=SPACES, max_size=3),
+    st.text(alphabet=SPACES, max_size=3),
+)
+
+
+def apply_variant(text: str, variant: Variant) -> str:
+    """`text` with each character's case chosen by the recipe, and spaces around it."""
+    cases_, before, after = variant
+    chars = [
+        (c.lower(), c.upper(), c)[cases_[i % len(cases_)] if cases_ else 2]
+        for i, c in enumerate(text)
+    ]
+    return before + "".join(chars) + after
+
+
+windows = st.tuples(st.integers(-72, 72), st.integers(-72, 72)).map(
+    lambda h: (NOW + dt.timedelta(hours=h[0]), NOW + dt.timedelta(hours=h[1]))
+)
+configs: st.SearchStrategy[SafetyConfig] = st.builds(
+    SafetyConfig,
+    protected_tag_key=st.sampled_from(PROTECTED_KEY_POOL),
+    protected_tag_values=(
+        st.frozensets(st.text(alphabet=VALUE_ALPHABET, min_size=1, max_size=12), max_size=3)
+        | st.just(frozenset({"prod", "production"}))
+    ),
+    opt_out_tag=st.sampled_from(OPT_OUT_POOL),
+    protected_accounts=st.frozensets(st.sampled_from(ACCOUNTS)),
+    protected_regions=st.frozensets(st.sampled_from(REGIONS)),
+    freeze_windows=st.lists(windows, max_size=3).map(tuple),
+)
+
+# a noise tag: (key slot, value slot or free text, variant); resolved against the config
+TagRecipe = tuple[int, int | str, Variant]
+tag_recipes: st.SearchStrategy[list[TagRecipe]] = st.lists(
+    st.tuples(st.integers(0, 7), st.integers(0, 7) | st.text(max_size=8), variants), max_size=4
+)
+
+
+def noise_tags(config: SafetyConfig, recipes: list[TagRecipe]) -> dict[str, str]:
+    """Tags whose keys and values often meet the configured ones, case-varied."""
+    keys = [
+        "team",
+        "owner",
+        config.protected_tag_key,
+        config.protected_tag_key.upper(),
+        config.opt_out_tag,
+        config.opt_out_tag.upper(),
+        *PROTECTED_KEY_POOL,
+    ]
+    pool = ["dev", "staging", "prod-like", "preprod", "", *sorted(config.protected_tag_values)]
+    tags: dict[str, str] = {}
+    for key_slot, value, variant in recipes:
+        text = pool[value % len(pool)] if isinstance(value, int) else value
+        tags[keys[key_slot % len(keys)]] = apply_variant(text, variant)
+    return tags
+
+
+dependencies = st.builds(
+    Dependencies,
+    in_auto_scaling_group=st.none() | st.just("asg-1"),
+    termination_protected=st.booleans(),
+    stop_protected=st.booleans(),
+    load_balancer_targets=st.sampled_from([(), ("tg-1",)]),
+    attached_to=st.sampled_from([(), ("i-1",)]),
+    is_root_device_of=st.none() | st.just("i-2"),
+    backs_amis=st.sampled_from([(), ("ami-1",)]),
+    associated_with=st.none() | st.just("eni-1"),
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    facts: ActionFacts
+    config: SafetyConfig
+    before_execution: bool
+
+
+def build_case(
+    config: SafetyConfig,
+    kind: ResourceKind,
+    account: str,
+    region: str,
+    recipes: list[TagRecipe],
+    state: str | None,  # None: the resource no longer exists
+    action: str,
+    still_matches: Truth | None,
+    deps: Dependencies | None,
+    approved: bool,
+    risk: str,
+    mode: str,
+    before_execution: bool,
+    tags: dict[str, str],
+) -> Case:
+    resource = (
+        None
+        if state is None
+        else Resource(kind, "r-1", account, region, state, {**noise_tags(config, recipes), **tags})
+    )
+    facts = ActionFacts(
+        action=action,
+        kind=kind,
+        account_id=account,
+        region=region,
+        resource_id="r-1",
+        resource=resource,
+        still_matches=still_matches,
+        dependencies=deps,
+        approved=approved,
+        risk=risk,
+        mode=mode,
+    )
+    return Case(facts, config, before_execution)
+
+
+def cases(
+    config: SafetyConfig | None = None, tags: dict[str, str] | None = None
+) -> st.SearchStrategy[Case]:
+    return st.builds(
+        build_case,
+        config=configs if config is None else st.just(config),
+        kind=st.sampled_from(list(ResourceKind)),
+        account=st.sampled_from(ACCOUNTS),
+        region=st.sampled_from(REGIONS),
+        recipes=tag_recipes,
+        state=st.none() | st.sampled_from(STATES),
+        action=st.sampled_from(ACTION_NAMES),
+        still_matches=st.sampled_from([None, *Truth]),
+        deps=st.none() | dependencies,
+        approved=st.booleans(),
+        risk=st.sampled_from(["low", "medium", "high"]),
+        mode=st.sampled_from(["auto", "approval", "report"]),
+        before_execution=st.booleans(),
+        tags=st.just(tags or {}),
+    )
+
+
+ANY_CASE = cases()
+
+# Mostly benign facts, so that a case is often allowed and the one rule that flips it is
+# what is being tested (on ANY_CASE nearly everything is blocked by several rules at once).
+VALID_PAIRS = sorted((name, kind) for name, a in ACTIONS.items() for kind in a.rules)
+
+
+def build_benign(
+    pair: tuple[str, ResourceKind], state_pick: int, recipes: list[TagRecipe], **kw: Any
+) -> Case:
+    action, kind = pair
+    states = ACTIONS[action].rules[kind].states
+    state = sorted(states)[state_pick % len(states)] if states else STATES[state_pick]
+    return build_case(kind=kind, action=action, state=state, recipes=recipes, **kw)
+
+
+LIKELY_ALLOWED = st.builds(
+    build_benign,
+    pair=st.sampled_from(VALID_PAIRS),
+    state_pick=st.integers(0, len(STATES) - 1),
+    recipes=tag_recipes,
+    config=st.builds(
+        SafetyConfig,
+        protected_tag_key=st.sampled_from(PROTECTED_KEY_POOL),
+        protected_tag_values=st.sampled_from(
+            [frozenset({"prod", "production"}), frozenset({"Prod", "LIVE"}), frozenset()]
+        ),
+        opt_out_tag=st.sampled_from(OPT_OUT_POOL),
+        protected_accounts=st.frozensets(st.sampled_from(ACCOUNTS), max_size=1),
+        protected_regions=st.frozensets(st.sampled_from(REGIONS), max_size=1),
+        freeze_windows=st.lists(windows, max_size=1).map(tuple),
+    ),
+    account=st.sampled_from(ACCOUNTS),
+    region=st.sampled_from(REGIONS),
+    still_matches=st.sampled_from([Truth.TRUE, Truth.TRUE, Truth.TRUE, None, Truth.UNKNOWN]),
+    deps=st.just(Dependencies()) | dependencies | st.none(),
+    approved=st.booleans() | st.just(True),
+    risk=st.sampled_from(["low", "low", "high"]),
+    mode=st.sampled_from(["auto", "approval"]),
+    before_execution=st.booleans(),
+    tags=st.just({}),
+)
+
+
+def verdict_ok(case: Case, rule: Rule) -> bool | None:
+    """The named rule's verdict (None if absent); every verdict of a rule must agree."""
+    found = {v.ok for v in judge_case(case).verdicts if v.rule is rule}
+    assert len(found) <= 1
+    return found.pop() if found else None
+
+
+def judge_case(case: Case) -> Judgement:
+    return judge(case.facts, case.config, NOW, before_execution=case.before_execution)
+
+
+def allowed(case: Case) -> bool:
+    return judge(case.facts, case.config, NOW, before_execution=case.before_execution).allowed
+
+
+# --- the "never allowed" properties -------------------------------------------------------
+
+
+@PROPS
+@given(data=st.data())
+def test_a_protected_tag_value_in_any_case_with_spaces_is_never_allowed(
+    data: st.DataObject,
+) -> None:
+    config = data.draw(configs.filter(lambda c: bool(c.protected_tag_values)))
+    protected = data.draw(st.sampled_from(sorted(config.protected_tag_values)))
+    value = apply_variant(protected, data.draw(variants))
+    case = data.draw(cases(config, tags={config.protected_tag_key: value}))
+    assert not allowed(case)
+    if case.facts.resource is not None:
+        assert verdict_ok(case, Rule.PROTECTED_TAG) is False, value
+
+
+@PROPS
+@given(data=st.data())
+def test_the_opt_out_tag_with_any_value_is_never_allowed(data: st.DataObject) -> None:
+    config = data.draw(configs)
+    value = data.draw(st.text(max_size=10))
+    case = data.draw(cases(config, tags={config.opt_out_tag: value}))
+    assert not allowed(case)
+    if case.facts.resource is not None:
+        assert verdict_ok(case, Rule.OPT_OUT) is False
+
+
+@PROPS
+@given(case=ANY_CASE)
+def test_a_protected_account_or_region_is_never_allowed(case: Case) -> None:
+    f, c = case.facts, case.config
+    if f.account_id in c.protected_accounts:
+        assert not allowed(case)
+        assert verdict_ok(case, Rule.PROTECTED_ACCOUNT) is False
+    if f.region in c.protected_regions:
+        assert not allowed(case)
+        assert verdict_ok(case, Rule.PROTECTED_REGION) is False
+
+
+@PROPS
+@given(case=ANY_CASE, account=st.sampled_from(ACCOUNTS), region=st.sampled_from(REGIONS))
+def test_protecting_the_action_s_account_or_region_blocks_it(
+    case: Case, account: str, region: str
+) -> None:
+    f = case.facts
+    for config in (
+        _replace(case.config, protected_accounts=frozenset({f.account_id, account})),
+        _replace(case.config, protected_regions=frozenset({f.region, region})),
+    ):
+        assert not allowed(Case(f, config, case.before_execution))
+
+
+@PROPS
+@given(case=ANY_CASE)
+def test_missing_facts_before_execution_are_never_allowed(case: Case) -> None:
+    f = case.facts
+    before = Case(f, case.config, before_execution=True)
+    if f.resource is None:
+        assert not allowed(before)
+        assert verdict_ok(before, Rule.EXISTS) is False
+    if f.resource is not None and f.dependencies is None:
+        assert not allowed(before)
+        assert verdict_ok(before, Rule.DEPENDENCY) is False
+    if f.resource is not None and f.still_matches in (None, Truth.UNKNOWN, Truth.FALSE):
+        assert not allowed(before)
+        assert verdict_ok(before, Rule.STILL_MATCHES) is False
+    # the same facts with every missing one filled in badly: still blocked
+    for missing in (
+        _facts(f, resource=None),
+        _facts(f, dependencies=None),
+        _facts(f, still_matches=None),
+        _facts(f, still_matches=Truth.UNKNOWN),
+    ):
+        assert not allowed(Case(missing, case.config, before_execution=True))
+
+
+@PROPS
+@given(case=ANY_CASE)
+def test_a_freeze_window_or_a_missing_approval_is_never_allowed(case: Case) -> None:
+    f, c = case.facts, case.config
+    if any(start <= NOW < end for start, end in c.freeze_windows):
+        assert not allowed(case)
+    if _reference_needs_approval(f) and not f.approved:
+        assert not allowed(case)
+
+
+# --- judge against a reference ------------------------------------------------------------
+
+
+def _reference_needs_approval(f: ActionFacts) -> bool:
+    action = ACTIONS.get(ALIASES.get(f.action, f.action))
+    if action is None:
+        return True
+    rule = action.rules.get(f.kind)
+    has_inverse = rule is not None and (not action.changes or rule.inverse is not None)
+    return f.risk == "high" or not has_inverse
+
+
+def _reference_dependencies_ok(f: ActionFacts, d: Dependencies) -> bool:
+    action = ALIASES.get(f.action, f.action)
+    if f.kind is ResourceKind.EC2_INSTANCE and action in ("stop", "terminate", "resize"):
+        if d.in_auto_scaling_group or d.load_balancer_targets:
+            return False
+        if action in ("stop", "resize") and d.stop_protected:
+            return False
+        if action == "terminate" and d.termination_protected:
+            return False
+    if (
+        f.kind is ResourceKind.EBS_VOLUME
+        and action == "delete"
+        and (d.attached_to or d.is_root_device_of)
+    ):
+        return False
+    if f.kind is ResourceKind.EBS_SNAPSHOT and action == "delete" and d.backs_amis:
+        return False
+    return not (f.kind is ResourceKind.ELASTIC_IP and action == "release" and d.associated_with)
+
+
+def reference_allowed(case: Case) -> bool:
+    f, c = case.facts, case.config
+    if f.account_id in c.protected_accounts or f.region in c.protected_regions:
+        return False
+    if any(start <= NOW < end for start, end in c.freeze_windows):
+        return False
+    if _reference_needs_approval(f) and not f.approved:
+        return False
+    r = f.resource
+    if r is None:
+        return False
+    value = r.tags.get(c.protected_tag_key)
+    protected = {v.lower() for v in c.protected_tag_values}
+    if value is not None and value.strip().lower() in protected:
+        return False
+    if c.opt_out_tag in r.tags:
+        return False
+    action = ACTIONS.get(ALIASES.get(f.action, f.action))
+    rule = action.rules.get(f.kind) if action else None
+    if rule is None or (rule.states is not None and r.state not in rule.states):
+        return False
+    if (case.before_execution or f.still_matches is not None) and f.still_matches is not Truth.TRUE:
+        return False
+    if f.dependencies is None:
+        return not case.before_execution
+    return _reference_dependencies_ok(f, f.dependencies)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=ANY_CASE | LIKELY_ALLOWED)
+def test_judge_agrees_with_the_reference(case: Case) -> None:
+    judgement = judge(case.facts, case.config, NOW, before_execution=case.before_execution)
+    assert judgement.allowed == reference_allowed(case), judgement.summary()
+    assert judgement.allowed == (not judgement.blocking)
+
+
+def test_a_benign_action_is_allowed() -> None:
+    """The reference is not vacuous: clean facts are allowed before execution."""
+    resource = Resource(ResourceKind.EC2_INSTANCE, "i-1", ACCOUNTS[0], REGIONS[0], "running")
+    facts = ActionFacts(
+        "stop",
+        ResourceKind.EC2_INSTANCE,
+        ACCOUNTS[0],
+        REGIONS[0],
+        "i-1",
+        resource,
+        still_matches=Truth.TRUE,
+        dependencies=Dependencies(),
+    )
+    assert judge(facts, SafetyConfig(), NOW, before_execution=True).allowed
+
+
+# --- blast radius -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyLimits:
+    kind: ResourceKind
+    max_actions: int | None
+    max_percent: Fraction | None
+
+
+percents = st.builds(Fraction, st.integers(0, 400), st.sampled_from([1, 2, 4]))
+policy_limits = st.builds(
+    PolicyLimits,
+    kind=st.sampled_from(list(ResourceKind)),
+    max_actions=st.none() | st.integers(0, 12),
+    max_percent=st.none() | percents,
+)
+
+
+BatchCase = tuple[list[BatchItem], dict[ResourceKind, int], int, SafetyConfig]
+
+
+def build_batch(
+    policies: dict[str, PolicyLimits],
+    picks: list[int],
+    fleet: dict[ResourceKind, int],
+    last_hour: int,
+    config: SafetyConfig,
+) -> BatchCase:
+    # a policy acts on one kind and has one set of limits, as the engine builds its batch
+    names = sorted(policies)
+    batch = []
+    for pick in picks:
+        name = names[pick % len(names)]
+        limits = policies[name]
+        percent = None if limits.max_percent is None else float(limits.max_percent)
+        batch.append(BatchItem(name, limits.kind, limits.max_actions, percent))
+    return batch, fleet, last_hour, config
+
+
+batches: st.SearchStrategy[BatchCase] = st.builds(
+    build_batch,
+    policies=st.dictionaries(st.sampled_from("abcde"), policy_limits, min_size=1),
+    picks=st.lists(st.integers(0, 4), max_size=25),
+    fleet=st.dictionaries(st.sampled_from(list(ResourceKind)), st.integers(0, 60)),
+    last_hour=st.integers(0, 60),
+    config=st.builds(
+        SafetyConfig,
+        max_actions_per_run=st.integers(0, 30),
+        max_actions_per_hour=st.integers(0, 60),
+        max_percent_of_fleet_per_run=percents.map(float),
+    ),
+)
+
+
+def _share(count: int, fleet: int) -> Fraction:
+    return Fraction(100) if fleet <= 0 else Fraction(100 * count, fleet)
+
+
+def reference_batch_ok(
+    batch: list[BatchItem], fleet: dict[ResourceKind, int], last_hour: int, c: SafetyConfig
+) -> bool:
+    if len(batch) > c.max_actions_per_run:
+        return False
+    if last_hour + len(batch) > c.max_actions_per_hour:
+        return False
+    for kind in {i.kind for i in batch}:
+        count = sum(1 for i in batch if i.kind is kind)
+        if _share(count, fleet.get(kind, 0)) > Fraction(c.max_percent_of_fleet_per_run):
+            return False
+    for item in batch:
+        mine = [i for i in batch if i.policy == item.policy]
+        if item.policy_max_actions is not None and len(mine) > item.policy_max_actions:
+            return False
+        share = _share(len(mine), fleet.get(item.kind, 0))
+        if item.policy_max_percent is not None and share > Fraction(item.policy_max_percent):
+            return False
+    return True
+
+
+@settings(max_examples=1000, deadline=None)
+@given(case=batches)
+def test_check_batch_is_ok_iff_every_limit_holds(
+    case: BatchCase,
+) -> None:
+    batch, fleet, last_hour, config = case
+    verdict = check_batch(batch, FleetCounts(fleet), executed_last_hour=last_hour, config=config)
+    assert verdict.rule is Rule.BLAST_RADIUS
+    assert verdict.ok == reference_batch_ok(batch, fleet, last_hour, config), verdict.reason
+
+
+@PROPS
+@given(case=batches, extra=st.integers(1, 5))
+def test_a_batch_over_a_limit_is_refused_whole_and_growing_it_never_helps(
+    case: BatchCase, extra: int
+) -> None:
+    batch, fleet, last_hour, config = case
+    if not batch:
+        return
+    more = batch + [batch[0]] * extra
+    first = check_batch(batch, FleetCounts(fleet), executed_last_hour=last_hour, config=config)
+    grown = check_batch(more, FleetCounts(fleet), executed_last_hour=last_hour, config=config)
+    later = check_batch(batch, FleetCounts(fleet), executed_last_hour=last_hour + 1, config=config)
+    if not first.ok:
+        assert not grown.ok
+        assert not later.ok
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+
+
+ALL_PAIRS = list(itertools.product(ActionState, ActionState))
+
+
+@pytest.mark.parametrize(("current", "wanted"), ALL_PAIRS, ids=[f"{a}->{b}" for a, b in ALL_PAIRS])
+def test_only_listed_transitions_are_legal(current: ActionState, wanted: ActionState) -> None:
+    if wanted in TRANSITIONS[current]:
+        check_transition(current.value, wanted.value)
+    else:
+        with pytest.raises(IllegalTransitionError):
+            check_transition(current.value, wanted.value)
+
+
+@given(
+    current=st.sampled_from(list(ActionState)),
+    wanted=st.text(max_size=20).filter(lambda s: s not in {a.value for a in ActionState}),
+)
+def test_a_transition_to_an_unknown_state_raises(current: ActionState, wanted: str) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        check_transition(current.value, wanted)
+
+
+def test_every_state_has_a_transition_entry_and_final_states_are_final() -> None:
+    assert set(TRANSITIONS) == set(ActionState)
+    assert not TRANSITIONS[ActionState.REJECTED]
+    assert not TRANSITIONS[ActionState.ROLLED_BACK]
+    # nothing reaches executing except by a claim of an approved action
+    assert {s for s, nxt in TRANSITIONS.items() if ActionState.EXECUTING in nxt} == {
+        ActionState.APPROVED
+    }
+    # nothing becomes succeeded except from executing
+    assert {s for s, nxt in TRANSITIONS.items() if ActionState.SUCCEEDED in nxt} == {
+        ActionState.EXECUTING
+    }
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _replace(config: SafetyConfig, **changes: object) -> SafetyConfig:
+    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+
+
+def _facts(facts: ActionFacts, **changes: object) -> ActionFacts:
+    return dataclasses.replace(facts, **changes)  # type: ignore[arg-type]
