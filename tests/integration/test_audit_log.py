@@ -287,8 +287,9 @@ def test_export_and_timeline(logger: AuditLogger) -> None:
 
 def _cli(*args: str) -> Any:
     import backend.cli.audit  # noqa: F401 - registers the group
-    from backend.cli.app import app
+    from backend.cli.app import app, console, err
 
+    console.width = err.width = 250  # no table cell wraps, whatever the terminal
     return CliRunner().invoke(app, list(args))
 
 

@@ -195,8 +195,9 @@ def test_missing_table_fails_closed(db: str) -> None:
 
 def finops(*args: str) -> Result:
     import backend.cli.emergency  # noqa: F401 - registers the commands
-    from backend.cli.app import app
+    from backend.cli.app import app, console, err
 
+    console.width = err.width = 250  # no table cell wraps, whatever the terminal
     return CliRunner().invoke(app, list(args))
 
 

@@ -300,8 +300,10 @@ def test_refusals_are_clear(db: str, pack_dir: Path) -> None:
 
 def cli(*args: str) -> Any:
     import backend.cli.policy  # noqa: F401 - registers the commands
-    from backend.cli.app import app
+    from backend.cli.app import app, console, err
 
+    # Wide enough that no table cell the tests read wraps, whatever the terminal (CI has none).
+    console.width = err.width = 250
     return CliRunner().invoke(app, ["policy", *args])
 
 
