@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from backend.config import Settings
 from backend.core.action_planner import transition
@@ -132,8 +133,7 @@ class ExecutionContext:
         from backend.core.action_engine import ActionOutcome
 
         with session_scope() as session:
-            row = session.get(ActionRow, action_id)
-            assert row is not None
+            row = _row(session, action_id)
             op = operation_for(row.action, ResourceKind(row.kind))
             # No guard: a dry run only reads; a changing call would be a bug, so refuse it.
             ctx = self.op_context(row, guard=_refuse_changes)
@@ -173,8 +173,7 @@ class ExecutionContext:
         with session_scope() as session:
             if not _claim(session, action_id, worker, now, self.settings):
                 return ActionOutcome(action_id, "skipped", "not approved, or claimed elsewhere")
-            row = session.get(ActionRow, action_id)
-            assert row is not None
+            row = _row(session, action_id)
             row.run_id = run_id
             audit.record(
                 "execution",
@@ -214,8 +213,7 @@ class ExecutionContext:
         from backend.core.action_engine import ActionOutcome
 
         with session_scope() as session:
-            row = session.get(ActionRow, action_id)
-            assert row is not None
+            row = _row(session, action_id)
             op = operation_for(row.action, ResourceKind(row.kind))
             ctx = self.op_context(row, guard)
             judgement, fresh = safety.judge_before_execution(
@@ -255,8 +253,7 @@ class ExecutionContext:
             )
         backup = op.backup(ctx, fresh)
         with session_scope() as session:
-            row = session.get(ActionRow, action_id)
-            assert row is not None
+            row = _row(session, action_id)
             row.backup_ref = backup
             audit.record(
                 "execution",
@@ -270,8 +267,7 @@ class ExecutionContext:
         op.execute(ctx, fresh, params)
         with session_scope() as session:
             # Recorded before verifying: if the check fails, the record still says AWS changed.
-            row = session.get(ActionRow, action_id)
-            assert row is not None
+            row = _row(session, action_id)
             row.post_state = {"change_made": True, "verified": False}
             audit.record(
                 "execution",
@@ -287,8 +283,7 @@ class ExecutionContext:
         except Exception as exc:
             raise ChangeUnverifiedError(describe_error(exc)) from exc
         with session_scope() as session:
-            row = session.get(ActionRow, action_id)
-            assert row is not None
+            row = _row(session, action_id)
             row.post_state = resource_dict(post) if post is not None else {"gone": True}
             row.finished_at = clock()
             row.realized_monthly_savings = None  # measured later, never assumed
@@ -309,8 +304,7 @@ class ExecutionContext:
         from backend.core.action_engine import ActionOutcome
 
         with session_scope() as session:
-            row = session.get(ActionRow, action_id)
-            assert row is not None
+            row = _row(session, action_id)
             if guard.changes == 0:
                 # nothing in AWS changed yet: hand the action back untouched (backup kept)
                 transition(
@@ -344,8 +338,7 @@ class ExecutionContext:
         from backend.core.action_engine import ActionOutcome
 
         with session_scope() as session:
-            row = session.get(ActionRow, action_id)
-            assert row is not None
+            row = _row(session, action_id)
             row.error = why
             row.finished_at = None
             transition(
@@ -395,8 +388,7 @@ class ExecutionContext:
                 )
             return ActionOutcome(action_id, "failed", f"cannot undo: {exc}")
         with session_scope() as session:
-            row = session.get(ActionRow, action_id)
-            assert row is not None
+            row = _row(session, action_id)
             transition(
                 session,
                 row,
@@ -426,6 +418,13 @@ def _claim(session: Any, action_id: int, worker: str, now: dt.datetime, settings
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def _row(session: Session, action_id: int) -> ActionRow:
+    row = session.get(ActionRow, action_id)
+    if row is None:
+        raise LookupError(f"no action {action_id}")
+    return row
 
 
 def _refuse_changes(call: str) -> None:
