@@ -199,6 +199,15 @@ def act(ctx: OperationContext, service: str, operation: str, /, **kwargs: Any) -
     return call(getattr(ctx.client_for(service), operation), **kwargs)
 
 
+def remove(ctx: OperationContext, service: str, operation: str, /, **kwargs: Any) -> None:
+    """A delete (or release, or terminate) is done when AWS says the thing is not there."""
+    try:
+        act(ctx, service, operation, **kwargs)
+    except ClientError as exc:
+        if not is_gone(exc):
+            raise
+
+
 def create(ctx: OperationContext, service: str, operation: str, /, **kwargs: Any) -> Any:
     """A call that makes something new: retried only when AWS throttled it (the request was
     refused, so nothing was made). After a dropped connection the step fails, and its retry

@@ -29,6 +29,7 @@ from backend.providers.aws.operations_base import (
     key_value,
     making_from,
     read,
+    remove,
     require_param,
     settle,
     short_digest,
@@ -205,11 +206,7 @@ class TerminateInstance(BaseOperation):
         now = fresh_or_none(ctx, EC2, resource.resource_id)
         if now is None or now.state in _LEAVING:
             return
-        try:
-            act(ctx, "ec2", "terminate_instances", InstanceIds=[resource.resource_id])
-        except ClientError as exc:
-            if not is_gone(exc):
-                raise
+        remove(ctx, "ec2", "terminate_instances", InstanceIds=[resource.resource_id])
 
     def verify(self, ctx: OperationContext, resource_id: str, params: Params) -> Resource | None:
         await_gone(ctx, EC2, resource_id, "shutting-down")

@@ -29,6 +29,7 @@ from backend.providers.aws.operations_base import (
     is_gone,
     key_value,
     read,
+    remove,
     settle,
     tag_list,
     user_tags,
@@ -140,11 +141,7 @@ class DeleteLoadBalancer(BaseOperation):
     def execute(self, ctx: OperationContext, resource: Resource, params: Params) -> None:
         if fresh_or_none(ctx, LB, resource.resource_id) is None:
             return
-        try:
-            act(ctx, "elbv2", "delete_load_balancer", LoadBalancerArn=resource.resource_id)
-        except ClientError as exc:
-            if not is_gone(exc):
-                raise
+        remove(ctx, "elbv2", "delete_load_balancer", LoadBalancerArn=resource.resource_id)
 
     def verify(self, ctx: OperationContext, resource_id: str, params: Params) -> Resource | None:
         await_gone(ctx, LB, resource_id)

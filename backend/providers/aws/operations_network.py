@@ -12,12 +12,12 @@ from backend.providers.aws.operations_base import (
     CannotUndo,
     OperationContext,
     Params,
-    act,
     await_gone,
     create,
     fresh_or_none,
     is_gone,
     read,
+    remove,
     tag_specs,
     user_tags,
 )
@@ -35,11 +35,7 @@ class ReleaseAddress(BaseOperation):
             return
         # AWS refuses to release an associated VPC address; that error propagates
         where = {"AllocationId": rid} if rid.startswith("eipalloc-") else {"PublicIp": rid}
-        try:
-            act(ctx, "ec2", "release_address", **where)
-        except ClientError as exc:
-            if not is_gone(exc):
-                raise
+        remove(ctx, "ec2", "release_address", **where)
 
     def verify(self, ctx: OperationContext, resource_id: str, params: Params) -> Resource | None:
         await_gone(ctx, EIP, resource_id)

@@ -26,10 +26,10 @@ from backend.providers.aws.operations_base import (
     create,
     fresh,
     fresh_or_none,
-    is_gone,
     key_value,
     making_from,
     read,
+    remove,
     require_param,
     tag_filters,
     tag_specs,
@@ -46,15 +46,6 @@ _IOPS_TYPES = frozenset({"io1", "io2", "gp3"})  # the types whose IOPS one sets
 _THROUGHPUT_TYPES = frozenset({"gp3"})
 # AWS allows one modification per volume every 6 hours; these say "not now"
 _MODIFY_LATER_CODES = frozenset({"VolumeModificationRateExceeded", "IncorrectModificationState"})
-
-
-def _delete(ctx: OperationContext, operation: str, **kwargs: Any) -> None:
-    """A delete is done when AWS says the thing is not there."""
-    try:
-        act(ctx, "ec2", operation, **kwargs)
-    except ClientError as exc:
-        if not is_gone(exc):
-            raise
 
 
 class DeleteVolume(BaseOperation):
@@ -88,7 +79,7 @@ class DeleteVolume(BaseOperation):
 
     def execute(self, ctx: OperationContext, resource: Resource, params: Params) -> None:
         if fresh_or_none(ctx, EBS, resource.resource_id) is not None:
-            _delete(ctx, "delete_volume", VolumeId=resource.resource_id)
+            remove(ctx, "ec2", "delete_volume", VolumeId=resource.resource_id)
 
     def verify(self, ctx: OperationContext, resource_id: str, params: Params) -> Resource | None:
         await_gone(ctx, EBS, resource_id, "deleting")
@@ -291,7 +282,7 @@ class DeleteSnapshot(BaseOperation):
     action = "delete"
 
     def execute(self, ctx: OperationContext, resource: Resource, params: Params) -> None:
-        _delete(ctx, "delete_snapshot", SnapshotId=resource.resource_id)
+        remove(ctx, "ec2", "delete_snapshot", SnapshotId=resource.resource_id)
 
     def verify(self, ctx: OperationContext, resource_id: str, params: Params) -> Resource | None:
         await_gone(ctx, SNAPSHOT, resource_id)
@@ -310,7 +301,7 @@ class DeregisterImage(BaseOperation):
 
     def execute(self, ctx: OperationContext, resource: Resource, params: Params) -> None:
         if fresh_or_none(ctx, AMI, resource.resource_id) is not None:
-            _delete(ctx, "deregister_image", ImageId=resource.resource_id)
+            remove(ctx, "ec2", "deregister_image", ImageId=resource.resource_id)
 
     def verify(self, ctx: OperationContext, resource_id: str, params: Params) -> Resource | None:
         await_gone(ctx, AMI, resource_id)
