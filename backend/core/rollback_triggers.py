@@ -11,9 +11,10 @@ needed after all:
 * CloudWatch alarm: a policy may name alarms; one in ALARM since the action ran rolls back
   that policy's recent actions.
 
-Every trigger is audited with who or what fired it. The window is 7 days unless
-FINOPS_ROLLBACK_WINDOW_DAYS says otherwise (read at call time), or a per-policy mapping
-given to the constructor does.
+Every trigger is audited with who or what fired it. A policy's window and alarms come from
+its `rollback:` section (`window-days`, `alarms`); a mapping given to the constructor (the
+CLI's --window/--alarm) overrides it; without either the window is FINOPS_ROLLBACK_WINDOW_DAYS
+(read at call time), else 7 days.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -39,11 +41,13 @@ from backend.core.execution_context import ExecutionContext
 from backend.core.models import ActionRow
 from backend.core.types import utcnow
 from backend.domain.lifecycle import ActionState
+from backend.domain.policy.model import PolicyPack, Rollback
 from backend.domain.resources import ResourceKind
 from backend.providers.aws.operations import ResourceGone, operation_for
 from backend.providers.aws.retry import describe_error
 from backend.providers.aws.session import AwsClients
 
+log = structlog.get_logger(__name__)
 S = ActionState
 Clock = Callable[[], dt.datetime]
 
@@ -98,6 +102,7 @@ class RollbackTriggers:
         clock: Clock = utcnow,
         windows: Mapping[str, float] | None = None,
         alarms: Mapping[str, Sequence[str]] | None = None,
+        pack: PolicyPack | None = None,
     ) -> None:
         self._settings = settings
         self._audit = audit or AuditLogger()
@@ -106,15 +111,20 @@ class RollbackTriggers:
         self._clients = clients
         self._windows = dict(windows or {})
         self._alarms = {p: list(names) for p, names in (alarms or {}).items()}
+        self._pack = pack
 
     @property
     def settings(self) -> Settings:
         return self._settings or get_settings()
 
     def window(self, policy: str) -> dt.timedelta:
-        """The policy's window: the constructor's mapping, else the environment, else 7 days."""
+        """The constructor's mapping, else the policy's `rollback.window-days`, else the
+        environment, else 7 days."""
         if policy in self._windows:
             return dt.timedelta(days=float(self._windows[policy]))
+        configured = self._policy_rollback(policy).window_days
+        if configured is not None:
+            return dt.timedelta(days=configured)
         raw = os.environ.get(WINDOW_ENV, "").strip()
         try:
             days = float(raw) if raw else DEFAULT_WINDOW_DAYS
@@ -123,6 +133,25 @@ class RollbackTriggers:
         if days < 0:
             raise ValueError(f"{WINDOW_ENV}={raw!r}: must not be negative")
         return dt.timedelta(days=days)
+
+    def alarms(self, policy: str) -> list[str]:
+        """The constructor's mapping, else the policy's `rollback.alarms`."""
+        if policy in self._alarms:
+            return self._alarms[policy]
+        return list(self._policy_rollback(policy).alarms)
+
+    def _policies(self) -> PolicyPack:
+        if self._pack is None:
+            try:
+                self._pack = self._context().pack()
+            except Exception as exc:  # noqa: BLE001 - defaults still watch every action
+                log.warning("policy pack unreadable: default rollback windows", error=str(exc))
+                self._pack = PolicyPack()
+        return self._pack
+
+    def _policy_rollback(self, policy: str) -> Rollback:
+        found = self._policies().by_name.get(policy)
+        return found.rollback if found is not None else Rollback()
 
     def _context(self) -> ExecutionContext:
         if self._clients is None:
@@ -157,7 +186,8 @@ class RollbackTriggers:
         return results
 
     def _candidates(self, session: Session, now: dt.datetime) -> list[_Candidate]:
-        widest = max([self.window(p) for p in self._windows] + [self.window("")])
+        named = [*self._windows, *(p.name for p in self._policies())]
+        widest = max([self.window(p) for p in named] + [self.window("")])
         rows = session.scalars(
             select(ActionRow)
             .where(ActionRow.state == S.SUCCEEDED, ActionRow.finished_at >= now - widest)
@@ -234,12 +264,12 @@ class RollbackTriggers:
     ) -> list[TriggerResult]:
         by_place: dict[tuple[str, str, str], list[_Candidate]] = {}
         for c in candidates:
-            if self._alarms.get(c.policy):
+            if self.alarms(c.policy):
                 by_place.setdefault((c.policy, c.account, c.region), []).append(c)
         results: list[TriggerResult] = []
         for (policy, _account, _region), group in sorted(by_place.items()):
             try:
-                alarming = self._alarming(ctx, group[0], self._alarms[policy])
+                alarming = self._alarming(ctx, group[0], self.alarms(policy))
             except (ClientError, BotoCoreError) as exc:
                 # Fail safe both ways: no rollback on an unreadable alarm, but say so.
                 results.append(

@@ -19,8 +19,9 @@ from backend.core.rollback_triggers import (
     RollbackTriggers,
 )
 from backend.core.types import utcnow
+from backend.domain.policy.loader import load_text
 from tests.integration.aws_fleet import client
-from tests.integration.execution_support import Account, engine, scan_and_plan, seed
+from tests.integration.execution_support import PACK, Account, engine, scan_and_plan, seed
 
 pytestmark = pytest.mark.moto_server
 
@@ -152,3 +153,24 @@ def test_outside_the_window_nothing_fires(
     assert [r.trigger for r in triggers.check()] == [NEEDED_AGAIN]
     short = RollbackTriggers(clock=lambda: later, windows={"delete-unattached": 1})
     assert short.object(actions()[account.loose_volume].id, "bob", "x").result == "skipped"
+
+
+def test_the_policy_yaml_sets_its_window_and_alarms(account: Account) -> None:
+    """`rollback: {window-days, alarms}` in the policy, with no CLI mapping."""
+    alarm(account, "api-5xx")
+    stop = actions()[account.idle]
+    text = PACK.replace(
+        "    mode: auto\n", "    mode: auto\n    rollback: {window-days: 10, alarms: [api-5xx]}\n"
+    )
+    yaml_pack = load_text(text, "execution-test.yml")
+    assert yaml_pack.by_name["stop-idle"].rollback.alarms == ("api-5xx",)
+    later = utcnow() + dt.timedelta(days=8)  # past the default 7 days, inside the policy's 10
+    assert RollbackTriggers(clock=lambda: later).check() == []  # default pack: no alarm
+    results = RollbackTriggers(clock=lambda: later, pack=yaml_pack).check()
+    assert [(r.action_id, r.result, r.fired_by) for r in results] == [
+        (stop.id, "rolled_back", "cloudwatch:api-5xx")
+    ]
+    much_later = utcnow() + dt.timedelta(days=11)
+    assert RollbackTriggers(clock=lambda: much_later, pack=yaml_pack).window("stop-idle") == (
+        dt.timedelta(days=10)
+    )

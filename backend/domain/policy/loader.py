@@ -23,7 +23,16 @@ from backend.domain.policy import relations as _relations  # noqa: F401
 from backend.domain.policy import values as _values  # noqa: F401
 from backend.domain.policy.actions import ACTIONS, ALIASES, ActionSpec, Backup, find_action
 from backend.domain.policy.filters import And, ParseContext, parse_filter_list
-from backend.domain.policy.model import Limits, Mode, Notice, Policy, PolicyPack, Risk, Schedule
+from backend.domain.policy.model import (
+    Limits,
+    Mode,
+    Notice,
+    Policy,
+    PolicyPack,
+    Risk,
+    Rollback,
+    Schedule,
+)
 from backend.domain.policy.spec import (
     Fields,
     PolicyProblem,
@@ -52,7 +61,7 @@ MAX_FILE_BYTES = 5 * 1024 * 1024
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 POLICY_KEYS = (
     "name", "resource", "description", "filters", "action", "actions", "mode", "schedule",
-    "notice", "limits", "risk", "enabled",
+    "notice", "limits", "rollback", "risk", "enabled",
 )  # fmt: skip
 Located = tuple[Policy, str, int | None]  # a policy, its file and line, for duplicate checks
 
@@ -196,6 +205,7 @@ def _policy(node: Any, line: int | None, file: str, problems: list[PolicyProblem
     mode = spec.text("mode", default="report", choices=[m.value for m in Mode])
     risk = spec.text("risk", default="medium", choices=[r.value for r in Risk])
     schedule, notice, limits = _schedule(spec), _notice(spec), _limits(spec)
+    rollback = _rollback(spec)
     if kind is None:
         return None  # filters and actions cannot be checked without the kind
     raw_filters = spec.raw("filters")
@@ -216,6 +226,7 @@ def _policy(node: Any, line: int | None, file: str, problems: list[PolicyProblem
         or action is None
         or notice is None
         or limits is None
+        or rollback is None
     ):
         return None
     return Policy(
@@ -227,6 +238,7 @@ def _policy(node: Any, line: int | None, file: str, problems: list[PolicyProblem
         schedule=schedule,
         notice=notice,
         limits=limits,
+        rollback=rollback,
         risk=Risk(risk),
         description=description.strip(),
         enabled=enabled,
@@ -368,3 +380,27 @@ def _limits(spec: Fields) -> Limits | None:
         section.sink.add(str(exc), section.line_for("max-percent-of-fleet"))
         return None
     return limits if section.sink.count == before else None
+
+
+def _rollback(spec: Fields) -> Rollback | None:
+    if not spec.has("rollback"):
+        return Rollback()
+    section = _section(spec, "rollback", ("window-days", "alarms"))
+    if section is None:
+        return None
+    before = section.sink.count
+    days = section.number("window-days")
+    alarms = section.raw("alarms")
+    if alarms is None:
+        alarms = []
+    if not isinstance(alarms, list) or not all(isinstance(a, str) and a.strip() for a in alarms):
+        section.sink.add(
+            "'alarms' must be a list of CloudWatch alarm names", section.line_for("alarms")
+        )
+        return None
+    try:
+        rollback = Rollback(days, tuple(a.strip() for a in alarms))
+    except ValueError as exc:
+        section.sink.add(str(exc), section.line_for("window-days"))
+        return None
+    return rollback if section.sink.count == before else None

@@ -16,7 +16,17 @@ from backend.domain.policy.filters import Filter
 from backend.domain.policy.measures import MetricsFilter
 from backend.domain.resources import MetricSpec, ResourceKind
 
-__all__ = ["ActionSpec", "Limits", "Mode", "Notice", "Policy", "PolicyPack", "Risk", "Schedule"]
+__all__ = [
+    "ActionSpec",
+    "Limits",
+    "Mode",
+    "Notice",
+    "Policy",
+    "PolicyPack",
+    "Risk",
+    "Rollback",
+    "Schedule",
+]
 
 
 class Mode(StrEnum):
@@ -85,6 +95,19 @@ class Notice:
 
 
 @dataclass(frozen=True, slots=True)
+class Rollback:
+    """How long after acting a sign that the resource is needed undoes the action, and which
+    CloudWatch alarms count as such a sign. `window_days` None: the configured default."""
+
+    window_days: float | None = None
+    alarms: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.window_days is not None and not 0 <= self.window_days <= 365:
+            raise ValueError(f"'window-days' must be between 0 and 365, got {self.window_days}")
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     """Caps on one run, so that a wrong filter cannot sweep a whole fleet."""
 
@@ -114,6 +137,7 @@ class Policy:
     schedule: Schedule | None = None
     notice: Notice = field(default_factory=Notice)
     limits: Limits = field(default_factory=Limits)
+    rollback: Rollback = field(default_factory=Rollback)
     risk: Risk = Risk.MEDIUM
     description: str = ""
     enabled: bool = True

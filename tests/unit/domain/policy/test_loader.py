@@ -237,3 +237,39 @@ def test_defaults_and_custodian_forms() -> None:
     assert third.notice.notify is True
     assert third.notice.grace_days == 2
     assert (first.source_line, second.source_line, third.source_line) == (2, 8, 10)
+
+
+def test_rollback_section() -> None:
+    text = """
+policies:
+  - name: a
+    resource: ec2
+    action: stop
+    rollback: {window-days: 3.5, alarms: [api-5xx, "db latency"]}
+  - name: b
+    resource: ec2
+    action: stop
+"""
+    pack = load_text(text, "r.yml")
+    assert pack.by_name["a"].rollback.window_days == 3.5
+    assert pack.by_name["a"].rollback.alarms == ("api-5xx", "db latency")
+    assert pack.by_name["b"].rollback.window_days is None  # the configured default applies
+    assert pack.by_name["b"].rollback.alarms == ()
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("{window-days: -1}", "'window-days' must be between 0 and 365"),
+        ("{window-days: soon}", "'window-days' must be a number"),
+        ("{alarms: api-5xx}", "'alarms' must be a list of CloudWatch alarm names"),
+        ("{alarms: [1, 2]}", "'alarms' must be a list of CloudWatch alarm names"),
+        ("{windows: 3}", "windows"),
+    ],
+)
+def test_rollback_section_errors(section: str, expected: str) -> None:
+    text = f"policies:\n  - name: a\n    resource: ec2\n    action: stop\n    rollback: {section}\n"
+    with pytest.raises(PolicyValidationError) as caught:
+        load_text(text, "r.yml")
+    assert expected in str(caught.value)
+    assert "r.yml" in str(caught.value) and ":5" in str(caught.value)
