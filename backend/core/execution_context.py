@@ -20,6 +20,7 @@ from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.models import ActionRow
+from backend.core.stop_checked_client import StopCheckedClient
 from backend.domain.lifecycle import ActionState
 from backend.domain.policy.loader import load_pack
 from backend.domain.policy.model import Policy, PolicyPack
@@ -102,10 +103,20 @@ class ExecutionContext:
     def policy(self, name: str) -> Policy | None:
         return self.pack().by_name.get(name)
 
-    def op_context(self, row: ActionRow, guard: Callable[[str], None] | None) -> OperationContext:
+    def op_context(
+        self, row: ActionRow, guard: Callable[[str], None] | None, *, check_stop: bool = False
+    ) -> OperationContext:
+        """With `check_stop`, every AWS call (reads too) first checks the emergency stop."""
         target = self._target(row.account_id)
+
+        def client_for(service: str) -> Any:
+            client = self.clients.client(target, service, row.region)
+            return (
+                StopCheckedClient(client, service, self.emergency.check) if check_stop else client
+            )
+
         return OperationContext(
-            client_for=lambda service: self.clients.client(target, service, row.region),
+            client_for=client_for,
             account_id=row.account_id,
             region=row.region,
             idempotency_key=row.idempotency_key,
@@ -215,7 +226,7 @@ class ExecutionContext:
         with session_scope() as session:
             row = _row(session, action_id)
             op = operation_for(row.action, ResourceKind(row.kind))
-            ctx = self.op_context(row, guard)
+            ctx = self.op_context(row, guard, check_stop=True)
             judgement, fresh = safety.judge_before_execution(
                 session, row, self.policy(row.policy_name), op, ctx
             )
@@ -280,6 +291,8 @@ class ExecutionContext:
             )
         try:
             post = op.verify(ctx, fresh.resource_id, params)
+        except EmergencyStopEngaged:
+            raise  # recorded as interrupted after the change, by _interrupted
         except Exception as exc:
             raise ChangeUnverifiedError(describe_error(exc)) from exc
         with session_scope() as session:
@@ -371,7 +384,7 @@ class ExecutionContext:
                     "recorded pre-state can be rolled back",
                 )
             op = operation_for(row.action, ResourceKind(row.kind))
-            ctx = self.op_context(row, _Guard(self.emergency))
+            ctx = self.op_context(row, _Guard(self.emergency), check_stop=True)
             pre, backup, params = resource_from(row.pre_state), row.backup_ref, dict(row.params)
         try:
             done = op.undo(ctx, pre, backup, params)

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.config import Settings, get_settings, parse_window
+from backend.core.emergency_stop import EmergencyStopEngaged
 from backend.core.models import ActionRow, AuditEventRow, MetricSummaryRow, ResourceRow
 from backend.core.repositories import to_resource
 from backend.core.types import utcnow
@@ -200,6 +201,8 @@ class SafetyChecker:
                     )
                 )
             return judgement, fresh
+        except EmergencyStopEngaged:
+            raise  # not a verdict on the action: the engine hands it back untouched
         except Exception as exc:  # noqa: BLE001 - any error gathering facts blocks
             return _fail_closed(exc), None
 

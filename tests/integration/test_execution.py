@@ -9,7 +9,7 @@ from backend.config import reset_settings_cache
 from backend.core.action_planner import ActionPlanner, ApprovalError
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
-from backend.core.emergency_stop import EmergencyStop
+from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.models import ActionRow
 from tests.integration.execution_support import Account, engine, scan_and_plan, seed
 
@@ -116,4 +116,55 @@ def test_a_resource_that_changed_is_blocked_before_execution(account: Account) -
     report = engine().execute(dry_run=False)
     assert [o.result for o in report.outcomes] == ["blocked"]
     assert "opt-out" in report.outcomes[0].detail
+    assert account.instance_state(account.idle) == "running"
+
+
+class StopEngagedAfter(EmergencyStop):
+    """Engages the stop the moment the named AWS call has been let through, as if an SRE
+    pressed the button while that call was in flight. A changing call is checked twice (by
+    the operation's guard, then by the client right before the request): `checks` says
+    which check lets it through."""
+
+    def __init__(self, call: str, checks: int = 1) -> None:
+        super().__init__()
+        self.call, self.checks = call, checks
+        self.refused: list[str] = []
+
+    def check(self, step: str = "") -> None:
+        try:
+            super().check(step)
+        except EmergencyStopEngaged:
+            self.refused.append(step)
+            raise
+        if step == self.call:
+            self.checks -= 1
+            if self.checks == 0:
+                self.engage("pressed mid-action", "oncall")
+
+
+def test_emergency_stop_refuses_the_very_next_read(account: Account) -> None:
+    """Engaged during StopInstances: the verification's DescribeInstances is refused too,
+    and the action is recorded as failed with the change made, never left executing."""
+    scan_and_plan()
+    emergency = StopEngagedAfter("ec2:stop_instances", checks=2)
+    report = engine(emergency=emergency).execute([actions()[account.idle].id], dry_run=False)
+    assert [o.result for o in report.outcomes] == ["failed"]
+    assert emergency.refused == ["ec2:describe_instances"]  # a read, refused
+    row = actions()[account.idle]
+    assert row.state == "failed"
+    assert "interrupted by the emergency stop after 1 change" in (row.error or "")
+    assert account.instance_state(account.idle) in ("stopping", "stopped")
+
+
+def test_emergency_stop_during_the_fresh_describe_hands_the_action_back(
+    account: Account,
+) -> None:
+    scan_and_plan()
+    emergency = StopEngagedAfter("ec2:describe_instances")
+    report = engine(emergency=emergency).execute([actions()[account.idle].id], dry_run=False)
+    assert [o.result for o in report.outcomes] == ["stopped"]
+    # the next read (the dependency check) is refused, and nothing changed: the action is
+    # handed back approved, to run after the resume (not blocked: no rule said no)
+    assert emergency.refused == ["autoscaling:describe_auto_scaling_instances"]
+    assert actions()[account.idle].state == "approved"
     assert account.instance_state(account.idle) == "running"
