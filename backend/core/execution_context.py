@@ -227,6 +227,9 @@ class ExecutionContext:
             row = _row(session, action_id)
             op = operation_for(row.action, ResourceKind(row.kind))
             ctx = self.op_context(row, guard, check_stop=True)
+            # Once the change is made, reading it back cannot change anything and makes the
+            # record true, so the verification runs even under a stop (changes refused).
+            verify_ctx = self.op_context(row, _refuse_changes)
             judgement, fresh = safety.judge_before_execution(
                 session, row, self.policy(row.policy_name), op, ctx
             )
@@ -290,9 +293,7 @@ class ExecutionContext:
                 session=session,
             )
         try:
-            post = op.verify(ctx, fresh.resource_id, params)
-        except EmergencyStopEngaged:
-            raise  # recorded as interrupted after the change, by _interrupted
+            post = op.verify(verify_ctx, fresh.resource_id, params)
         except Exception as exc:
             raise ChangeUnverifiedError(describe_error(exc)) from exc
         with session_scope() as session:
