@@ -2,7 +2,9 @@
 
 Rules match the SigV4 credential scope (`.../REGION/SERVICE/aws4_request`) of a request
 and answer with an AWS error (AccessDenied, Throttling, a 503) or drop the connection,
-for all matching requests or only the first N of them.
+for all matching requests, only the first N of them, or a share of them (`rate`, spread
+evenly so a test does not depend on luck). `requests` counts every request that reached
+the proxy, by (region, service).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 import threading
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,7 +27,9 @@ class Fault:
     kind: str = "access-denied"  # access-denied | throttle | unavailable | drop
     times: int | None = None  # None: always; N: only the first N matching requests
     action: str | None = None  # only requests whose body names this Action (query APIs)
+    rate: float | None = None  # None: every match; 0.3: 3 in 10 matches, evenly spread
     hits: int = 0
+    seen: int = 0  # matching requests, failed or not (for `rate`)
 
     def matches(self, region: str, service: str, body: bytes) -> bool:
         if self.region and self.region != region:
@@ -33,6 +38,11 @@ class Fault:
             return False
         if self.action and f"Action={self.action}".encode() not in body:
             return False
+        if self.rate is not None:
+            # Fail the n-th match when it carries the running total past a whole number.
+            self.seen += 1
+            if int(self.seen * self.rate) == int((self.seen - 1) * self.rate):
+                return False
         return self.times is None or self.hits < self.times
 
 
@@ -42,6 +52,7 @@ class FaultProxy:
     faults: list[Fault] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (region, service)
     _server: ThreadingHTTPServer | None = None
 
     def start(self) -> FaultProxy:
@@ -118,6 +129,7 @@ class FaultProxy:
 
     def take(self, region: str, service: str, body: bytes) -> Fault | None:
         with self.lock:
+            self.requests[(region, service)] += 1
             for fault in self.faults:
                 if fault.matches(region, service, body):
                     fault.hits += 1

@@ -1,7 +1,8 @@
 """boto3 sessions and clients per account: the caller's own, or an assumed role.
 
 Clients are cached per (account, region, service); boto3 sessions are not thread-safe to
-build clients from concurrently, so client creation takes a lock.
+build clients from concurrently, so client creation takes a lock. Every client's calls pass
+through the circuit breaker of its (account, region, service) (see breakers.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from backend.config import get_settings
+from backend.providers.aws.breakers import BreakerKey, BreakerRegistry
 from backend.providers.aws.retry import call
 
 # Our own retry policy (tenacity) owns retries; botocore's would multiply them.
@@ -37,19 +40,39 @@ class AccountTarget:
 class AwsClients:
     """Hands out clients per (account, region, service), assuming roles as needed."""
 
-    def __init__(self, endpoint_url: str | None = None, base_session: Any = None) -> None:
+    def __init__(
+        self,
+        endpoint_url: str | None = None,
+        base_session: Any = None,
+        *,
+        breakers: BreakerRegistry | None = None,
+    ) -> None:
         self._endpoint_url = endpoint_url
+        self._breakers = breakers
         self._base = base_session or boto3.session.Session()
         self._lock = threading.Lock()
         self._sessions: dict[str | None, Any] = {}
         self._clients: dict[tuple[str | None, str, str], Any] = {}
         self._caller_account: str | None = None
 
+    @property
+    def breakers(self) -> BreakerRegistry:
+        """The breakers: given, or built on first use (Redis-shared when REDIS_URL is set)."""
+        with self._lock:
+            return self._registry()
+
+    def _registry(self) -> BreakerRegistry:
+        # Settings are read here, not at construction or import: building clients for tests
+        # or scripts must not need a valid configuration until an AWS call is made.
+        if self._breakers is None:
+            self._breakers = BreakerRegistry(get_settings().redis_url)
+        return self._breakers
+
     def caller_account(self) -> str:
         """The account of the base credentials (STS GetCallerIdentity), asked once."""
         with self._lock:
             if self._caller_account is None:
-                sts = self._make_client(self._base, "sts", "us-east-1")
+                sts = self._make_client(self._base, "sts", "us-east-1", "self")
                 self._caller_account = str(call(sts.get_caller_identity)["Account"])
             return self._caller_account
 
@@ -60,7 +83,7 @@ class AwsClients:
             if cached is not None:
                 return cached
             session = self._session_for(target)
-            made = self._make_client(session, service, region)
+            made = self._make_client(session, service, region, target.account_id or "self")
             self._clients[key] = made
             return made
 
@@ -69,7 +92,10 @@ class AwsClients:
             return self._base
         session = self._sessions.get(target.role_arn)
         if session is None:
-            sts = self._make_client(self._base, "sts", "us-east-1")
+            # Counted against the target account: one account's broken role must not stop
+            # assuming roles in the others.
+            account = target.account_id or target.role_arn.split(":")[4]
+            sts = self._make_client(self._base, "sts", "us-east-1", account)
             creds = call(
                 sts.assume_role, RoleArn=target.role_arn, RoleSessionName="finops-automation"
             )["Credentials"]
@@ -81,10 +107,12 @@ class AwsClients:
             self._sessions[target.role_arn] = session
         return session
 
-    def _make_client(self, session: Any, service: str, region: str) -> Any:
-        return session.client(
+    def _make_client(self, session: Any, service: str, region: str, account: str) -> Any:
+        made = session.client(
             service, region_name=region, endpoint_url=self._endpoint_url, config=_BOTO_CONFIG
         )
+        self._registry().attach(made, BreakerKey(account, region, service))
+        return made
 
 
 def account_targets(
