@@ -17,6 +17,8 @@ def main() -> None:
         policy,
         rollback_watch,
         scan,
+        serve,
+        users,
     )
     from backend.logging_setup import configure_logging
 

@@ -1,0 +1,107 @@
+"""Request dependencies as `Annotated` aliases: the context, a session, the caller and role.
+
+`Viewer`, `Operator`, `Approver` and `Administrator` are the caller, after checking that
+their role is at least that one. A refused state-changing call is audited with its actor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+import structlog
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from backend.api.accounts import AuthenticationError, Principal, authenticate
+from backend.api.context import ApiContext
+from backend.api.problems import Problem
+from backend.api.security import Role
+from backend.core.audit_chain import EventType
+from backend.core.database import session_scope
+
+log = structlog.get_logger(__name__)
+_bearer = HTTPBearer(auto_error=False, description="An API token: `finops users token NAME`")
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="finops"'}
+_READS = ("GET", "HEAD", "OPTIONS")
+
+
+def get_context(request: Request) -> ApiContext:
+    context: ApiContext = request.app.state.context
+    return context
+
+
+ContextDep = Annotated[ApiContext, Depends(get_context)]
+
+
+def get_session(context: ContextDep) -> Iterator[Session]:
+    """One session per request. Routes that change state commit it themselves, before they
+    answer; anything not committed is rolled back when the session closes."""
+    session = context.session_factory()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def current_user(
+    context: ContextDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Problem(
+            401,
+            "an API token is required: send 'Authorization: Bearer <token>'",
+            kind="unauthenticated",
+            headers=_CHALLENGE,
+        )
+    try:
+        # Its own short transaction: it records last_used_at even when the route only reads.
+        with session_scope(factory=context.session_factory) as session:
+            return authenticate(session, credentials.credentials)
+    except AuthenticationError as exc:
+        raise Problem(401, str(exc), kind="unauthenticated", headers=_CHALLENGE) from None
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
+
+
+def require(needed: Role) -> Callable[..., Principal]:
+    def check(request: Request, user: CurrentUser, context: ContextDep) -> Principal:
+        if user.role.allows(needed):
+            return user
+        if request.method not in _READS:
+            _audit_refusal(context, request, user, needed)
+        raise Problem(
+            403,
+            f"this needs the {needed.value} role or higher; {user.username} is {user.role.value}",
+            kind="forbidden",
+            required_role=needed.value,
+        )
+
+    return check
+
+
+def _audit_refusal(context: ApiContext, request: Request, user: Principal, needed: Role) -> None:
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    try:
+        context.audit().log(
+            EventType.API_CALL,
+            subject_type="endpoint",
+            subject_id=f"{request.method} {route}",
+            actor=user.username,
+            outcome="refused",
+            details={"needs": needed.value, "has": user.role.value},
+        )
+    except Exception as exc:  # noqa: BLE001 - the refusal stands whether or not it is recorded
+        log.error("refused call not audited", error=str(exc))
+
+
+Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
+Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
+Approver = Annotated[Principal, Depends(require(Role.APPROVER))]
+Administrator = Annotated[Principal, Depends(require(Role.ADMINISTRATOR))]

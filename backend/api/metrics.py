@@ -1,0 +1,64 @@
+"""GET /metrics: one CollectorRegistry per app (never the global one), holding the database
+collector, the process collectors and the API's own request counters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from backend.api.context import ApiContext
+from backend.api.metrics_collector import FinOpsCollector
+
+
+def install_metrics(app: FastAPI, context: ApiContext) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(FinOpsCollector(context))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    requests = Counter(
+        "finops_api_requests",
+        "API requests by route and status",
+        ["method", "route", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "finops_api_request_duration_seconds",
+        "API request latency by route",
+        ["method", "route"],
+        registry=registry,
+    )
+
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises past every handler
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            # The route's template, never the raw path: ids in paths would explode the series.
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            requests.labels(request.method, route, str(status)).inc()
+            latency.labels(request.method, route).observe(time.perf_counter() - started)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        # A sync route: the collector queries the database, so it runs in the thread pool.
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.state.metrics_registry = registry
+    return registry

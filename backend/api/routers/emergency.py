@@ -1,0 +1,94 @@
+"""The emergency stop: read it (viewer), engage it (operator), release it (administrator).
+
+Engaging goes through AutoRemediationEngine.emergency_stop, the runbook's P0 call, so the
+API and the runbook do the same thing: persist the stop, audit it with the actor, halt the
+dispatcher, alert. Releasing is refused by EmergencyStop itself for non-administrators,
+which also audits the refusal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from backend.api.deps import ContextDep, CurrentUser, Operator, Viewer
+from backend.api.problems import Problem
+from backend.api.routers import API_PREFIX
+from backend.api.schemas import Text
+from backend.api.security import Role
+from backend.core.automation_audit_logger import AuditLogError
+from backend.core.emergency_stop import EngineState
+
+router = APIRouter(prefix=f"{API_PREFIX}/emergency-stop", tags=["emergency stop"])
+
+
+class EngageBody(BaseModel):
+    reason: Text = Field(description="Shown to every worker, and audited.")
+
+
+class StopState(BaseModel):
+    engaged: bool
+    reason: str | None
+    engaged_by: str | None
+    engaged_at: dt.datetime | None
+    released_by: str | None
+    released_at: dt.datetime | None
+    description: str
+
+    @classmethod
+    def of(cls, state: EngineState) -> StopState:
+        return cls(
+            engaged=state.engaged,
+            reason=state.reason,
+            engaged_by=state.engaged_by,
+            engaged_at=state.engaged_at,
+            released_by=state.released_by,
+            released_at=state.released_at,
+            description=state.describe(),
+        )
+
+
+class EngageOut(StopState):
+    already_engaged: bool
+    held_actions: list[dict[str, Any]]
+    notes: list[str]
+
+
+@router.get("", response_model=StopState)
+def get_state(context: ContextDep, _: Viewer) -> StopState:
+    return StopState.of(context.emergency_stop().state())
+
+
+@router.post("", response_model=EngageOut)
+def engage(body: EngageBody, context: ContextDep, user: Operator) -> EngageOut:
+    """Stop all automation now: no claim and no AWS call until an administrator releases it."""
+    result = context.remediation().emergency_stop(body.reason.strip(), user.username)
+    base = StopState.of(result.state)
+    return EngageOut(
+        **base.model_dump(),
+        already_engaged=result.already_engaged,
+        held_actions=result.held,
+        notes=result.notes,
+    )
+
+
+@router.post("/release", response_model=StopState)
+def release(context: ContextDep, user: CurrentUser) -> StopState:
+    # Any signed-in caller reaches EmergencyStop.release: it refuses non-administrators and
+    # records the refusal in the audit log, as it does for the CLI.
+    try:
+        state = context.emergency_stop().release(
+            user.username, is_admin=user.role is Role.ADMINISTRATOR
+        )
+    except PermissionError as exc:
+        raise Problem(
+            403, str(exc), kind="forbidden", required_role=Role.ADMINISTRATOR.value
+        ) from None
+    except AuditLogError as exc:
+        raise Problem(
+            503, f"not released: the audit log refused the event ({exc})", kind="audit-unavailable"
+        ) from None
+    return StopState.of(state)

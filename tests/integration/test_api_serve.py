@@ -1,0 +1,113 @@
+"""`finops serve` as a real process (uvicorn) over HTTP, and `finops users ...`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from backend.cli.app import app
+from backend.config import reset_settings_cache
+from tests.support.servers import free_port, wait_http
+
+FINOPS = Path(sys.executable).with_name("finops")
+
+
+@pytest.fixture
+def sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = f"sqlite:///{tmp_path / 'serve.sqlite'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    reset_settings_cache()
+    return url
+
+
+def cli(*args: str) -> Result:
+    from backend.cli import serve, users  # noqa: F401 - registers the commands
+
+    return CliRunner().invoke(app, list(args))
+
+
+def http(url: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_users_commands_create_issue_list_and_revoke(sqlite: str) -> None:
+    assert cli("users", "create", "carol", "--role", "approver").exit_code == 0
+    bad_role = cli("users", "create", "dave", "--role", "boss")
+    assert bad_role.exit_code == 2 and "administrator" in bad_role.output
+    assert cli("users", "create", "carol", "--role", "viewer").exit_code == 2
+    issued = cli("users", "token", "carol", "--expires-days", "3")
+    assert issued.exit_code == 0, issued.output
+    token = issued.stdout.strip().splitlines()[0]
+    assert token.startswith("fo_") and len(token) > 40
+    assert "shown once" in issued.stderr
+    listed = cli("users", "list")
+    assert "carol" in listed.output and "approver" in listed.output
+    assert token not in listed.output and "working" in listed.output
+    assert cli("users", "token", "nobody").exit_code == 2
+    revoked = cli("users", "revoke", "1")
+    assert revoked.exit_code == 0 and "revoked" in revoked.output
+    assert "revoked" in cli("users", "list").output
+    assert cli("users", "revoke", "99").exit_code == 2
+
+
+def test_serve_refuses_the_default_secret_outside_development(
+    sqlite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINOPS_ENVIRONMENT", "production")
+    reset_settings_cache()
+    refused = cli("serve", "--port", str(free_port()))
+    assert refused.exit_code == 2
+    assert "FINOPS_SECRET_KEY" in refused.output
+
+
+def test_serve_answers_health_and_api_over_http(sqlite: str, tmp_path: Path) -> None:
+    assert cli("users", "create", "otto", "--role", "operator").exit_code == 0
+    token = cli("users", "token", "otto").stdout.strip().splitlines()[0]
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": sqlite,
+        "FINOPS_ENVIRONMENT": "production",
+        "FINOPS_SECRET_KEY": "a-long-random-test-secret-value",
+    }
+    log = tmp_path / "serve.log"  # a file, not a pipe: a full pipe would block the server
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [str(FINOPS), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/health/live", timeout=60)
+        assert http(f"{base}/health/live") == (200, {"status": "alive"})
+        status, ready = http(f"{base}/health/ready")
+        assert status == 200, ready
+        assert ready["checks"]["database"]["status"] == "pass"
+        assert http(f"{base}/api/v1/auth/me", token)[1]["username"] == "otto"
+        status, problem = http(f"{base}/api/v1/users", token)
+        assert (status, problem["status"]) == (403, 403)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    output = log.read_text()
+    assert proc.returncode in (0, -15), output
+    assert "Traceback" not in output and f"127.0.0.1:{port}" in output
