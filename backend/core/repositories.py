@@ -268,6 +268,12 @@ class OpportunityRepository(_Repository):
                         OpportunityRow.policy_name.in_(policies),
                         OpportunityRow.status == "open",
                         OpportunityRow.last_seen < at,
+                        # a scan of one region (or a worker's one part) says nothing of others
+                        OpportunityRow.resource_pk.in_(
+                            select(ResourceRow.id).where(
+                                or_(ResourceRow.last_scan_id == scan_id, ResourceRow.gone_at == at)
+                            )
+                        ),
                     )
                     .values(status="resolved", resolved_at=at)
                 ),
