@@ -13,11 +13,15 @@ from sqlalchemy import select
 from backend.cli.app import CommandError, app, console, handle_errors, settings
 from backend.core.action_engine import ActionEngine, RunReport
 from backend.core.action_planner import ActionPlanner, ApprovalError
+from backend.core.auto_remediation_engine import AutoRemediationEngine
 from backend.core.database import session_scope
 from backend.core.migrations import ensure_schema
 from backend.core.models import ActionRow
 from backend.core.policy_evaluator import StoredPolicyEvaluator
+from backend.core.policy_manager import PolicyManager
+from backend.core.types import utcnow
 from backend.domain.lifecycle import IllegalTransitionError
+from backend.domain.policy import PolicyValidationError
 from backend.domain.policy.model import PolicyPack
 
 actions_app = typer.Typer(
@@ -44,12 +48,28 @@ def plan(
     policies: PolicyOption = None,
     requested_by: Annotated[str, typer.Option(help="Who asks.")] = "cli",
 ) -> None:
-    """Propose actions from the stored inventory, with savings and each safety verdict."""
-    pack = _pack(policies)
+    """Propose actions from the stored inventory, with savings and each safety verdict.
+
+    Only policies that may run now plan: one disabled, paused or overridden in the database
+    (`finops policy list` says why) plans nothing, as through the API and the engine.
+    """
+    _pack(policies)  # a refused pack says so before the database is touched
     ensure_schema()
     with session_scope() as session:
-        StoredPolicyEvaluator(session).run(pack)
+        now = utcnow()
+        try:
+            # The database's state applied: as the API and the engine plan (PolicyManager).
+            pack = PolicyManager(policies or None).effective_pack(session, now)
+        except PolicyValidationError:  # the files changed since: check them again
+            _pack(policies)
+            raise
+        StoredPolicyEvaluator(session, now=now).run(pack)
         result = ActionPlanner().plan(session, pack, requested_by=requested_by)
+    held = [p.name for p in pack if not p.enabled]
+    if held:
+        console.print(
+            f"not planned (disabled, paused or overridden): {', '.join(held)}", highlight=False
+        )
     print_actions(
         title=f"Plan: {len(result.created)} new, {len(result.blocked)} blocked, "
         f"{result.existing} already planned"
@@ -157,13 +177,28 @@ def reject(
 
 @actions_app.command("retry")
 @handle_errors
-def retry(action_id: int, actor: Annotated[str, typer.Option("--as")] = "cli") -> None:
-    """Run a failed action again, through every safety check."""
+def retry(
+    action_id: int,
+    actor: Annotated[str, typer.Option("--as")] = "cli",
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live", help="Retry for real (default: dry-run unless FINOPS_DRY_RUN=false)."
+        ),
+    ] = False,
+) -> None:
+    """Judge a failed action again on a fresh describe, then run it. Dry-run unless --live
+    (or FINOPS_DRY_RUN=false): a dry run says what would happen; the action stays failed."""
+    # Through the engine, never ActionEngine.retry (always live): the dry-run default holds.
     try:
-        outcome = ActionEngine().retry(action_id, actor)
-    except (IllegalTransitionError, LookupError) as exc:
+        outcome = AutoRemediationEngine().retry_action(
+            action_id, actor, dry_run=False if live else None
+        )
+    except (IllegalTransitionError, LookupError, ValueError) as exc:
         raise CommandError(str(exc), code=2) from None
     console.print(f"action {action_id}: {outcome.result} {outcome.detail}", highlight=False)
+    if outcome.result in ("stopped", "failed"):
+        raise typer.Exit(1)
 
 
 @actions_app.command("rollback")

@@ -14,12 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, object_session
 
 from backend.config import Settings, get_settings, parse_window
+from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStopEngaged
-from backend.core.models import ActionRow, AuditEventRow, MetricSummaryRow, ResourceRow
+from backend.core.models import (
+    ActionRow,
+    AuditEventRow,
+    MetricSummaryRow,
+    OverrideRow,
+    ResourceRow,
+)
 from backend.core.repositories import to_resource
 from backend.core.types import utcnow
 from backend.domain.policy.evaluate import EvaluationContext
@@ -30,6 +37,7 @@ from backend.domain.safety import (
     ActionFacts,
     BatchItem,
     Dependencies,
+    Exemption,
     FleetCounts,
     Judgement,
     Rule,
@@ -57,9 +65,38 @@ def safety_config(settings: Settings) -> SafetyConfig:
     )
 
 
+# The override scopes the safety rules enforce; policy scope is PolicyManager's.
+EXEMPTING_SCOPES = ("resource", "account")
+
+
+def active_exemptions(session: Session, now: dt.datetime) -> tuple[Exemption, ...]:
+    """Every active resource- and account-scope override; the rule picks those that apply.
+
+    All of them, not only this action's: matching stays in the pure rule, where it is tested.
+    """
+    rows = session.scalars(
+        select(OverrideRow)
+        .where(
+            OverrideRow.scope.in_(EXEMPTING_SCOPES),
+            or_(OverrideRow.expires_at.is_(None), OverrideRow.expires_at > now),
+        )
+        .order_by(OverrideRow.id)
+    )
+    return tuple(
+        Exemption(r.scope, r.target, r.reason, r.created_by, until=r.expires_at, ident=r.id)
+        for r in rows
+    )
+
+
 def facts_for(
-    row: ActionRow, resource: Resource | None, *, now: dt.datetime, **kw: Any
+    row: ActionRow,
+    resource: Resource | None,
+    *,
+    now: dt.datetime,
+    exemptions: tuple[Exemption, ...],
+    **kw: Any,
 ) -> ActionFacts:
+    """`exemptions` is required: forgetting to read the overrides must not let an action by."""
     approved = row.approved_by is not None and (
         row.approval_expires_at is None or row.approval_expires_at > now
     )
@@ -73,6 +110,7 @@ def facts_for(
         approved=approved or row.mode == "auto",
         risk=row.risk,
         mode=row.mode,
+        exemptions=exemptions,
         **kw,
     )
 
@@ -143,17 +181,34 @@ class SafetyChecker:
         return safety_config(self.settings)
 
     # -- judging ------------------------------------------------------------------------
-    def judge_planned(self, row: ActionRow, resource: Resource | None) -> Judgement:
-        """At planning, on the stored inventory: the static rules (no AWS calls)."""
+    def judge_planned(
+        self, row: ActionRow, resource: Resource | None, session: Session | None = None
+    ) -> Judgement:
+        """At planning, on the stored inventory: the static rules (no AWS calls).
+
+        Overrides are read in `session`, else in the row's own (the planner's transaction),
+        else in a new one; if they cannot be read, the action is blocked (fail closed).
+        """
+        now = self._clock()
         try:
+            exemptions = self._exemptions(
+                session if session is not None else object_session(row), now
+            )
             return judge(
-                facts_for(row, resource, now=self._clock()),
+                facts_for(row, resource, now=now, exemptions=exemptions),
                 self.config,
-                self._clock(),
+                now,
                 before_execution=False,
             )
         except Exception as exc:  # noqa: BLE001 - any error judging blocks
             return _fail_closed(exc)
+
+    @staticmethod
+    def _exemptions(session: Session | None, now: dt.datetime) -> tuple[Exemption, ...]:
+        if session is not None:
+            return active_exemptions(session, now)
+        with session_scope() as own:
+            return active_exemptions(own, now)
 
     def judge_before_execution(
         self,
@@ -166,6 +221,8 @@ class SafetyChecker:
         """Fresh describe, fresh dependencies, the policy re-evaluated: every rule."""
         now = self._clock()
         try:
+            # Read before any AWS call; an unreadable overrides table blocks (fail closed).
+            exemptions = active_exemptions(session, now)
             try:
                 fresh: Resource | None = operation.describe(ctx, row.resource_id)
             except ResourceGone:
@@ -183,6 +240,7 @@ class SafetyChecker:
                 row,
                 fresh,
                 now=now,
+                exemptions=exemptions,
                 still_matches=still,
                 dependencies=deps,
                 notice_required=notice_required,

@@ -12,6 +12,7 @@ from backend.domain.safety import (
     ActionFacts,
     BatchItem,
     Dependencies,
+    Exemption,
     FleetCounts,
     Rule,
     SafetyConfig,
@@ -44,6 +45,37 @@ def _facts(tags: dict[str, str] | None = None, **kw: object) -> ActionFacts:
     }
     base.update(kw)
     return ActionFacts(**base)  # type: ignore[arg-type]
+
+
+def _exemption(scope: str, target: str, until: dt.datetime | None) -> Exemption:
+    return Exemption(scope, target, "self-test", "selftest", until=until, ident=0)
+
+
+def _exemption_cases(
+    config: SafetyConfig, now: dt.datetime
+) -> list[tuple[str, Rule | None, Callable[[], ActionFacts], SafetyConfig]]:
+    """Resource- and account-scope overrides block; an ended one no longer does."""
+    later, ended = now + dt.timedelta(days=1), now - dt.timedelta(seconds=1)
+    return [
+        (
+            "a resource override blocks",
+            Rule.EXEMPTED,
+            lambda: _facts(exemptions=(_exemption("resource", "i-selftest", later),)),
+            config,
+        ),
+        (
+            "an account override blocks",
+            Rule.EXEMPTED,
+            lambda: _facts(exemptions=(_exemption("account", "111111111111", None),)),
+            config,
+        ),
+        (
+            "an ended override no longer blocks",
+            None,
+            lambda: _facts(exemptions=(_exemption("resource", "i-selftest", ended),)),
+            config,
+        ),
+    ]
 
 
 def run_self_test(config: SafetyConfig, now: dt.datetime) -> list[tuple[str, bool, str]]:
@@ -166,6 +198,7 @@ def run_self_test(config: SafetyConfig, now: dt.datetime) -> list[tuple[str, boo
             config,
         )
     )
+    cases += _exemption_cases(config, now)
     results: list[tuple[str, bool, str]] = []
     for name, rule, make, cfg in cases:
         try:

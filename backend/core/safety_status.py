@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from backend.core.database import session_scope
 from backend.core.models import EngineStateRow
+from backend.core.types import utcnow
 from backend.providers.aws.retry import describe_error
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ def build_status(checker: SafetyChecker) -> SafetyStatus:
             "blast radius": f"{c.max_actions_per_run}/run, {c.max_actions_per_hour}/hour, "
             f"{c.max_percent_of_fleet_per_run:g}% of a fleet per run",
             "approval": "irreversible or high-risk actions need a person",
+            "overrides": "an active resource- or account-scope override blocks its actions",
             "fail closed": "any error while judging blocks",
             "dry run": "on" if checker.settings.dry_run else "OFF (live)",
         }
@@ -50,6 +53,8 @@ def build_status(checker: SafetyChecker) -> SafetyStatus:
                 "engaged_by": row.engaged_by if row else None,
                 "engaged_at": row.engaged_at.isoformat() if row and row.engaged_at else None,
             }
+            if rules:  # unreadable overrides block every action: a problem, like the stop
+                rules["overrides"] += _exemptions_in_force(session)
         from backend.core.automation_audit_logger import AuditLogger
 
         for event in AuditLogger().events("24h", event_types=frozenset({"safety_verdict"})):
@@ -67,3 +72,14 @@ def build_status(checker: SafetyChecker) -> SafetyStatus:
         recent_failures=recent,
         problems=problems,
     )
+
+
+def _exemptions_in_force(session: Session) -> str:
+    from backend.core.safety_checker import active_exemptions
+
+    found = active_exemptions(session, utcnow())
+    if not found:
+        return " (none active)"
+    shown = ", ".join(f"{e.scope} {e.target}" for e in found[:5])
+    more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+    return f" ({len(found)} active: {shown}{more})"

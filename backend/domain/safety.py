@@ -34,6 +34,7 @@ class Rule(StrEnum):
     APPROVAL = "approval-required"
     BLAST_RADIUS = "blast-radius"
     OWNER_NOTICE = "owner-notice"
+    EXEMPTED = "exempted"  # exempted by a resource- or account-scope override
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,39 @@ class Dependencies:
     is_root_device_of: str | None = None
     backs_amis: tuple[str, ...] = ()
     associated_with: str | None = None
+
+
+@dataclass(frozen=True)
+class Exemption:
+    """A manual override that exempts one resource, or a whole account, from every action.
+
+    Gathered by the caller from the overrides table; `until` None means until it is ended.
+    """
+
+    scope: str  # "resource" | "account"
+    target: str
+    reason: str
+    created_by: str
+    until: dt.datetime | None = None
+    ident: int | None = None
+
+    def active(self, now: dt.datetime) -> bool:
+        return self.until is None or self.until > now
+
+    def covers(self, facts: ActionFacts) -> bool:
+        # Spaces around a typed target must not turn an exemption into a silent no-op.
+        target = self.target.strip()
+        if self.scope == "resource":
+            return target == facts.resource_id
+        if self.scope == "account":
+            return target == facts.account_id
+        return False
+
+    def describe(self) -> str:
+        until = f"until {self.until:%Y-%m-%d %H:%M}Z" if self.until else "until ended"
+        name = f"override #{self.ident}" if self.ident is not None else "an override"
+        who = f"(by {self.created_by}, {until})"
+        return f"{self.scope} {self.target.strip()} exempted by {name} {who}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -118,6 +152,8 @@ class ActionFacts:
     # the policy promises the owner notice; None means the notice was not looked up
     notice_required: bool = False
     notice_delivered: bool | None = None
+    # active resource- and account-scope overrides the caller read (see Exemption)
+    exemptions: tuple[Exemption, ...] = ()
 
 
 def canonical_action(name: str) -> str:
@@ -141,6 +177,7 @@ def judge(
         _region(facts, config),
         _freeze(config, now),
         _approval(facts),
+        _exempted(facts, now),
     ]
     if facts.notice_required and (before_execution or facts.notice_delivered is not None):
         verdicts.append(_notice(facts))
@@ -173,6 +210,14 @@ def _region(f: ActionFacts, c: SafetyConfig) -> Verdict:
     if f.region in c.protected_regions:
         return Verdict(Rule.PROTECTED_REGION, False, f"region {f.region} is protected")
     return Verdict(Rule.PROTECTED_REGION, True, "region not protected")
+
+
+def _exempted(f: ActionFacts, now: dt.datetime) -> Verdict:
+    # An expired or ended override exempts nothing, even if the caller passed it along.
+    found = [e for e in f.exemptions if e.active(now) and e.covers(f)]
+    if found:
+        return Verdict(Rule.EXEMPTED, False, "; ".join(e.describe() for e in found))
+    return Verdict(Rule.EXEMPTED, True, "no override exempts it")
 
 
 def _freeze(c: SafetyConfig, now: dt.datetime) -> Verdict:

@@ -250,8 +250,11 @@ def test_policies_pause_resume_and_policy_overrides(api: Api) -> None:
     assert held["runs_now"] is False and "owner away" in held["overrides"][0]
     unknown = api.post(f"{V1}/overrides", "otto", json={**body, "target": "nope"})
     is_problem(unknown, 422, "invalid-override")
+    # Resource and account scope are enforced now; a target that names nothing is refused.
     resource = api.post(f"{V1}/overrides", "otto", json={**body, "scope": "resource"})
-    assert "opt-out" in is_problem(resource, 501, "override-scope-not-enforced")["detail"]
+    assert "unknown resource" in is_problem(resource, 422, "invalid-override")["detail"]
+    account = api.post(f"{V1}/overrides", "otto", json={**body, "scope": "account"})
+    assert "12-digit" in is_problem(account, 422, "invalid-override")["detail"]
     is_problem(api.post(f"{V1}/overrides", "otto", json={**body, "scope": "galaxy"}), 422)
 
     override = created.json()["id"]

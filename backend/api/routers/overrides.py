@@ -1,9 +1,10 @@
 """Manual overrides: list (viewer), create (operator), end early (approver).
 
-Today only policy-scope overrides are enforced (PolicyManager holds an overridden policy
-back). The planner and the safety checker do not read resource- or account-scope rows
-yet, so the API refuses to create them: an exemption that silently does nothing is worse
-than none. `ENFORCED_SCOPES` opens them once the safety checker honours them.
+A policy-scope override holds the policy back (PolicyManager). A resource- or account-scope
+override is a safety rule (Rule.EXEMPTED): the checker blocks every action on that resource
+or account, at planning and again before execution. A scope is accepted only if something
+enforces it (`ENFORCED_SCOPES`), and a target that names nothing is refused: an exemption
+that silently does nothing is worse than none.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from backend.api.pagination import Page, Paging, SortParam, paginate_query
 from backend.api.problems import Problem, not_found
 from backend.api.routers import API_PREFIX
 from backend.api.schemas import Text
+from backend.config import ACCOUNT_PATTERN
 from backend.core.audit_chain import EventType
-from backend.core.models import OverrideRow, PolicyRow
+from backend.core.models import OverrideRow, PolicyRow, ResourceRow
 from backend.core.types import utcnow
 from backend.domain.policy import PolicyValidationError
 
@@ -37,17 +39,19 @@ class Scope(StrEnum):
     ACCOUNT = "account"
 
 
-ENFORCED_SCOPES = frozenset({Scope.POLICY})
+# Resource and account scope: the safety checker's EXEMPTED rule (backend/domain/safety.py).
+ENFORCED_SCOPES = frozenset({Scope.POLICY, Scope.RESOURCE, Scope.ACCOUNT})
 SORTS = {"id": OverrideRow.id, "created_at": OverrideRow.created_at}
-_INSTEAD = {
-    Scope.RESOURCE: "tag the resource with FINOPS_OPT_OUT_TAG (default finops:opt-out)",
-    Scope.ACCOUNT: "add the account to FINOPS_PROTECTED_ACCOUNTS",
-}
 
 
 class OverrideIn(BaseModel):
     scope: Scope
-    target: str = Field(min_length=1, max_length=512, description="Policy name, id or account.")
+    target: str = Field(
+        min_length=1,
+        max_length=512,
+        description="A policy name, a resource id as in the inventory (i-..., vol-...), "
+        "or a 12-digit account id.",
+    )
     reason: Text
     expires_at: AwareDatetime | None = Field(None, description="None: until ended.")
 
@@ -103,14 +107,13 @@ def create_override(
     if body.scope not in ENFORCED_SCOPES:
         raise Problem(
             501,
-            f"{body.scope.value}-scope overrides are not enforced by the safety checker yet, "
-            f"so none is created; instead, {_INSTEAD[body.scope]}",
+            f"{body.scope.value}-scope overrides are not enforced, so none is created",
             kind="override-scope-not-enforced",
         )
     if body.expires_at is not None and body.expires_at <= now:
         raise Problem(422, "expires_at is not in the future", kind="invalid-override")
     target = body.target.strip()
-    _check_policy(session, context, target)
+    _check_target(session, context, body.scope, target)
     row = OverrideRow(
         scope=body.scope.value,
         target=target,
@@ -142,6 +145,31 @@ def end_override(
     _audit(context, session, user.username, row.id, "ended", {"target": row.target})
     session.commit()
     return OverrideOut.of(row, now)
+
+
+def _check_target(session: Session, context: ApiContext, scope: Scope, target: str) -> None:
+    if scope is Scope.POLICY:
+        _check_policy(session, context, target)
+    elif scope is Scope.ACCOUNT and not (target.isascii() and ACCOUNT_PATTERN.match(target)):
+        raise Problem(
+            422,
+            f"account {target!r} is not a 12-digit AWS account id",
+            kind="invalid-override",
+            title="Invalid request",
+        )
+    elif scope is Scope.RESOURCE:
+        known = session.scalar(
+            select(ResourceRow.id).where(ResourceRow.resource_id == target).limit(1)
+        )
+        # The rule matches the exact id: a typo or an ARN would exempt nothing.
+        if known is None:
+            raise Problem(
+                422,
+                f"unknown resource {target!r}: no resource with that id in the inventory; "
+                "give the id as listed (for example i-0abc..., vol-0abc...), or scan first",
+                kind="invalid-override",
+                title="Invalid request",
+            )
 
 
 def _check_policy(session: Session, context: ApiContext, name: str) -> None:

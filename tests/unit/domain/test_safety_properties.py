@@ -3,7 +3,8 @@
 The references below are written separately from `backend.domain.safety`, straight from
 ARCHITECTURE.md's invariants: protected tags (any case, surrounding spaces), the opt-out tag,
 protected accounts and regions, freeze windows, approvals, missing facts before execution,
-and the blast-radius limits (compared in exact fractions, not floats).
+resource- and account-scope overrides (active: no end, or an end after now), and the
+blast-radius limits (compared in exact fractions, not floats).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from backend.domain.resources import Resource, ResourceKind
 from backend.domain.safety import (
     ActionFacts,
     Dependencies,
+    Exemption,
     Judgement,
     Rule,
     SafetyConfig,
@@ -80,6 +82,24 @@ configs: st.SearchStrategy[SafetyConfig] = st.builds(
     protected_regions=st.frozensets(st.sampled_from(REGIONS)),
     freeze_windows=st.lists(windows, max_size=3).map(tuple),
 )
+
+# Overrides on the action's resource or account, others', and some ended or expired.
+OVERRIDE_TARGETS = ["r-1", "r-2", "R-1", *ACCOUNTS, "444444444444", "stop-idle"]
+override_ends = st.none() | st.integers(-72, 72).map(lambda h: NOW + dt.timedelta(hours=h))
+exemptions_: st.SearchStrategy[tuple[Exemption, ...]] = st.lists(
+    st.builds(
+        Exemption,
+        scope=st.sampled_from(["resource", "account", "policy", "Resource", ""]),
+        target=st.tuples(st.sampled_from(OVERRIDE_TARGETS), variants).map(
+            lambda t: t[1][1] + t[0] + t[1][2]  # surrounding spaces only: ids keep their case
+        ),
+        reason=st.text(max_size=10),
+        created_by=st.sampled_from(["alice", "bob"]),
+        until=override_ends,
+        ident=st.none() | st.integers(1, 99),
+    ),
+    max_size=3,
+).map(tuple)
 
 # a noise tag: (key slot, value slot or free text, variant); resolved against the config
 TagRecipe = tuple[int, int | str, Variant]
@@ -142,6 +162,7 @@ def build_case(
     mode: str,
     before_execution: bool,
     tags: dict[str, str],
+    exemptions: tuple[Exemption, ...] = (),
 ) -> Case:
     resource = (
         None
@@ -160,6 +181,7 @@ def build_case(
         approved=approved,
         risk=risk,
         mode=mode,
+        exemptions=exemptions,
     )
     return Case(facts, config, before_execution)
 
@@ -183,6 +205,7 @@ def cases(
         mode=st.sampled_from(["auto", "approval", "report"]),
         before_execution=st.booleans(),
         tags=st.just(tags or {}),
+        exemptions=exemptions_,
     )
 
 
@@ -227,6 +250,7 @@ LIKELY_ALLOWED = st.builds(
     mode=st.sampled_from(["auto", "approval"]),
     before_execution=st.booleans(),
     tags=st.just({}),
+    exemptions=st.just(()) | exemptions_,
 )
 
 
@@ -332,6 +356,55 @@ def test_a_freeze_window_or_a_missing_approval_is_never_allowed(case: Case) -> N
         assert not allowed(case)
 
 
+def _exempting(
+    f: ActionFacts, scope: str, spaces: tuple[str, str], until: dt.datetime | None
+) -> Exemption:
+    target = f.resource_id if scope == "resource" else f.account_id
+    return Exemption(scope, spaces[0] + target + spaces[1], "owner away", "carol", until, 7)
+
+
+@PROPS
+@given(
+    case=ANY_CASE | LIKELY_ALLOWED,
+    scope=st.sampled_from(["resource", "account"]),
+    spaces=st.tuples(st.text(alphabet=SPACES, max_size=2), st.text(alphabet=SPACES, max_size=2)),
+    hours=st.none() | st.integers(1, 24 * 365),
+)
+def test_a_resource_or_account_under_an_active_override_is_never_allowed(
+    case: Case, scope: str, spaces: tuple[str, str], hours: int | None
+) -> None:
+    until = None if hours is None else NOW + dt.timedelta(hours=hours)
+    exemption = _exempting(case.facts, scope, spaces, until)
+    f = _facts(case.facts, exemptions=(*case.facts.exemptions, exemption))
+    for before_execution in (False, True):
+        exempted = Case(f, case.config, before_execution)
+        assert not allowed(exempted)
+        assert verdict_ok(exempted, Rule.EXEMPTED) is False
+        reason = next(v.reason for v in judge_case(exempted).verdicts if v.rule is Rule.EXEMPTED)
+        # the reason names the override: which, who, why and until when
+        assert "override #7" in reason and "carol" in reason and "owner away" in reason
+        assert (f"until {until:%Y-%m-%d %H:%M}Z" if until else "until ended") in reason
+
+
+@PROPS
+@given(
+    case=ANY_CASE | LIKELY_ALLOWED,
+    scope=st.sampled_from(["resource", "account"]),
+    ended=st.integers(0, 24 * 365),
+)
+def test_an_ended_or_unrelated_override_changes_nothing(case: Case, scope: str, ended: int) -> None:
+    f = case.facts
+    inert = (
+        _exempting(f, scope, ("", ""), NOW - dt.timedelta(hours=ended)),  # ended (or now)
+        Exemption(scope, "r-elsewhere" if scope == "resource" else "999999999999", "x", "y"),
+        Exemption("policy", f.resource_id, "a policy-scope row", "z"),
+    )
+    bare = Case(_facts(f, exemptions=()), case.config, case.before_execution)
+    inert_case = Case(_facts(f, exemptions=inert), case.config, case.before_execution)
+    assert allowed(inert_case) == allowed(bare)
+    assert verdict_ok(inert_case, Rule.EXEMPTED) is True
+
+
 # --- judge against a reference ------------------------------------------------------------
 
 
@@ -364,9 +437,17 @@ def _reference_dependencies_ok(f: ActionFacts, d: Dependencies) -> bool:
     return not (f.kind is ResourceKind.ELASTIC_IP and action == "release" and d.associated_with)
 
 
+def _reference_exempted(f: ActionFacts) -> bool:
+    named = {"resource": f.resource_id, "account": f.account_id}
+    active = [e for e in f.exemptions if e.until is None or e.until > NOW]  # not ended
+    return any(e.target.strip() == named.get(e.scope) for e in active)
+
+
 def reference_allowed(case: Case) -> bool:
     f, c = case.facts, case.config
     if f.account_id in c.protected_accounts or f.region in c.protected_regions:
+        return False
+    if _reference_exempted(f):
         return False
     if any(start <= NOW < end for start, end in c.freeze_windows):
         return False

@@ -78,8 +78,8 @@ CASES = [
     # the policy itself
     ("ec2", "filtres: []", 4,
      "unknown key 'filtres' in a policy; expected one of: action, actions, description, "
-     "enabled, filters, limits, mode, name, notice, resource, risk, schedule (did you mean "
-     "'filters'?)"),
+     "enabled, filters, limits, mode, name, notice, resource, risk, rollback, schedule "
+     "(did you mean 'filters'?)"),
     ("ec2", 'enabled: "yes"', 4, "'enabled' must be true or false, got text 'yes'"),
     ("ec2", "risk: extreme", 4,
      "unknown value 'extreme' for 'risk'; expected one of: high, low, medium"),

@@ -1,0 +1,170 @@
+"""`finops plan` and `finops actions retry` through Typer, on SQLite and PostgreSQL.
+
+`plan` plans only the policies the database lets run; `retry` is dry-run unless --live or
+FINOPS_DRY_RUN=false, and is judged again on a fresh describe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from typer.testing import CliRunner, Result
+
+from backend.config import reset_settings_cache
+from backend.core import migrations
+from backend.core.database import session_scope
+from backend.core.emergency_stop import EmergencyStop
+from backend.core.models import ActionRow, OverrideRow
+from backend.core.policy_manager import PolicyManager
+from backend.core.types import utcnow
+from tests.integration import execution_support
+from tests.integration.execution_support import Account, scan_and_plan, seed
+from tests.support import api_client
+from tests.support.api_client import seed_resource
+
+
+def finops(*args: str) -> Result:
+    import backend.cli.actions  # noqa: F401 - registers the commands
+    from backend.cli.app import app, console, err
+
+    console.width = err.width = 250  # no table cell wraps, whatever the terminal
+    return CliRunner().invoke(app, list(args))
+
+
+def action_states() -> dict[str, str]:
+    with session_scope() as session:
+        return {r.policy_name: r.state for r in session.scalars(select(ActionRow))}
+
+
+def use_pack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> Path:
+    pack = tmp_path / "pack"
+    pack.mkdir(exist_ok=True)
+    (pack / "pack.yml").write_text(text)
+    monkeypatch.setenv("FINOPS_POLICY_PATHS", str(pack))
+    reset_settings_cache()
+    return pack
+
+
+# -- finops plan -------------------------------------------------------------------------------
+
+
+def test_plan_skips_disabled_paused_and_overridden_policies(
+    any_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pack = use_pack(tmp_path, monkeypatch, api_client.PACK)
+    migrations.upgrade()
+    seed_resource()  # unattached-ebs-delete selects it (available)
+    seed_resource(state="in-use", attributes={"State": "in-use", "VolumeType": "gp2"})
+    manager = PolicyManager([pack])
+    manager.set_enabled("unattached-ebs-delete", False, "bob", "noisy")
+    manager.pause("gp2-to-gp3", utcnow() + dt.timedelta(days=1), "bob", "quiet week")
+
+    held = finops("plan")
+    assert held.exit_code == 0, held.output
+    assert "Plan: 0 new, 0 blocked, 0 already planned" in held.output
+    assert "not planned (disabled, paused or overridden): unattached-ebs-delete, gp2-to-gp3" in (
+        held.output
+    )
+    assert action_states() == {}
+
+    # Resumed, but held by a policy-scope override: still nothing from it.
+    manager.resume("gp2-to-gp3", "april")
+    with session_scope() as session:
+        session.add(OverrideRow(scope="policy", target="gp2-to-gp3", reason="x", created_by="c"))
+    assert "Plan: 0 new" in finops("plan").output
+    assert action_states() == {}
+
+    manager.set_enabled("unattached-ebs-delete", True, "april")
+    planned = finops("plan")
+    assert planned.exit_code == 0, planned.output
+    assert "Plan: 1 new" in planned.output
+    assert action_states() == {"unattached-ebs-delete": "awaiting_approval"}
+
+
+def test_plan_refuses_a_broken_pack(
+    any_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_pack(tmp_path, monkeypatch, "policies:\n  - name: y\n    resource: spaceship\n")
+    refused = finops("plan")
+    assert refused.exit_code == 2
+    assert "policy pack refused (1 problem(s))" in refused.output and "spaceship" in refused.output
+
+
+# -- finops actions retry (moto_server) --------------------------------------------------------
+
+
+@pytest.fixture
+def account(
+    moto_url: str, any_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Account:
+    # a four-instance account: one action is 25% of the fleet, over the 10% default
+    monkeypatch.setenv("FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN", "50")
+    use_pack(tmp_path, monkeypatch, execution_support.PACK)
+    return seed(moto_url)
+
+
+def failed_idle_action(account: Account) -> int:
+    scan_and_plan()
+    with session_scope() as session:
+        row = session.scalars(select(ActionRow).where(ActionRow.resource_id == account.idle)).one()
+        failed = {"state": "failed", "error": "Throttling: Rate exceeded"}
+        session.execute(update(ActionRow).where(ActionRow.id == row.id).values(**failed))
+        return row.id
+
+
+def state_of(action_id: int) -> str:
+    with session_scope() as session:
+        row = session.get(ActionRow, action_id)
+        assert row is not None
+        return row.state
+
+
+@pytest.mark.moto_server
+def test_retry_is_a_dry_run_unless_live(account: Account) -> None:
+    action = failed_idle_action(account)
+    dry = finops("actions", "retry", str(action))
+    assert dry.exit_code == 0, dry.output
+    assert "safety, on a fresh describe: allowed" in dry.output
+    assert f"action {action}: would-execute dry-run: not retried" in dry.output
+    assert state_of(action) == "failed"
+    assert account.instance_state(account.idle) == "running"
+
+    EmergencyStop().engage("incident", "oncall")
+    stopped = finops("actions", "retry", str(action), "--live")
+    assert stopped.exit_code == 1 and f"action {action}: stopped" in stopped.output
+    assert account.instance_state(account.idle) == "running"
+    EmergencyStop().release("admin", is_admin=True)
+
+    live = finops("actions", "retry", str(action), "--live", "--as", "oncall")
+    assert live.exit_code == 0, live.output
+    assert f"action {action}: succeeded" in live.output
+    assert state_of(action) == "succeeded"
+    assert account.instance_state(account.idle) == "stopped"
+
+    again = finops("actions", "retry", str(action))
+    assert again.exit_code == 2 and "only a failed one can be retried" in again.output
+
+
+@pytest.mark.moto_server
+def test_retry_runs_live_when_dry_run_is_off(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    action = failed_idle_action(account)
+    account.ec2().create_tags(
+        Resources=[account.idle], Tags=[{"Key": "finops:opt-out", "Value": "mine"}]
+    )
+    monkeypatch.setenv("FINOPS_DRY_RUN", "false")
+    reset_settings_cache()
+    blocked = finops("actions", "retry", str(action))  # judged again: now opted out
+    assert blocked.exit_code == 0, blocked.output
+    assert f"action {action}: blocked" in blocked.output and "opt-out" in blocked.output
+    assert state_of(action) == "failed"
+
+    account.ec2().delete_tags(Resources=[account.idle], Tags=[{"Key": "finops:opt-out"}])
+    live = finops("actions", "retry", str(action))
+    assert live.exit_code == 0, live.output
+    assert f"action {action}: succeeded" in live.output
+    assert account.instance_state(account.idle) == "stopped"
