@@ -52,9 +52,13 @@ class RunReport:
     dry_run: bool
     outcomes: list[ActionOutcome] = field(default_factory=list)
     stopped_by: str | None = None  # a blast-radius verdict or the emergency stop
+    batch: list[int] = field(default_factory=list)  # the ids the run may execute
 
     def count(self, result: str) -> int:
         return sum(1 for o in self.outcomes if o.result == result)
+
+
+STOP_BEFORE_CLAIM = "emergency stop before the claim: "
 
 
 def worker_name() -> str:
@@ -132,6 +136,31 @@ class ActionEngine:
         dry_run: bool | None = None,
         triggered_by: str = "system",
     ) -> RunReport:
+        """Start a run (blast radius judged on the whole batch), then each action in turn."""
+        report = self.start_run(action_ids, dry_run=dry_run, triggered_by=triggered_by)
+        if report.run_id is None or report.stopped_by:
+            return report
+        for action_id in report.batch:
+            outcome = self.execute_one(action_id, report.run_id, dry_run=report.dry_run)
+            if outcome.result == "stopped" and outcome.detail.startswith(STOP_BEFORE_CLAIM):
+                report.stopped_by = outcome.detail.removeprefix(STOP_BEFORE_CLAIM)
+                break
+            report.outcomes.append(outcome)
+        self.finish_run(report)
+        return report
+
+    def start_run(
+        self,
+        action_ids: list[int] | None = None,
+        *,
+        dry_run: bool | None = None,
+        triggered_by: str = "system",
+    ) -> RunReport:
+        """Record a run of the approved, due actions (or these ids) and judge its blast radius.
+
+        A batch over any limit is stopped whole: `stopped_by` says why and `batch` is empty.
+        The distributed runtime queues `batch` one task per action; `execute` runs it here.
+        """
         dry_run = self.settings.dry_run if dry_run is None else dry_run
         report = RunReport(run_id=None, dry_run=dry_run)
         try:
@@ -167,18 +196,20 @@ class ActionEngine:
                 )
                 report.stopped_by = verdict.reason
                 return report
-            ids = [a.id for a in due]
+            report.batch = [a.id for a in due]
+        return report
+
+    def execute_one(self, action_id: int, run_id: int | None, *, dry_run: bool) -> ActionOutcome:
+        """One action of a run: the stop is checked before the claim, and in every step."""
+        try:
+            self._emergency.check("the next claim")
+        except EmergencyStopEngaged as exc:
+            return ActionOutcome(action_id, "stopped", f"{STOP_BEFORE_CLAIM}{exc}")
         ctx = self._context()
-        for action_id in ids:
-            try:
-                self._emergency.check("the next claim")
-            except EmergencyStopEngaged as exc:
-                report.stopped_by = str(exc)
-                break
-            step = ctx.dry_run_one if dry_run else ctx.execute_one
-            report.outcomes.append(
-                step(action_id, report.run_id, self._safety, self._audit, self._worker, self._clock)
-            )
+        step = ctx.dry_run_one if dry_run else ctx.execute_one
+        return step(action_id, run_id, self._safety, self._audit, self._worker, self._clock)
+
+    def finish_run(self, report: RunReport) -> None:
         with session_scope() as session:
             finished = session.get(ActionRunRow, report.run_id)
             assert finished is not None
@@ -188,7 +219,6 @@ class ActionEngine:
                 "outcomes": {o.action_id: o.result for o in report.outcomes},
                 "stopped_by": report.stopped_by,
             }
-        return report
 
     def _due(self, session: Session, ids: list[int] | None, now: dt.datetime) -> list[ActionRow]:
         query = select(ActionRow).where(
@@ -198,7 +228,11 @@ class ActionEngine:
         )
         if ids is not None:
             query = query.where(ActionRow.id.in_(ids))
-        return list(session.scalars(query.order_by(ActionRow.id)))
+        # A disabled or paused policy's approved actions wait (still approved) for its resume.
+        held = {p.name for p in self._context().pack() if not p.enabled}
+        return [
+            r for r in session.scalars(query.order_by(ActionRow.id)) if r.policy_name not in held
+        ]
 
     def _blast_radius(self, session: Session, due: list[ActionRow], now: dt.datetime) -> Any:
         fleet = {

@@ -22,7 +22,6 @@ from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.models import ActionRow
 from backend.core.stop_checked_client import StopCheckedClient
 from backend.domain.lifecycle import ActionState
-from backend.domain.policy.loader import load_pack
 from backend.domain.policy.model import Policy, PolicyPack
 from backend.domain.resources import Resource, ResourceKind
 from backend.providers.aws.describe import jsonable
@@ -94,10 +93,17 @@ class ExecutionContext:
         self._pack = pack
 
     def pack(self) -> PolicyPack:
+        """The given pack, else the configured one with the database's state applied (a
+        disabled or paused policy has enabled=False)."""
         if self._pack is None:
             from pathlib import Path
 
-            self._pack = load_pack([Path(p) for p in self.settings.policy_paths])
+            from backend.core.policy_manager import PolicyManager
+            from backend.core.types import utcnow
+
+            paths = [Path(p) for p in self.settings.policy_paths]
+            with session_scope() as session:
+                self._pack = PolicyManager(paths).effective_pack(session, utcnow())
         return self._pack
 
     def policy(self, name: str) -> Policy | None:

@@ -247,6 +247,11 @@ class SafetyChecker:
                 notice_delivered=(_notice_delivered(session, row.id) if notice_required else None),
             )
             judgement = judge(facts, self.config, now, before_execution=True)
+            if policy is not None and not policy.enabled:
+                disabled = f"policy {row.policy_name} is disabled or paused"
+                judgement = Judgement(
+                    (*judgement.verdicts, Verdict(Rule.STILL_MATCHES, False, disabled))
+                )
             if policy is None:
                 judgement = Judgement(
                     (

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select
 
 from backend.config import reset_settings_cache
+from backend.core.action_engine import ActionEngine
 from backend.core.action_planner import ActionPlanner, ApprovalError
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.models import ActionRow
-from tests.integration.execution_support import Account, engine, scan_and_plan, seed
+from backend.core.policy_manager import PolicyManager
+from tests.integration.execution_support import PACK, Account, engine, scan_and_plan, seed
 
 pytestmark = pytest.mark.moto_server
 
@@ -152,3 +157,25 @@ def test_emergency_stop_during_the_fresh_describe_hands_the_action_back(
     assert emergency.refused == ["autoscaling:describe_auto_scaling_instances"]
     assert actions()[account.idle].state == "approved"
     assert account.instance_state(account.idle) == "running"
+
+
+def test_a_paused_policy_holds_its_approved_actions_until_resumed(
+    account: Account, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Paused after approval: its actions stay approved and wait; resumed, they run once."""
+    pack_file = tmp_path / "pack.yml"
+    pack_file.write_text(PACK)
+    monkeypatch.setenv("FINOPS_POLICY_PATHS", str(pack_file))
+    reset_settings_cache()
+    scan_and_plan()
+    stop = actions()[account.idle]
+    assert stop.state == "approved"
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    PolicyManager().pause("stop-idle", until, "oncall", "investigating an incident")
+    held = ActionEngine().execute(dry_run=False)  # no pack given: the effective one
+    assert stop.id not in [o.action_id for o in held.outcomes]
+    assert actions()[account.idle].state == "approved"
+    assert account.instance_state(account.idle) == "running"
+    PolicyManager().resume("stop-idle", "oncall")
+    ran = ActionEngine().execute([stop.id], dry_run=False)
+    assert [(o.action_id, o.result) for o in ran.outcomes] == [(stop.id, "succeeded")]
