@@ -24,7 +24,7 @@ from backend.core.repositories import to_resource
 from backend.core.safety_checker import SafetyChecker
 from backend.core.types import utcnow
 from backend.domain.lifecycle import ActionState, check_transition
-from backend.domain.policy.model import PolicyPack
+from backend.domain.policy.model import Policy, PolicyPack
 from backend.domain.resources import ResourceKind
 from backend.domain.safety import needs_approval
 
@@ -45,6 +45,7 @@ class PlanResult:
     awaiting: list[int] = field(default_factory=list)
     blocked: dict[int, str] = field(default_factory=dict)
     existing: int = 0
+    unmarked: list[int] = field(default_factory=list)  # actions whose owner mark came off
 
 
 def idempotency_key(
@@ -130,10 +131,27 @@ class ActionPlanner:
     ) -> PlanResult:
         now = self._clock()
         out = PlanResult()
-        to_notice: list[ActionRow] = []  # owner notice (see owner_notice.py)
+        live = notify_owners or not self.settings.dry_run
         acting = {p.name: p for p in pack.enabled() if p.mode != "report"}
-        if not acting:
-            return out
+        if acting:
+            self._plan_open(session, acting, out, now, requested_by, live=live)
+        if live:
+            # After planning: a blocked action planned again keeps its mark; one still
+            # blocked, or one that ran, will not run, or never committed, loses it.
+            out.unmarked = self._notice().unmark_finished(session)
+        return out
+
+    def _plan_open(
+        self,
+        session: Session,
+        acting: dict[str, Policy],
+        out: PlanResult,
+        now: dt.datetime,
+        requested_by: str,
+        *,
+        live: bool,
+    ) -> None:
+        to_notice: list[ActionRow] = []  # owner notice (see owner_notice.py)
         rows = session.execute(
             select(OpportunityRow, ResourceRow)
             .join(ResourceRow, ResourceRow.id == OpportunityRow.resource_pk)
@@ -170,15 +188,10 @@ class ActionPlanner:
             if policy.notice.notify and action.state != S.BLOCKED:
                 to_notice.append(action)
         if to_notice:
-            self._give_notice(
-                session, to_notice, out, live=notify_owners or not self.settings.dry_run
-            )
-        return out
+            self._give_notice(session, to_notice, out, live=live)
 
     # --- owner notice: mark, notify; a notice that cannot be given blocks the action ------
-    def _give_notice(
-        self, session: Session, actions: list[ActionRow], out: PlanResult, *, live: bool
-    ) -> None:
+    def _notice(self) -> OwnerNotice:
         # Imported here: owner_notice imports this module (transition) and the executor.
         from backend.core.owner_notice import OwnerNotice
 
@@ -186,7 +199,14 @@ class ActionPlanner:
             self._owner_notice = OwnerNotice(
                 settings=self._settings, audit=self._audit, clock=self._clock
             )
-        result = self._owner_notice.give(session, actions, live=live)
+        return self._owner_notice
+
+    def _give_notice(
+        self, session: Session, actions: list[ActionRow], out: PlanResult, *, live: bool
+    ) -> None:
+        # Marks are made in this transaction; if it does not commit, OwnerNotice takes them
+        # off again as it ends (see owner_notice.py).
+        result = self._notice().give(session, actions, live=live)
         for action_id, reason in result.blocked.items():
             for queue in (out.created, out.approved, out.awaiting):
                 if action_id in queue:

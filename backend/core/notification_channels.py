@@ -375,13 +375,19 @@ def _section(title: str, items: Sequence[str], limit: int = 20) -> list[str]:
 
 
 def owner_notice(
-    resource_id: str, action: str, when: dt.datetime, details: Mapping[str, Any] | str | None
+    resource_id: str,
+    action: str,
+    when: dt.datetime,
+    details: Mapping[str, Any] | str | None,
+    *,
+    owner: str | None = None,
 ) -> tuple[str, str]:
     at = f"{when.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
     lines = [
         f"FinOps Automation plans to {action} {resource_id} at {at} or later.",
         "",
         f"Resource: {resource_id}",
+        *([f"Owner: {owner}"] if owner else []),  # a team channel reads whose it is
         f"Action: {action}",
         f"Not before: {at}",
     ]

@@ -47,7 +47,6 @@ from backend.core.notification_settings import (
     NotificationSettings,
     get_notification_settings,
     owner_channel,
-    owner_recipient,
 )
 from backend.core.runbook_output import echo
 from backend.core.types import utcnow
@@ -97,14 +96,17 @@ class NotificationService:
         return self._settings
 
     def channels(self) -> list[ChannelConfig]:
+        """Every channel, the owners-only ones included (they are tested and retried too)."""
         return self.settings.all_channels()
+
+    def _shared(self) -> list[ChannelConfig]:
+        return [c for c in self.channels() if not c.owners_only]
 
     # The messages -------------------------------------------------------------------------
 
     def send_emergency_alert(self, text: str, *, echo_result: bool = True) -> list[DeliveryResult]:
-        """P0 to every channel marked `emergency`, or to every channel if none is marked."""
-        channels = self.channels()
-        targets = [c for c in channels if c.emergency] or channels
+        """P0 to every channel marked `emergency`, or, if none is, to every shared channel."""
+        targets = [c for c in self.channels() if c.emergency] or self._shared()
         body = f"{text}\n\n{self._stamp()}"
         message = Message("P0", "emergency", _first_line(f"EMERGENCY: {text}"), body)
         results = self._dispatch(message, targets)
@@ -122,18 +124,18 @@ class NotificationService:
         when: dt.datetime,
         details: Mapping[str, Any] | str | None = None,
     ) -> list[DeliveryResult]:
-        """Tell a resource's owner (an email in its owner tag, else the fallback contact).
+        """Tell a resource's owner: by the owner's route (a team's Slack or webhook channel, or
+        an address), else to the email address in the owner tag, else the fallback contact.
 
         The caller must not act unless the result is `delivered`: with no owner address and
         no fallback contact the result says `no_recipient`.
         """
-        recipient, note = owner_recipient(owner, self.settings.fallback_contact)
-        subject, body = owner_notice(resource_id, action, when, details)
-        message = Message("P2", "owner_notice", subject, body, recipient=recipient)
-        if recipient is None:
-            return [self._no_recipient(message, note or "no owner")]
-        channel = owner_channel(recipient)
-        return [replace(r, note=note) for r in self._dispatch(message, [channel])]
+        route = self.settings.owner_route(owner)
+        subject, body = owner_notice(resource_id, action, when, details, owner=route.owner)
+        message = Message("P2", "owner_notice", subject, body, recipient=route.recipient)
+        if route.channel is None:
+            return [self._no_recipient(message, route.note or "no owner")]
+        return [replace(r, note=route.note) for r in self._dispatch(message, [route.channel])]
 
     def send_run_report(self, summary: RunReport | Mapping[str, Any]) -> list[DeliveryResult]:
         """What a run did, saved and blocked; P1 when most of its actions failed."""
@@ -199,7 +201,7 @@ class NotificationService:
     # Delivery -----------------------------------------------------------------------------
 
     def _routed(self, severity: str) -> list[ChannelConfig]:
-        return [c for c in self.channels() if severity in c.severities]
+        return [c for c in self._shared() if severity in c.severities]
 
     def _dispatch(
         self, message: Message, targets: Sequence[ChannelConfig], *, retry_later: bool = True

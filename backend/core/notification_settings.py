@@ -8,10 +8,13 @@ Two ways to declare channels, which add up:
 - simple variables: `FINOPS_NOTIFY_SLACK_WEBHOOK_URL` (channel "slack"),
   `FINOPS_NOTIFY_WEBHOOK_URL` ("webhook"), `FINOPS_NOTIFY_EMAIL_TO` ("email").
 
-Email goes through the one SMTP server of `FINOPS_NOTIFY_SMTP_*`, from `EMAIL_FROM`; owner
-notices go there too, to the owner or to `FINOPS_NOTIFY_FALLBACK_CONTACT`. With no channel,
-messages are only kept in the database (the "log" channel). A bad value raises SettingsError
-naming the variable.
+Email goes through the one SMTP server of `FINOPS_NOTIFY_SMTP_*`, from `EMAIL_FROM`. An owner
+notice goes where `FINOPS_NOTIFY_OWNER_ROUTES` (a JSON object, owner tag value -> channel name
+or email address, e.g. `{"team-a": "team-a-slack"}`) sends that owner; else to the owner tag's
+email address; else to `FINOPS_NOTIFY_FALLBACK_CONTACT`; else nowhere (and nothing is done).
+A channel with `"owners_only": true` carries only the owner notices routed to it. With no
+channel, messages are only kept in the database (the "log" channel). A bad value raises
+SettingsError naming the variable.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -70,6 +74,8 @@ class ChannelConfig(BaseModel):
     target: str
     severities: tuple[Severity, ...] = SEVERITIES
     emergency: bool = False
+    # A team's own channel: it gets the owner notices routed to it, not everyone's alerts.
+    owners_only: bool = False
 
     @field_validator("name")
     @classmethod
@@ -102,6 +108,8 @@ class ChannelConfig(BaseModel):
         ):
             # The URL itself is not echoed: a webhook URL is a secret.
             raise ValueError(f"target: a {self.type} channel needs an http(s):// URL")
+        if self.owners_only and self.emergency:
+            raise ValueError("emergency: an owners_only channel takes no emergency alerts")
         return self
 
     @property
@@ -123,6 +131,8 @@ class NotificationSettings(BaseSettings):
     email_from: str | None = None
     email_to: str | None = None
     fallback_contact: str | None = None
+    # owner tag value (any case) -> channel name or email address
+    owner_routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # In-process delivery: attempts per send, the first backoff (doubling), the timeout.
     attempts: int = Field(default=3, ge=1, le=10)
     backoff_seconds: float = Field(default=0.5, ge=0, le=30)
@@ -145,6 +155,24 @@ class NotificationSettings(BaseSettings):
             raise ValueError("must be a JSON list of channel objects")
         return value
 
+    @field_validator("owner_routes", mode="before")
+    @classmethod
+    def _routes_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) and k.strip() and v.strip()
+            for k, v in value.items()
+        ):
+            raise ValueError(
+                'a JSON object of owner -> channel name or address, e.g. {"team-a": "team-slack"}'
+            )
+        # Owner tags are typed by people: "Team-A " and "team-a" are the same owner.
+        return {k.strip().lower(): v.strip() for k, v in value.items()}
+
     @field_validator("email_from", "fallback_contact")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
@@ -166,7 +194,15 @@ class NotificationSettings(BaseSettings):
                 f"channels: duplicate channel name {', '.join(duplicates)} "
                 "(the simple variables define 'slack', 'webhook' and 'email')"
             )
-        wants_smtp = any(c.type == "email" for c in self.all_channels())
+        for owner, target in self.owner_routes.items():
+            if not is_email(target) and target not in names:
+                raise ValueError(
+                    f"owner_routes: {owner!r} goes to {target!r}, which is neither an email "
+                    "address nor the name of a channel"
+                )
+        wants_smtp = any(c.type == "email" for c in self.all_channels()) or any(
+            is_email(t) for t in self.owner_routes.values()
+        )
         if wants_smtp and not self.smtp_host:
             raise ValueError("smtp_host: an email channel needs an SMTP server")
         if self.smtp_host and not self.email_from:
@@ -189,6 +225,28 @@ class NotificationSettings(BaseSettings):
     @property
     def smtp_configured(self) -> bool:
         return bool(self.smtp_host and self.email_from)
+
+    def owner_route(self, owner: str | Mapping[str, str] | None) -> OwnerRoute:
+        """Where an owner's notice goes: its route, its email address, else the fallback."""
+        value = _owner_value(owner, self.owner_routes)
+        routed = self.owner_routes.get(value.strip().lower()) if value else None
+        if value and routed:
+            if is_email(routed):
+                return OwnerRoute(value, owner_channel(routed), routed)
+            channel = next(c for c in self.all_channels() if c.name == routed)
+            return OwnerRoute(value, channel)
+        if value and is_email(value):
+            return OwnerRoute(value, owner_channel(value.strip()), value.strip())
+        why = "no owner tag"
+        if value:
+            why = f"owner tag {value!r} is not an email address"
+            why += " and has no owner route" if self.owner_routes else ""
+        if self.fallback_contact:
+            note = f"{why}: sent to the fallback contact"
+            return OwnerRoute(
+                value, owner_channel(self.fallback_contact), self.fallback_contact, note
+            )
+        return OwnerRoute(value, None, None, why)
 
 
 def _simple(name: str, kind: ChannelType, target: str, field: str) -> ChannelConfig:
@@ -240,21 +298,31 @@ def owner_channel(address: str) -> ChannelConfig:
 OWNER_TAG_KEYS = ("owner", "owner-email", "owner_email", "owneremail", "finops:owner", "contact")
 
 
-def owner_recipient(
-    owner: str | Mapping[str, str] | None, fallback: str | None
-) -> tuple[str | None, str | None]:
-    """The owner's address from an owner tag (value or tag dict), else the fallback."""
-    value = owner
-    if isinstance(owner, Mapping):
-        lowered = {k.lower(): v for k, v in owner.items()}
-        found = [lowered[k] for k in OWNER_TAG_KEYS if lowered.get(k)]
-        value = next((v for v in found if is_email(v)), found[0] if found else None)
-    if isinstance(value, str) and is_email(value):
-        return value.strip(), None
-    why = f"owner tag {value!r} is not an email address" if value else "no owner tag"
-    if fallback:
-        return fallback, f"{why}: sent to the fallback contact"
-    return None, why
+@dataclass(frozen=True)
+class OwnerRoute:
+    """Where one owner's notices go. `channel` None: nowhere, and `note` says why."""
+
+    owner: str | None
+    channel: ChannelConfig | None
+    recipient: str | None = None  # the address, when it goes by email to one person
+    note: str | None = None  # why it does not go to the owner (the fallback), or nowhere
+
+    @property
+    def target(self) -> str | None:
+        """For people and the audit: the address, or the channel's name and type."""
+        if self.channel is None:
+            return None
+        return self.recipient or f"{self.channel.name} ({self.channel.type} channel)"
+
+
+def _owner_value(owner: str | Mapping[str, str] | None, routes: Mapping[str, str]) -> str | None:
+    """The owner from an owner tag value or a tag dict: a routed one first, then an email."""
+    if not isinstance(owner, Mapping):
+        return owner.strip() or None if owner else None
+    lowered = {k.lower(): v.strip() for k, v in owner.items()}
+    found = [lowered[k] for k in OWNER_TAG_KEYS if lowered.get(k)]
+    routed = next((v for v in found if v.lower() in routes), None)
+    return routed or next((v for v in found if is_email(v)), found[0] if found else None)
 
 
 @lru_cache(maxsize=1)

@@ -1,21 +1,32 @@
 """Owner notice (Janitor Monkey style): mark the resource, tell its owner, wait, re-check, act.
 
 At planning, each action whose policy asks for notice gets its resource tagged
-`finops:scheduled-action` and its owner told through NotificationService.notify_owner. The
-action may not run before `not_before` (the engine's due query), and at execution the safety
-re-check spares a resource that its owner opted out or that no longer qualifies. Without
-anyone to tell, or when the notice was not delivered, the action is blocked so a person looks.
-`unmark_resolved` takes the tag off again when the action will not happen.
+`finops:scheduled-action` and its owner told through NotificationService.notify_owner (by the
+owner's route: a team channel, an address, or the fallback contact). The action may not run
+before `not_before` (the engine's due query), and at execution the safety re-check spares a
+resource that its owner opted out or that no longer qualifies. Without anyone to tell, or when
+the notice was not delivered, the action is blocked so a person looks.
+
+Marks and the database stay in step:
+- the mark is an AWS side effect made inside the planner's transaction. If that transaction
+  does not commit, the marks it made are taken off again as it ends (and audited in a
+  transaction of their own), because the action they announce no longer exists;
+- `unmark_finished` (run by the planner after it plans) takes a mark off once its action
+  succeeded, was rolled back, rejected or blocked, or its opportunity resolved, and also
+  any mark naming an action that does not exist (a process that died between marking and
+  rolling back, or a savepoint that rolled back), once a scan has put it in the inventory.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+import structlog
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, SessionTransaction
 
 from backend.config import Settings, get_settings
 from backend.core.action_planner import transition
@@ -24,22 +35,29 @@ from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.execution_context import ExecutionContext
 from backend.core.models import ActionRow, OpportunityRow, ResourceRow
 from backend.core.notification_service import NotificationService
-from backend.core.notification_settings import owner_recipient
 from backend.core.repositories import to_resource
 from backend.core.types import utcnow
 from backend.domain.lifecycle import ActionState
-from backend.domain.resources import ResourceKind
+from backend.domain.resources import Resource, ResourceKind
 from backend.providers.aws.operations import ResourceGone, operation_for
 from backend.providers.aws.retry import describe_error
 from backend.providers.aws.session import AwsClients
+
+log = structlog.get_logger(__name__)
 
 S = ActionState
 SCHEDULED_TAG = "finops:scheduled-action"
 OWNER_TAGS = ("owner", "Owner", "finops:owner")
 NO_OWNER = "no owner to notify and no fallback contact"
 NOT_NOTIFIED = "owner could not be notified"
-# Once the action will not happen, its mark must go: the owner would otherwise keep waiting.
-_UNMARK_STATES = (S.REJECTED.value, S.BLOCKED.value)
+ROLLED_BACK = "the planner's transaction did not commit: the action does not exist"
+NO_ACTION = "no action {id}: its planning never committed"
+# Once the action has happened or will not happen, its mark must go: the owner would
+# otherwise keep waiting for it. (A failed action may be retried: its mark stays.)
+_UNMARK_STATES = (S.SUCCEEDED.value, S.ROLLED_BACK.value, S.REJECTED.value, S.BLOCKED.value)
+_IN_FLIGHT = (S.EXECUTING.value, S.FAILED.value)
+_MARK_ID = re.compile(r"\(action (\d+)\)\s*$")
+_MARKS = "finops_owner_notice_marks"  # session.info: marks made in the open transaction
 
 NotifierFactory = Callable[[Session], NotificationService]
 
@@ -59,6 +77,38 @@ def owner_of(tags: Mapping[str, str]) -> str | None:
 def scheduled_value(action: ActionRow) -> str:
     when = action.not_before or action.created_at
     return f"{action.action} on {when:%Y-%m-%d} (action {action.id})"
+
+
+def marked_action(value: str | None) -> int | None:
+    """The action id a mark names (`... (action 12)`), or None for a tag we did not write."""
+    found = _MARK_ID.search(value or "")
+    return int(found.group(1)) if found else None
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """Where a mark is, in plain values: the rows are expired once their transaction ends."""
+
+    action_id: int
+    account_id: str
+    region: str
+    kind: str
+    resource_id: str
+
+    @classmethod
+    def on(cls, resource: ResourceRow, action_id: int) -> _Mark:
+        r = resource
+        return cls(action_id, r.account_id, r.region, r.kind, r.resource_id)
+
+    def stand_in(self) -> ActionRow:
+        # Never added to a session: only what an operation context needs.
+        return ActionRow(
+            account_id=self.account_id,
+            region=self.region,
+            kind=self.kind,
+            resource_id=self.resource_id,
+            idempotency_key=f"unmark-{self.action_id}",
+        )
 
 
 class OwnerNotice:
@@ -99,10 +149,11 @@ class OwnerNotice:
             owner = owner_of(resource.tags if resource else {})
             if notifier is None:
                 notifier = self._notifier(session)
-            recipient, why = owner_recipient(owner, notifier.settings.fallback_contact)
+            route = notifier.settings.owner_route(owner)
+            recipient = route.target
             if recipient is None:
                 # Checked before marking: a resource nobody is told about is not marked.
-                reason = NO_OWNER if owner is None else f"{NOT_NOTIFIED}: {why}"
+                reason = NO_OWNER if owner is None else f"{NOT_NOTIFIED}: {route.note}"
                 self._block(session, action, reason, out)
                 continue
             notice = {
@@ -146,43 +197,107 @@ class OwnerNotice:
         return out
 
     # -- later --------------------------------------------------------------------------
-    def unmark_resolved(self, session: Session) -> list[int]:
-        """Remove the mark for actions rejected, blocked, or whose opportunity resolved."""
-        rows = session.execute(
-            select(ActionRow, OpportunityRow, ResourceRow)
-            .join(OpportunityRow, OpportunityRow.id == ActionRow.opportunity_id)
-            .join(ResourceRow, ResourceRow.id == OpportunityRow.resource_pk)
-            .where(
-                ActionRow.state.in_(_UNMARK_STATES)
-                | ((OpportunityRow.status != "open") & ActionRow.state.not_in(_DONE))
-            )
-            .order_by(ActionRow.id)
-        )
+    def unmark_finished(self, session: Session) -> list[int]:
+        """Take off the marks no action needs any more; returns the actions they named.
+
+        Read from the inventory (only marked resources), so a mark AWS has but the inventory
+        does not yet know is found after the next scan. Each removal is audited.
+        """
+        marked = session.scalars(
+            select(ResourceRow)
+            .where(ResourceRow.tags[SCHEDULED_TAG].as_string().is_not(None))
+            .order_by(ResourceRow.id)
+        ).all()
         done: list[int] = []
-        ctx = self._context()
-        for action, opp, resource in rows:
-            mine = f"(action {action.id})"
-            if mine not in (resource.tags or {}).get(SCHEDULED_TAG, ""):
+        for resource in marked:
+            action_id = marked_action((resource.tags or {}).get(SCHEDULED_TAG))
+            if action_id is None:
+                continue  # not a mark of ours: someone's own use of the key is left alone
+            why = _needless(session, action_id, resource)
+            if why is None:
                 continue
-            op = operation_for("untag", ResourceKind(action.kind))
-            op_ctx = ctx.op_context(action, self._guard)
             try:
-                fresh = op.describe(op_ctx, action.resource_id)
-                # only our own mark: a newer action may have marked it since
-                if mine in fresh.tags.get(SCHEDULED_TAG, ""):
-                    op.execute(op_ctx, fresh, {"key": SCHEDULED_TAG})
-            except ResourceGone:
-                pass
+                if self._unmark(session, resource, action_id, why):
+                    done.append(action_id)
+            except EmergencyStopEngaged as exc:
+                # Nothing more is called on AWS; the marks are taken off after the resume.
+                log.warning("unmarking stopped by the emergency stop", error=str(exc))
+                break
+        return done
+
+    unmark_resolved = unmark_finished  # the earlier name
+
+    def _unmark(self, session: Session, resource: ResourceRow, action_id: int, why: str) -> bool:
+        mark = _Mark.on(resource, action_id)
+        details: dict[str, object] = {"why": why, "tag": SCHEDULED_TAG}
+        details["value"] = (resource.tags or {}).get(SCHEDULED_TAG)
+        tags = {k: v for k, v in (resource.tags or {}).items() if k != SCHEDULED_TAG}
+        if resource.gone_at is not None:
+            details["note"] = "resource gone: nothing to untag"
+        else:
+            try:
+                fresh = self._untag(mark)
             except EmergencyStopEngaged:
                 raise
             except Exception as exc:  # noqa: BLE001 - left marked, retried next time
-                self._record(session, action, "unmark failed", {"error": describe_error(exc)})
-                continue
-            resource.tags = {k: v for k, v in (resource.tags or {}).items() if k != SCHEDULED_TAG}
-            why = action.state if action.state in _UNMARK_STATES else f"opportunity {opp.status}"
-            self._record(session, action, "unmarked", {"why": why, "tag": SCHEDULED_TAG})
-            done.append(action.id)
-        return done
+                self._record(session, mark, "unmark failed", {"error": describe_error(exc)})
+                return False
+            if fresh is None:
+                details["note"] = "resource gone: nothing to untag"
+            else:  # the inventory takes what AWS has, less our mark (a newer one stays)
+                ours = marked_action(fresh.tags.get(SCHEDULED_TAG)) == action_id
+                tags = {k: v for k, v in fresh.tags.items() if not (ours and k == SCHEDULED_TAG)}
+        resource.tags = tags
+        self._record(session, mark, "unmarked", details)
+        return True
+
+    def _untag(self, mark: _Mark) -> Resource | None:
+        """Remove the mark if it still names this action; the resource as it was, or None
+        when it is gone (a deleted resource has nothing to untag)."""
+        op = operation_for("untag", ResourceKind(mark.kind))
+        ctx = self._context().op_context(mark.stand_in(), self._guard)
+        try:
+            fresh = op.describe(ctx, mark.resource_id)
+        except ResourceGone:
+            return None
+        # only this action's mark: a newer action may have marked the resource since
+        if marked_action(fresh.tags.get(SCHEDULED_TAG)) == mark.action_id:
+            op.execute(ctx, fresh, {"key": SCHEDULED_TAG})
+        return fresh
+
+    # -- marks of a transaction that does not commit ---------------------------------------
+    def _remember(self, session: Session, mark: _Mark) -> None:
+        marks: list[tuple[OwnerNotice, _Mark]] | None = session.info.get(_MARKS)
+        if marks is None:
+            marks = session.info[_MARKS] = []
+            event.listen(session, "after_commit", _committed)
+            event.listen(session, "after_transaction_end", _ended)
+        marks.append((self, mark))
+
+    def _undo_mark(self, mark: _Mark) -> None:
+        """Never raises: it runs while the planner's transaction ends, maybe on an error."""
+        try:
+            outcome, details = "unmarked", {"why": ROLLED_BACK, "tag": SCHEDULED_TAG}
+            try:
+                if self._untag(mark) is None:
+                    details["note"] = "resource gone: nothing to untag"
+            except Exception as exc:  # noqa: BLE001 - the sweep takes it off later
+                outcome, details["error"] = "unmark failed", describe_error(exc)
+            self._audit.log(
+                "action_proposed",
+                subject_type="action",
+                subject_id=mark.action_id,
+                actor="owner-notice",
+                outcome=outcome,
+                details={"resource": mark.resource_id, "notice": details},
+            )
+        except Exception as exc:  # noqa: BLE001 - loud, but the original error goes on
+            log.error(
+                "mark of a rolled-back action not cleaned up",
+                resource=mark.resource_id,
+                action=mark.action_id,
+                error=str(exc),
+            )
 
     # -- plumbing -----------------------------------------------------------------------
     def _guard(self, call: str) -> None:
@@ -207,17 +322,22 @@ class OwnerNotice:
             op.verify(ctx, action.resource_id, params)
         except Exception as exc:  # noqa: BLE001 - any failure: the owner was not told
             return describe_error(exc) if not isinstance(exc, KeyError) else str(exc)
-        # keep the inventory in step, so unmark_resolved finds the mark without a rescan
+        # keep the inventory in step, so unmark_finished finds the mark without a rescan
         resource.tags = {**(resource.tags or {}), SCHEDULED_TAG: params["value"]}
+        self._remember(session, _Mark.on(resource, action.id))
         return None
 
     def _record(
-        self, session: Session, action: ActionRow, outcome: str, notice: Mapping[str, object]
+        self,
+        session: Session,
+        action: ActionRow | _Mark,
+        outcome: str,
+        notice: Mapping[str, object],
     ) -> None:
         self._audit.record(
             "action_proposed",
             subject_type="action",
-            subject_id=action.id,
+            subject_id=action.action_id if isinstance(action, _Mark) else action.id,
             actor="owner-notice",
             outcome=outcome,
             details={"resource": action.resource_id, "notice": notice},
@@ -246,7 +366,38 @@ class OwnerNotice:
         out.blocked[action.id] = reason
 
 
-_DONE = (S.SUCCEEDED.value, S.FAILED.value, S.ROLLED_BACK.value, S.EXECUTING.value)
+def _needless(session: Session, action_id: int, resource: ResourceRow) -> str | None:
+    """Why the mark naming `action_id` on this resource should go, or None to keep it."""
+    action = session.get(ActionRow, action_id)
+    if action is None:
+        return NO_ACTION.format(id=action_id)
+    where = (action.account_id, action.region, action.kind, action.resource_id)
+    if where != (resource.account_id, resource.region, resource.kind, resource.resource_id):
+        return f"action {action_id} is on {action.resource_id}, not on this resource"
+    if action.state in _UNMARK_STATES:
+        return f"action {action.state}"
+    opp = session.get(OpportunityRow, action.opportunity_id)
+    status = opp.status if opp is not None else "gone"
+    if status != "open" and action.state not in _IN_FLIGHT:
+        return f"opportunity {status}"
+    return None
+
+
+def _committed(session: Session) -> None:
+    if session.get_nested_transaction() is None:  # a savepoint released is not a commit
+        session.info.get(_MARKS, []).clear()
+
+
+def _ended(session: Session, transaction: SessionTransaction) -> None:
+    # After a commit the list is empty (_committed); otherwise the transaction rolled back,
+    # or was closed uncommitted, and its marks announce actions that do not exist.
+    # (A savepoint's marks wait for the outer end; if that commits, the sweep finds them.)
+    if transaction.parent is not None:
+        return
+    marks: list[tuple[OwnerNotice, _Mark]] = session.info.get(_MARKS, [])
+    undo, marks[:] = list(marks), []
+    for notice, mark in undo:
+        notice._undo_mark(mark)
 
 
 def _same_transaction(clock: Callable[[], dt.datetime]) -> NotifierFactory:

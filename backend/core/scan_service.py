@@ -3,6 +3,11 @@
 Metrics are fetched per (account, region) as soon as that region is discovered, and only
 for what is still undecided after the cheaper filters. Without policies, the standard
 utilisation series of each kind are collected instead.
+
+Audited: `scan` events at its start and end, and an `opportunity` event (per policy: found,
+new, still open, resolved, savings). A scan changes nothing in AWS, so an audit event that
+cannot be written does not undo it: what it learnt is kept, and the gap is logged as an
+error, returned in `ScanOutcome.audit_errors` and kept in the run's `failures["audit-log"]`.
 """
 
 from __future__ import annotations
@@ -15,11 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from backend.config import Settings
+from backend.core.audit_chain import EventType
+from backend.core.automation_audit_logger import AuditLogError, AuditLogger
 from backend.core.database import session_scope
 from backend.core.discovery import Discoverer, Discovery, PartCallback
-from backend.core.models import ScanRunRow
+from backend.core.models import OpportunityRow, ScanRunRow
 from backend.core.repositories import (
     MetricRepository,
     OpportunityRepository,
@@ -49,6 +58,8 @@ STANDARD_METRICS: dict[ResourceKind, tuple[tuple[str, str], ...]] = {
     ResourceKind.LOAD_BALANCER: (("RequestCount", "Sum"),),
     ResourceKind.RDS_INSTANCE: (("DatabaseConnections", "Maximum"),),
 }
+ACTOR = "scanner"
+AUDITED_ERRORS = 50  # per event: a scan of many dead regions would bloat the audit log
 # Kinds a kind's relation filters read (a snapshot is orphaned relative to the volumes).
 RELATED_KINDS: dict[ResourceKind, tuple[ResourceKind, ...]] = {
     ResourceKind.EBS_SNAPSHOT: (ResourceKind.EBS_VOLUME, ResourceKind.AMI),
@@ -78,6 +89,7 @@ class ScanOutcome:
     seconds: float = 0.0
     costs: list[tuple[Resource, float | None]] = field(default_factory=list)
     unpriced: list[tuple[Resource, str]] = field(default_factory=list)
+    audit_errors: list[str] = field(default_factory=list)  # audit events not written
 
     @property
     def selection(self) -> dict[str, list[str]]:
@@ -85,6 +97,36 @@ class ScanOutcome:
         for opp in self.opportunities:
             out.setdefault(opp.policy, []).append(opp.resource.resource_id)
         return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+@dataclass
+class _ScanAudit:
+    """The scan's audit events, each in a savepoint: one that fails leaves the scan's data."""
+
+    audit: AuditLogger
+    scan_id: int
+    scope: dict[str, Any]
+    started: float
+    errors: list[str] = field(default_factory=list)
+
+    def write(self, session: Session, kind: EventType, outcome: str, details: Any) -> None:
+        try:
+            with session.begin_nested():
+                self.audit.record(
+                    kind,
+                    subject_type="scan",
+                    subject_id=self.scan_id,
+                    actor=ACTOR,
+                    outcome=outcome,
+                    details=details,
+                    session=session,
+                )
+        except AuditLogError as exc:
+            self.errors.append(str(exc))
+            log.error("scan audit event not written", scan=self.scan_id, error=str(exc))
+
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
 
 
 def kinds_for(pack: PolicyPack | None) -> list[ResourceKind]:
@@ -122,11 +164,13 @@ class ScanService:
         clients: AwsClients | None = None,
         prices: PriceTable | None = None,
         now: Callable[[], dt.datetime] = utcnow,
+        audit: AuditLogger | None = None,
     ) -> None:
         self._settings = settings
         self._clients = clients or AwsClients(endpoint_url=settings.aws_endpoint_url)
         self._prices = prices or PriceTable.shipped()
         self._now = now
+        self._audit = audit or AuditLogger()
 
     def targets(self, accounts: Sequence[str] = ()) -> list[AccountTarget]:
         s = self._settings
@@ -147,9 +191,37 @@ class ScanService:
         regions = list(regions) or self._settings.regions
         kinds = kinds_for(pack)
         now = self._now()
+        targets = self.targets(accounts)
+        scope = {
+            "accounts": [t.account_id or "(own credentials)" for t in targets],
+            "regions": list(regions),
+            "kinds": [k.value for k in kinds],
+            "policies": [p.name for p in pack.enabled()] if pack is not None else None,
+        }
         with session_scope() as session:
             scan = ScanRepository(session).start(accounts=list(accounts), regions=regions)
-            scan_id = scan.id
+            audit = _ScanAudit(self._audit, scan.id, scope, started)
+            audit.write(session, EventType.SCAN, "started", scope)
+        try:
+            outcome = self._scan(audit, pack, regions, kinds, targets, now, on_part, on_metrics)
+        except Exception as exc:
+            self._abandon(audit, exc)
+            raise
+        outcome.seconds = time.perf_counter() - started
+        outcome.audit_errors = audit.errors
+        return outcome
+
+    def _scan(
+        self,
+        audit: _ScanAudit,
+        pack: PolicyPack | None,
+        regions: list[str],
+        kinds: list[ResourceKind],
+        targets: list[AccountTarget],
+        now: dt.datetime,
+        on_part: PartCallback | None,
+        on_metrics: Callable[[int], None] | None,
+    ) -> ScanOutcome:
         # Metrics per (account, region): resource ids are unique only within one.
         metrics: dict[tuple[str, str], dict[tuple[str, MetricSpec], float | None]] = {}
         metric_failures: dict[str, str] = {}
@@ -181,10 +253,10 @@ class ScanService:
                 on_metrics(len(found))
 
         discovery = Discoverer(self._clients, concurrency=self._settings.scan_concurrency).run(
-            self.targets(accounts), regions, kinds, on_region=measure, on_part=on_part
+            targets, regions, kinds, on_region=measure, on_part=on_part
         )
         outcome = ScanOutcome(
-            scan_id=scan_id,
+            scan_id=audit.scan_id,
             status="complete",
             discovery=discovery,
             metrics_fetched=sum(len(m) for m in metrics.values()),
@@ -197,9 +269,22 @@ class ScanService:
             outcome.costs.append((resource, cost.monthly_usd))
             if cost.unknown:
                 outcome.unpriced.append((resource, cost.unknown))
-        self._store(outcome, metrics, pack, now)
-        outcome.seconds = time.perf_counter() - started
+        self._store(outcome, metrics, pack, now, audit)
         return outcome
+
+    def _abandon(self, audit: _ScanAudit, exc: Exception) -> None:
+        """A scan that raised: its run is marked failed and audited, as far as that works."""
+        error = describe_error(exc)
+        try:
+            with session_scope() as session:
+                scan = session.get(ScanRunRow, audit.scan_id)
+                if scan is not None and scan.status == "running":
+                    scan.status, scan.finished_at = "failed", self._now()
+                    scan.failures = {**(scan.failures or {}), "scan": error}
+                details = {**audit.scope, "error": error, "seconds": audit.seconds()}
+                audit.write(session, EventType.SCAN, "failed", details)
+        except Exception as again:  # noqa: BLE001 - the scan's own error is the one raised
+            log.error("failed scan not recorded", scan=audit.scan_id, error=describe_error(again))
 
     def _evaluate(
         self,
@@ -274,6 +359,7 @@ class ScanService:
         metrics: dict[tuple[str, str], dict[tuple[str, MetricSpec], float | None]],
         pack: PolicyPack | None,
         now: dt.datetime,
+        audit: _ScanAudit,
     ) -> None:
         discovery = outcome.discovery
         failed_any = bool(discovery.failures or outcome.metric_failures)
@@ -311,23 +397,34 @@ class ScanService:
                 at=now,
             )
             if pack is not None:
+                policies = [p.name for p in pack.policies if p.enabled]
+                # What was open before this scan, to tell new findings from known ones.
+                was_open = {
+                    (name, pk)
+                    for name, pk in session.execute(
+                        select(OpportunityRow.policy_name, OpportunityRow.resource_pk).where(
+                            OpportunityRow.status == "open",
+                            OpportunityRow.policy_name.in_(policies),
+                        )
+                    )
+                }
+                found = [
+                    {
+                        "policy_name": o.policy,
+                        "resource_pk": keys[o.resource.key],
+                        "action": o.action,
+                        "params": o.params,
+                        "evidence": o.evidence,
+                        "estimated_monthly_savings": o.monthly_savings,
+                        "savings_unknown": o.savings_unknown,
+                    }
+                    for o in outcome.opportunities
+                ]
                 OpportunityRepository(session).record(
-                    [
-                        {
-                            "policy_name": o.policy,
-                            "resource_pk": keys[o.resource.key],
-                            "action": o.action,
-                            "params": o.params,
-                            "evidence": o.evidence,
-                            "estimated_monthly_savings": o.monthly_savings,
-                            "savings_unknown": o.savings_unknown,
-                        }
-                        for o in outcome.opportunities
-                    ],
-                    policies=[p.name for p in pack.policies if p.enabled],
-                    at=now,
-                    scan_id=outcome.scan_id,
+                    found, policies=policies, at=now, scan_id=outcome.scan_id
                 )
+                summary = opportunity_summary(session, policies, now, found, was_open)
+                audit.write(session, EventType.OPPORTUNITY, "found", summary)
             scan = session.get(ScanRunRow, outcome.scan_id)
             assert scan is not None
             scan.status = outcome.status
@@ -339,3 +436,71 @@ class ScanService:
                 "metrics": len(metrics),
                 "opportunities": len(outcome.opportunities),
             }
+            errors = sorted(scan.failures.items())
+            finished = {
+                **audit.scope,
+                **scan.counts,
+                "errors": dict(errors[:AUDITED_ERRORS]),
+                "error_count": len(errors),
+                "seconds": audit.seconds(),
+            }
+            audit.write(session, EventType.SCAN, outcome.status, finished)
+            if audit.errors:  # the run says its audit trail has a gap
+                scan.failures = {**scan.failures, "audit-log": "; ".join(audit.errors)}
+
+
+def opportunity_summary(
+    session: Session,
+    policies: Sequence[str],
+    at: dt.datetime,
+    found: Sequence[dict[str, Any]] | None = None,
+    was_open: set[tuple[str, int]] | frozenset[tuple[str, int]] = frozenset(),
+) -> dict[str, Any]:
+    """Per policy: found at `at` (new, or open before and still open), resolved, savings.
+
+    Without `found` (StoredPolicyEvaluator run with `now=at` writes its own), they are read
+    back: seen at `at`, new if first found then (found again after resolving: still open).
+    """
+    if found is None:
+        o = OpportunityRow
+        rows = session.execute(
+            select(o.policy_name, o.resource_pk, o.estimated_monthly_savings, o.first_found).where(
+                o.status == "open", o.last_seen == at, o.policy_name.in_(policies)
+            )
+        ).all()
+        found = [r._asdict() for r in rows]
+        was_open = {(r.policy_name, r.resource_pk) for r in rows if r.first_found != at}
+    per: dict[str, dict[str, Any]] = {
+        name: {"found": 0, "new": 0, "still_open": 0, "resolved": 0, "monthly_savings": 0.0}
+        for name in policies
+    }
+    unknown: dict[str, int] = dict.fromkeys(policies, 0)
+    for row in found:
+        p = per[row["policy_name"]]
+        p["found"] += 1
+        known = (row["policy_name"], row["resource_pk"]) in was_open
+        p["still_open" if known else "new"] += 1
+        if row["estimated_monthly_savings"] is None:
+            unknown[row["policy_name"]] += 1
+        else:
+            p["monthly_savings"] += row["estimated_monthly_savings"]
+    resolved = session.execute(
+        select(OpportunityRow.policy_name, func.count())
+        .where(
+            OpportunityRow.status == "resolved",
+            OpportunityRow.resolved_at == at,
+            OpportunityRow.policy_name.in_(policies),
+        )
+        .group_by(OpportunityRow.policy_name)
+    )
+    for name, count in resolved:
+        per[name]["resolved"] = int(count)
+    for name, p in per.items():
+        p["monthly_savings"] = round(p["monthly_savings"], 2)
+        if unknown[name]:
+            p["savings_unknown"] = unknown[name]
+    totals = {
+        k: sum(p[k] for p in per.values()) for k in ("found", "new", "still_open", "resolved")
+    }
+    savings = round(sum(p["monthly_savings"] for p in per.values()), 2)
+    return {**totals, "monthly_savings": savings, "policies": per}

@@ -288,6 +288,66 @@ def test_owner_notices_go_to_the_owner_or_the_fallback(db: str) -> None:
     assert lonely.retry_pending() == []  # nobody to send it to: never retried
 
 
+def test_owner_routes_send_a_team_to_its_channel_and_nowhere_else(db: str) -> None:
+    when = dt.datetime(2030, 1, 2, 3, 4, tzinfo=dt.UTC)
+    with HttpPeer(script=[500]) as team, HttpPeer() as shared, SmtpPeer() as smtp:
+        channels = [
+            {"name": "team-x-slack", "type": "slack", "target": team.url, "owners_only": True},
+            webhook("ops", shared.url),
+        ]
+        settings = fast(
+            channels=json.dumps(channels),
+            owner_routes=json.dumps({" Team-X": "team-x-slack", "team-y": "lead@example.com"}),
+            smtp_host="127.0.0.1",
+            smtp_port=smtp.port,
+            email_from="finops-bot@example.com",
+            attempts=1,
+        )
+        clock = Clock()
+        service = NotificationService(settings=settings, clock=clock)
+        # a tag dict: the routed owner wins over an address that has no route
+        (to_team,) = service.notify_owner(
+            "vol-1", {"Owner": "team-X", "contact": "x@example.com"}, "delete", when
+        )
+        (to_lead,) = service.notify_owner("vol-2", "team-y", "stop", when)
+        service.send_failure("a run failed", "P2")
+        service.send_emergency_alert("stop", echo_result=False)
+        assert (to_team.channel, to_team.status) == ("team-x-slack", "failed")  # the 500
+        clock.advance(3600)
+        (retried,) = service.retry_pending()  # found again by its channel's name
+
+    assert retried.channel == "team-x-slack" and retried.delivered
+    first, second = (post.json() for post in team.posts)
+    assert first == second  # the same Slack message, sent again
+    assert (
+        first["blocks"][0]["text"]["text"] == "[P2] Planned: delete vol-1 at 2030-01-02 03:04 UTC"
+    )
+    assert "Owner: team-X" in first["blocks"][1]["text"]["text"]
+    assert (to_lead.channel, to_lead.recipient, to_lead.delivered) == (
+        "owner-email",
+        "lead@example.com",
+        True,
+    )
+    assert [m.rcpt_to for m in smtp.mail] == [["lead@example.com"]]
+    # the team's channel carries owner notices only; the shared one everything else
+    assert [p.json()["category"] for p in shared.posts] == ["failure", "emergency"]
+
+
+def test_an_owner_without_route_or_address_is_told_nothing(db: str) -> None:
+    settings = fast(
+        channels=json.dumps([webhook("ops", "http://127.0.0.1:9/")]),
+        owner_routes=json.dumps({"team-x": "ops"}),
+    )
+    (result,) = NotificationService(settings=settings).notify_owner(
+        "vol-1", "team-z", "delete", utcnow()
+    )
+    assert result.status == "no_recipient"
+    assert result.error == (
+        "no recipient: owner tag 'team-z' is not an email address and has no owner route, "
+        "and FINOPS_NOTIFY_FALLBACK_CONTACT is not set"
+    )
+
+
 def test_test_all_channels_prints_one_line_per_channel(
     db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -361,6 +421,18 @@ def test_an_unreachable_database_does_not_stop_an_alert(any_database: str) -> No
             "FINOPS_NOTIFY_SMTP_HOST: an email channel needs an SMTP server",
         ),
         ("FINOPS_NOTIFY_FALLBACK_CONTACT", "team-x", "FINOPS_NOTIFY_FALLBACK_CONTACT: not an"),
+        (
+            "FINOPS_NOTIFY_OWNER_ROUTES",
+            '{"team-x": "team-x-slack"}',
+            "FINOPS_NOTIFY_OWNER_ROUTES: 'team-x' goes to 'team-x-slack', which is neither",
+        ),
+        ("FINOPS_NOTIFY_OWNER_ROUTES", '["team-x"]', "FINOPS_NOTIFY_OWNER_ROUTES: a JSON object"),
+        (
+            "FINOPS_NOTIFY_CHANNELS",
+            '[{"name": "t", "type": "slack", "target": "https://h/s3cr3t-token",'
+            ' "owners_only": true, "emergency": true}]',
+            "FINOPS_NOTIFY_CHANNELS[0]: emergency: an owners_only channel takes no emergency",
+        ),
     ],
 )
 def test_bad_settings_name_the_variable(
