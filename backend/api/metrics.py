@@ -1,5 +1,6 @@
 """GET /metrics: one CollectorRegistry per app (never the global one), holding the database
-collector, the process collectors and the API's own request counters."""
+collector, the process collectors and the API's own counters: requests, and audit events
+this process could not write (the failed write leaves nothing in the log to count later)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from prometheus_client import (
 )
 
 from backend.api.context import ApiContext
+from backend.api.metrics_audit import CountedAuditLogError, CountingAuditLogger
 from backend.api.metrics_collector import FinOpsCollector
+from backend.core.automation_audit_logger import AuditLogError, AuditLogger
 
 
 def install_metrics(app: FastAPI, context: ApiContext) -> CollectorRegistry:
@@ -38,6 +41,27 @@ def install_metrics(app: FastAPI, context: ApiContext) -> CollectorRegistry:
         ["method", "route"],
         registry=registry,
     )
+    rollback_errors = Counter(
+        "finops_rollback_request_errors",
+        "Rollback requests (an action's or a run's) answered with a 5xx",
+        registry=registry,
+    )
+    audit_failures = Counter(
+        "finops_audit_write_failures",
+        "Audit events this API process could not write",
+        registry=registry,
+    )
+
+    def audit() -> AuditLogger:
+        # Every service the routes get from the context writes through this logger, so a
+        # failure is counted even when the route handles it (the emergency stop's 503, an
+        # unrecorded refusal). A logger made elsewhere (PolicyManager's) is counted below,
+        # when its error ends the request.
+        return CountingAuditLogger(
+            session_factory=context.session_factory, on_failure=audit_failures.inc
+        )
+
+    context.audit = audit  # type: ignore[method-assign]
 
     @app.middleware("http")
     async def count_requests(
@@ -49,10 +73,16 @@ def install_metrics(app: FastAPI, context: ApiContext) -> CollectorRegistry:
             response = await call_next(request)
             status = response.status_code
             return response
+        except AuditLogError as exc:
+            if not isinstance(exc, CountedAuditLogError):
+                audit_failures.inc()
+            raise
         finally:
             # The route's template, never the raw path: ids in paths would explode the series.
             route = getattr(request.scope.get("route"), "path", "unmatched")
             requests.labels(request.method, route, str(status)).inc()
+            if status >= 500 and route.endswith("/rollback"):
+                rollback_errors.inc()  # unlabelled, so it exists (at 0) before the first one
             latency.labels(request.method, route).observe(time.perf_counter() - started)
 
     @app.get("/metrics", include_in_schema=False)

@@ -1,27 +1,40 @@
-"""The counters Prometheus wants as `_total`, counted from the audit log.
+"""The counters Prometheus wants as `_total`, counted from the audit log, and the log's health.
 
 The log is append-only with gapless ids: each scrape reads only the events after the last
 one it saw, so a scrape costs the new events, not the history (after a restart the first
 scrape counts the history once). Labels are bounded: AWS error codes and exception names
 for failures, the safety rules' names for blocked verdicts.
+
+The same pass checks the hash chain of the new events (at the first scrape, only the last
+`CHAIN_WINDOW`: `finops audit verify` checks the whole history). A break is kept until the
+database changes, so the alert on it does not clear by itself.
+
+Audit writes that fail leave nothing in the log to count: `CountingAuditLogger` counts them
+as they fail in this process (metrics.py hands it to the API's services).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from backend.core.audit_chain import AuditEvent, EventType, verify_events
+from backend.core.automation_audit_logger import AuditLogError, AuditLogger
 from backend.core.models import AuditEventRow
 from backend.domain.safety import Rule
 
 _CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 _RULES = tuple(r.value for r in Rule)
+RULE_LABELS = (*_RULES, "other")  # every value the rule label takes: each series from 0 on
 _COUNTED_EVENTS = ("safety_verdict", "execution", "rollback")
+CHAIN_WINDOW = 10_000  # events whose chain the first scrape checks
 
 
 def reason_of(error: str | None) -> str:
@@ -54,7 +67,18 @@ class AuditCounts:
         self.last_id = 0
         self.failures: Counter[str] = Counter()
         self.safety: Counter[str] = Counter()
+        # The verdicts that stopped an approved action (stage "execute") or a whole batch (no
+        # stage): something about to change AWS was judged unsafe. Planning blocks are the
+        # routine part: the same protected resource is judged again at every plan.
+        self.safety_at_execution: Counter[str] = Counter()
         self.results: Counter[str] = Counter()
+        self.rollback_failures = 0
+        self.chain_head: AuditEvent | None = None  # the newest event whose chain was checked
+        self.chain_break: str | None = None
+
+    @property
+    def chain_valid(self) -> bool:
+        return self.chain_break is None
 
     def advance(self, session: Session) -> None:
         with self.lock:
@@ -75,15 +99,83 @@ class AuditCounts:
             )
             for _id, kind, outcome, details in session.execute(query):
                 self._count(kind, outcome, details or {})
+            self._check_chain(session, head)
             self.last_id = head
 
     def _count(self, kind: str, outcome: str, details: dict[str, Any]) -> None:
         if kind == "safety_verdict" and outcome == "blocked" and "from" not in details:
             # The verdict itself; the state change that follows it carries "from" (not counted).
-            self.safety.update(rules_of(details))
+            rules = rules_of(details)
+            self.safety.update(rules)
+            if details.get("stage") in (None, "execute"):
+                self.safety_at_execution.update(rules)
         elif kind == "execution" and outcome in ("succeeded", "failed"):
             self.results[outcome] += 1
             if outcome == "failed":
                 self.failures[reason_of(details.get("error"))] += 1
         elif kind == "rollback" and outcome == "impossible":
             self.failures["rollback-impossible"] += 1
+            self.rollback_failures += 1
+
+    def _check_chain(self, session: Session, head: int) -> None:
+        if self.chain_break is not None or head == 0:
+            return  # a break stays reported until the database changes
+        start = self.chain_head.id if self.chain_head else max(0, head - CHAIN_WINDOW)
+        if start >= head:
+            return
+        rows = session.scalars(
+            select(AuditEventRow)
+            .where(AuditEventRow.id > start, AuditEventRow.id <= head)
+            .order_by(AuditEventRow.id)
+            .execution_options(yield_per=1000)
+        )
+        seen: list[AuditEvent] = []
+
+        def new() -> Iterator[AuditEvent]:
+            for row in rows:
+                event = _event(row)
+                seen[:] = [event]  # only the newest is kept: the next scrape links to it
+                yield event
+
+        known = [self.chain_head] if self.chain_head else []
+        report = verify_events(itertools.chain(known, new()), from_start=start == 0)
+        if not report.ok:
+            self.chain_break = str(report)
+        elif seen:
+            self.chain_head = seen[0]
+
+
+def _event(row: AuditEventRow) -> AuditEvent:
+    return AuditEvent(
+        id=row.id,
+        occurred_at=row.occurred_at,
+        actor=row.actor,
+        event_type=row.event_type,
+        subject_type=row.subject_type,
+        subject_id=row.subject_id,
+        outcome=row.outcome,
+        details=dict(row.details or {}),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+class CountedAuditLogError(AuditLogError):
+    """An AuditLogError already counted where it was raised (so not again where it lands)."""
+
+
+class CountingAuditLogger(AuditLogger):
+    """An AuditLogger that reports each write it could not make, then raises as before."""
+
+    def __init__(self, *, on_failure: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._on_failure = on_failure
+
+    def record(self, event_type: EventType | str, **kwargs: Any) -> AuditEvent:
+        try:
+            return super().record(event_type, **kwargs)
+        except CountedAuditLogError:
+            raise
+        except AuditLogError as exc:
+            self._on_failure()
+            raise CountedAuditLogError(str(exc)) from exc

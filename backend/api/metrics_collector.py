@@ -8,6 +8,7 @@ The collector never raises: a part that fails is skipped and counted in
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -19,11 +20,12 @@ from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
 from backend.api.context import ApiContext
-from backend.api.metrics_audit import AuditCounts, reason_of
+from backend.api.metrics_audit import RULE_LABELS, AuditCounts, reason_of
 from backend.core.auto_remediation_engine import HEARTBEAT_STALE
 from backend.core.models import (
     ActionRow,
     EngineStateRow,
+    NotificationRow,
     OpportunityRow,
     ScanRunRow,
     WorkerHeartbeatRow,
@@ -32,6 +34,7 @@ from backend.core.types import utcnow
 from backend.domain.lifecycle import ActionState
 
 log = structlog.get_logger(__name__)
+NOTIFICATION_WINDOW = dt.timedelta(hours=24)
 
 
 class FinOpsCollector:
@@ -71,6 +74,7 @@ class FinOpsCollector:
             "audit",
             "scan",
             "savings",
+            "notifications",
             "workers",
             "breakers",
         ):
@@ -100,6 +104,7 @@ class FinOpsCollector:
                 "audit": self._audit,
                 "scan": self._scan,
                 "savings": self._savings,
+                "notifications": self._notifications,
             }
             for part, read in parts.items():
                 out.extend(self._part(part, read, session, errors))
@@ -191,17 +196,47 @@ class FinOpsCollector:
         safety = CounterMetricFamily(
             "finops_safety_check_failures", "Safety verdicts that blocked, by rule", labels=["rule"]
         )
-        for rule, n in sorted(c.safety.items()):
-            safety.add_metric([rule], float(n))
+        # Every rule from 0, so that the first block of a rule is an increase too.
+        for rule in RULE_LABELS:
+            safety.add_metric([rule], float(c.safety[rule]))
+        at_execution = CounterMetricFamily(
+            "finops_safety_check_execution_failures",
+            "Safety verdicts that blocked an approved action or a batch at execution time, by "
+            "rule (the part of finops_safety_check_failures that is not planning)",
+            labels=["rule"],
+        )
+        for rule in RULE_LABELS:
+            at_execution.add_metric([rule], float(c.safety_at_execution[rule]))
         results = CounterMetricFamily(
             "finops_action_executions", "Finished executions, by result", labels=["result"]
         )
         for result in ("succeeded", "failed"):
             results.add_metric([result], float(c.results[result]))
-        return [failures, safety, results]
+        rollbacks = CounterMetricFamily(
+            "finops_rollback_failures",
+            "Rollbacks that could not undo their action (audited as impossible)",
+            value=float(c.rollback_failures),
+        )
+        chain = _gauge(
+            "finops_audit_chain_valid",
+            "1 while the audit log's hash chain checks out over the events read, 0 once broken",
+            value=1.0 if c.chain_valid else 0.0,
+        )
+        return [failures, safety, at_execution, results, rollbacks, chain]
 
     @staticmethod
     def _scan(session: Session) -> list[Metric]:
+        newest = session.scalars(select(ScanRunRow).order_by(ScanRunRow.id.desc()).limit(1)).first()
+        running = (
+            (utcnow() - newest.started_at).total_seconds()
+            if newest is not None and newest.finished_at is None
+            else 0.0
+        )
+        in_progress = _gauge(
+            "finops_scan_in_progress_seconds",
+            "How long the newest scan has been running; 0 once it has finished",
+            value=max(running, 0.0),
+        )
         last = session.scalars(
             select(ScanRunRow)
             .where(ScanRunRow.finished_at.is_not(None))
@@ -209,7 +244,7 @@ class FinOpsCollector:
             .limit(1)
         ).first()
         if last is None or last.finished_at is None:
-            return []
+            return [in_progress]
         errors = GaugeMetricFamily(
             "finops_last_scan_aws_errors",
             "Parts of the last scan that AWS refused, by error code",
@@ -233,6 +268,7 @@ class FinOpsCollector:
                 "When the last scan finished",
                 value=last.finished_at.timestamp(),
             ),
+            in_progress,
             errors,
         ]
 
@@ -274,6 +310,26 @@ class FinOpsCollector:
             ),
             realized,
         ]
+
+    @staticmethod
+    def _notifications(session: Session) -> list[Metric]:
+        """Messages whose last delivery failed, created in the last NOTIFICATION_WINDOW (the
+        window `NotificationService.failed_notifications()` lists): a retry that succeeds
+        takes one off, and so does age."""
+        since = utcnow() - NOTIFICATION_WINDOW
+        failed = GaugeMetricFamily(
+            "finops_notifications_failed",
+            "Notifications of the last 24 hours whose last delivery attempt failed, by channel",
+            labels=["channel"],
+        )
+        query = (
+            select(NotificationRow.channel, func.count())
+            .where(NotificationRow.status == "failed", NotificationRow.created_at >= since)
+            .group_by(NotificationRow.channel)
+        )
+        for channel, n in sorted(session.execute(query).all()):
+            failed.add_metric([channel], float(n))
+        return [failed]
 
     @staticmethod
     def _workers(session: Session) -> list[Metric]:

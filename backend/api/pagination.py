@@ -22,6 +22,7 @@ from backend.api.problems import Problem
 T = TypeVar("T")
 Column = ColumnElement[Any] | QueryableAttribute[Any]
 MAX_LIMIT = 500
+MAX_OFFSET = 2**63 - 1  # OFFSET is a signed 64-bit integer in PostgreSQL and SQLite
 
 
 class Page(BaseModel, Generic[T]):
@@ -39,7 +40,7 @@ class PageParams:
 
 def page_params(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")] = 50,
-    offset: Annotated[int, Query(ge=0, description="Items to skip.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")] = 0,
 ) -> PageParams:
     return PageParams(limit, offset)
 

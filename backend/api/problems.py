@@ -2,11 +2,14 @@
 
 Routes raise `Problem`; FastAPI's own errors (404 for an unknown path, 405, validation) are
 rewritten into the same shape; anything unexpected is logged with an id and answered with a
-500 that carries the id and nothing else about the failure.
+500 that carries the id and nothing else about the failure. The OpenAPI document says so:
+every /api operation declares its 422 and its other errors (`default`) as
+`application/problem+json` with the `Problem` schema, not FastAPI's HTTPValidationError.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
@@ -130,6 +133,19 @@ async def _database(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+    # A number from the request that the database or a date cannot hold (an id past 2**63 on
+    # SQLite, a duration of a billion days): no row can match it, so it is the request's fault.
+    log.info("request value out of range", path=request.url.path, error=_first_line(exc))
+    return problem_response(
+        request,
+        422,
+        "a number or date in the request is out of the range this API can store or compute",
+        kind="out-of-range",
+        title="Invalid request",
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     error_id = uuid.uuid4().hex[:12]
     log.exception("unhandled error", error_id=error_id, path=request.url.path, exc_info=exc)
@@ -148,7 +164,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(DatabaseUnavailableError, _database)
     app.add_exception_handler(DBAPIError, _database_or_unexpected)
+    app.add_exception_handler(OverflowError, _out_of_range)
     app.add_exception_handler(Exception, _unexpected)
+    _document_problems(app)
 
 
 async def _database_or_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -162,3 +180,68 @@ async def _database_or_unexpected(request: Request, exc: Exception) -> JSONRespo
 def _first_line(exc: BaseException) -> str:
     original = getattr(exc, "orig", None) or exc
     return (str(original).strip().splitlines() or [type(original).__name__])[0]
+
+
+# -- the OpenAPI document -------------------------------------------------------------------
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details; `type` names the problem (urn:finops:problem:...).",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "Request validation: each invalid part (the value is never echoed).",
+            "items": {
+                "type": "object",
+                "required": ["location", "message", "type"],
+                "properties": {
+                    "location": {"type": "string"},
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+    "additionalProperties": True,
+}
+_PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+_FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Make the OpenAPI document describe the errors the handlers above really send."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()  # FastAPI's document, cached in app.openapi_schema: edited in place
+        for path, operations in schema.get("paths", {}).items():
+            if not path.startswith("/api/"):
+                continue  # the health probes answer in their own shape
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                if "422" in responses:
+                    responses["422"]["content"] = _PROBLEM_CONTENT
+                responses["default"] = {
+                    "description": "An error as problem details: 401 without a valid token, "
+                    "403 for a role that may not, 404, 409 for a state that does not allow it, "
+                    "503 while the database is unavailable",
+                    "content": _PROBLEM_CONTENT,
+                }
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Problem"] = PROBLEM_SCHEMA
+        text = json.dumps(schema)
+        for name in _FASTAPI_VALIDATION:  # FastAPI's 422 body, never sent: drop it if unused
+            if f'"#/components/schemas/{name}"' not in text:
+                schemas.pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -96,13 +96,17 @@ def verify(
     )
 
 
-@router.get("/export", response_class=PlainTextResponse)
+class JsonLinesResponse(PlainTextResponse):
+    media_type = "application/x-ndjson"  # what the document declares, and what is sent
+
+
+@router.get("/export", response_class=JsonLinesResponse)
 def export(
     context: ContextDep, _: Viewer, since: AwareDatetime, until: AwareDatetime | None = None
-) -> PlainTextResponse:
+) -> JsonLinesResponse:
     """The window as JSON Lines, hashes included, so that the export can be checked again."""
     if until is not None and until <= since:
         raise Problem(422, "until is not after since", kind="invalid-filter")
     buffer = io.StringIO()
     context.audit().export_jsonl(since, until, stream=buffer)
-    return PlainTextResponse(buffer.getvalue(), media_type="application/x-ndjson")
+    return JsonLinesResponse(buffer.getvalue())

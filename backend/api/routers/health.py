@@ -17,7 +17,10 @@ def live() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/ready")
+@router.get(
+    "/ready",
+    responses={503: {"description": "Not ready: the reasons, and the result of each check"}},
+)
 def ready(context: ContextDep) -> JSONResponse:
     """200 with each check when ready; 503 with the reasons when not."""
     result = check_readiness(context)
