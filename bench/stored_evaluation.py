@@ -17,7 +17,9 @@ import resource
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -100,24 +102,35 @@ def main() -> None:
         ),
     )
     ap.add_argument("--keep", action="store_true", help="keep the scratch database")
+    ap.add_argument(
+        "--reuse",
+        metavar="NAME",
+        help="evaluate in this kept database (opportunities emptied first) instead of filling one",
+    )
+    ap.add_argument("--runs", type=int, default=2, help="evaluations: a first, then re-runs")
     args = ap.parse_args()
-    name = f"finops_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = args.reuse or f"finops_bench_{uuid.uuid4().hex[:8]}"
+    if not args.reuse:
+        with psycopg.connect(args.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
     url = args.url.rsplit("/", 1)[0] + "/" + name
     os.environ["DATABASE_URL"] = url
     try:
-        run(url, args.resources)
+        run(url, args.resources, args.runs, fill=not args.reuse)
     finally:
         from backend.core.database import dispose_engines
 
         dispose_engines()
-        if not args.keep:
+        if args.keep or args.reuse:
+            print(f"kept database {name}")
+        else:
             with psycopg.connect(args.url, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def run(url: str, count: int) -> None:
+def run(url: str, count: int, runs: int, *, fill: bool) -> None:
+    from sqlalchemy import text
+
     from backend.core import migrations
     from backend.core.database import session_scope
     from backend.core.policy_evaluator import StoredPolicyEvaluator
@@ -126,36 +139,52 @@ def run(url: str, count: int) -> None:
     migrations.upgrade(url)
     t = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(FILL, {"n": count})
-        conn.execute(METRICS.replace("%%", "%"))
+        if fill:
+            conn.execute(FILL, {"n": count})
+            conn.execute(METRICS.replace("%%", "%"))
+        else:  # a first run again: no opportunity known yet
+            conn.execute("TRUNCATE opportunities CASCADE")
         conn.execute("VACUUM ANALYZE")
         total = conn.execute("SELECT count(*) FROM resources").fetchone()
         metrics = conn.execute("SELECT count(*) FROM metric_summaries").fetchone()
     print(
-        f"filled {total[0] if total else 0} resources, {metrics[0] if metrics else 0} metric "
-        f"summaries in {time.perf_counter() - t:.1f}s"
+        f"{'filled' if fill else 'reused'} {total[0] if total else 0} resources, "
+        f"{metrics[0] if metrics else 0} metric summaries in {time.perf_counter() - t:.1f}s"
     )
     pack = _twenty_policies(load_pack)
-    for label in ("first run (all new)", "second run (all known)"):
+    for i in range(runs):
+        label = "first run (all new)" if i == 0 else f"re-run {i} (all known)"
         t = time.perf_counter()
         with session_scope(url) as session:
+            backend = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
             evaluator = StoredPolicyEvaluator(session)
             outcome = evaluator.run(pack)
         wall = time.perf_counter() - t
         matched = sum(o.matched for o in outcome.outcomes)
         print(
             f"{label}: {len(pack.policies)} policies, {matched} opportunities, "
-            f"{wall:.2f}s wall (committed)"
+            f"{wall:.2f}s wall (committed); server backend peak {_peak_mb(backend)}"
         )
+        steps = {**outcome.seconds_by_step, **evaluator.timings}
+        print("  " + ", ".join(f"{step} {seconds:.2f}s" for step, seconds in steps.items()))
     for o in outcome.outcomes:
         print(f"  {o.policy:32} {o.engine:6} {o.matched:8}")
-    for step, seconds in {**outcome.seconds_by_step, **evaluator.timings}.items():
-        print(f"  step {step:28} {seconds:6.2f}s")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory of this process: {peak_mb:.0f} MB")
 
 
-def _twenty_policies(load_pack):  # type: ignore[no-untyped-def]
+def _peak_mb(pid: int) -> str:
+    """Peak resident memory of a local PostgreSQL backend (shared buffers it touched
+    included, its parallel workers not), or "unknown" when /proc does not say."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return "unknown"
+    kb = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")), None)
+    return f"{int(kb) / 1024:.0f} MB" if kb else "unknown"
+
+
+def _twenty_policies(load_pack: Callable[[list[Path]], Any]) -> Any:
     """The default pack (13) and the reference pack (8, renamed): 21, less one duplicate."""
     import tempfile
 

@@ -1,11 +1,13 @@
 """Evaluate a pack over the stored inventory and keep the opportunities, with history.
 
-Policies whose filters compile to SQL are evaluated in the database, one statement per
-resource kind: a single scan of that kind computes every policy's verdict as a column (each
-metric a LEFT JOIN, shared by all the kind's policies), and one INSERT ... SELECT ... ON
-CONFLICT writes the opportunities. Any other policy is evaluated in Python on the live rows
-of its kind. Savings are the resource's monthly cost where that is the estimate; otherwise
-each distinct pricing signature of the matched rows is priced once by the price model.
+Policies whose filters compile to SQL are evaluated in the database, one scan per resource
+kind into a temporary table (no WAL, no index): each distinct leaf filter of the kind's
+policies is computed once per row (each metric a LEFT JOIN, shared), every policy's verdict
+is a column over those, and each (policy, resource) selected becomes a row. Savings are the
+resource's monthly cost where that is the estimate; otherwise each distinct pricing
+signature found is priced once by the price model. One statement then writes everything
+found to `opportunities`: a MERGE on PostgreSQL, an upsert on SQLite. Any other policy is
+evaluated in Python on the live rows of its kind.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
     ColumnElement,
     Float,
@@ -26,25 +29,37 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
+    case,
+    column,
     false,
     func,
     literal,
+    null,
     or_,
     select,
     text,
+    true,
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
 from backend.core.models import MetricSummaryRow, OpportunityRow, ResourceRow
-from backend.core.policy_evaluator_python import UPDATED_ON_CONFLICT, evaluate_in_python
-from backend.core.sql_policies import SqlCompiler, leaves
+from backend.core.policy_evaluator_python import (
+    UPDATED_ON_CONFLICT,
+    evaluate_in_python,
+    price_by_signature,
+    signature,
+)
+from backend.core.sql_policies import Predicate, SqlCompiler, leaves
+from backend.domain.policy.filters import Filter
 from backend.domain.policy.measures import MetricsFilter
 from backend.domain.policy.model import Policy, PolicyPack
 from backend.domain.policy.values import ValueFilter
-from backend.domain.pricing import PRICING_FIELDS, PriceTable, estimate_savings, pricing_stub
+from backend.domain.pricing import PriceTable, estimate_savings, pricing_stub
 from backend.domain.resources import MetricSpec, ResourceKind
 
 # (action, kind) whose estimated saving is exactly the resource's monthly cost.
@@ -55,17 +70,34 @@ SAVES_MONTHLY_COST = {
     ("delete", ResourceKind.EBS_SNAPSHOT),
     ("delete", ResourceKind.LOAD_BALANCER),
 }
-_INSERTED = [
-    "policy_name",
-    "resource_pk",
-    "action",
-    "params",
-    "evidence",
-    "estimated_monthly_savings",
-    "status",
-    "first_found",
-    "last_seen",
-]
+# Each kind's scan creates finops_found_<n>: policy_name, resource_pk, action, params,
+# evidence, then `saving` where that is the monthly cost, else the pricing signature `sig`
+# (never NULL then) to look up in finops_prices.
+_PRICES = Table(
+    "finops_prices",
+    MetaData(),
+    Column("policy_name", String),
+    Column("region", String),
+    Column("state", String),
+    Column("sig", String),
+    Column("usd", Float),
+    prefixes=["TEMPORARY"],
+)
+# One join of what was found with the table: the new are inserted, the known updated in
+# place (same page, no index entry: HOT, as the table keeps room for it, see 0002). The
+# found rows come in resource order per kind, so each new row's foreign key check mostly
+# finds the resource's page just read.
+_MERGE = """
+MERGE INTO opportunities AS o USING ({found}) AS f
+ON o.policy_name = f.policy_name AND o.resource_pk = f.resource_pk
+WHEN MATCHED THEN UPDATE SET action = f.action, params = f.params, evidence = f.evidence,
+    estimated_monthly_savings = f.saving, savings_unknown = NULL, status = 'open',
+    last_seen = :now, resolved_at = NULL
+WHEN NOT MATCHED THEN INSERT (policy_name, resource_pk, action, params, evidence,
+    estimated_monthly_savings, status, first_found, last_seen)
+    VALUES (f.policy_name, f.resource_pk, f.action, f.params, f.evidence, f.saving, 'open',
+    :now, :now)
+"""
 
 
 @dataclass
@@ -83,6 +115,26 @@ class StoredEvaluation:
     seconds_by_step: dict[str, float] = field(default_factory=dict)
 
 
+class _LeafColumns:
+    """Each distinct leaf of a kind's policies computed once, as a column of the inner scan:
+    PostgreSQL does not share common subexpressions, and the leaves (JSON lookups, regexes)
+    are most of a scan's cost. Equal leaves have equal reprs (which keep 1 and True apart)."""
+
+    def __init__(self) -> None:
+        self.predicates: dict[str, tuple[str, Predicate]] = {}
+
+    def __call__(self, node: Filter, predicate: Predicate) -> Predicate:
+        key = repr(node)
+        if key not in self.predicates:
+            self.predicates[key] = (f"l{len(self.predicates)}", predicate)
+        return column(self.predicates[key][0], Boolean)
+
+    def used_by(self, policies: list[Policy]) -> list[ColumnElement[Any]]:
+        """The labelled leaves of these policies (not those of one that failed to compile)."""
+        keys = {repr(leaf) for p in policies for leaf in leaves(p.filters)}
+        return [pred.label(name) for key, (name, pred) in self.predicates.items() if key in keys]
+
+
 class StoredPolicyEvaluator:
     """Runs in the caller's session; the caller commits."""
 
@@ -93,20 +145,28 @@ class StoredPolicyEvaluator:
         self._prices = prices or PriceTable.shipped()
         self._now = now or dt.datetime.now(dt.UTC)
         self._dialect = session.get_bind().dialect.name
+        self._found: list[Table] = []
         self.timings: dict[str, float] = {}
 
     def run(self, pack: PolicyPack) -> StoredEvaluation:
         started = time.perf_counter()
         out = StoredEvaluation()
+        connection = self._session.connection()
         if self._dialect == "postgresql":
             # JSON predicates inflate the planner's costs until it JIT-compiles every
             # statement (0.7 s each); and hashed subplans need room.
             self._session.execute(text("SET LOCAL jit = off"))
             self._session.execute(text("SET LOCAL work_mem = '64MB'"))
+            # One writer of opportunities at a time until commit, readers unhindered: the
+            # MERGE's inserts cannot meet a concurrent insert of the same key, nor two
+            # evaluations resolve each other's findings.
+            self._session.execute(text("LOCK TABLE opportunities IN SHARE ROW EXCLUSIVE MODE"))
         by_kind: dict[ResourceKind, list[Policy]] = defaultdict(list)
         for policy in pack.enabled():
             by_kind[policy.kind].append(policy)
         engines: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        self._found = []
         for kind, policies in by_kind.items():
             t0 = time.perf_counter()
             in_sql = self._scan_kind(kind, policies)
@@ -114,16 +174,28 @@ class StoredPolicyEvaluator:
                 if policy.name in in_sql:
                     engines[policy.name] = "sql"
                 else:
-                    evaluate_in_python(self._session, policy, self._now)
+                    counts[policy.name] = evaluate_in_python(self._session, policy, self._now)
                     engines[policy.name] = "python"
             out.seconds_by_step[f"select {kind.value}"] = time.perf_counter() - t0
+        if self._found:
+            t0 = time.perf_counter()
+            found = union_all(*[select(t) for t in self._found]).subquery("f")
+            sql = {p.name: p for p in pack.enabled() if engines[p.name] == "sql"}
+            self._price_found(found, sql)
+            out.seconds_by_step["price"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self._write_found(found)
+            out.seconds_by_step["write"] = time.perf_counter() - t0
+            per_policy = select(found.c.policy_name, func.count()).group_by(found.c.policy_name)
+            counts |= {name: int(n) for name, n in connection.execute(per_policy)}
+            for table in [*self._found, _PRICES]:
+                table.drop(connection)
         t0 = time.perf_counter()
         for policy in pack.enabled():
             in_python = engines[policy.name] == "python"
             if in_python and (policy.action.name, policy.kind) not in SAVES_MONTHLY_COST:
-                self._price_by_signature(policy)
+                price_by_signature(self._session, policy, self._now, self._prices)
         out.seconds_by_step["savings"] = time.perf_counter() - t0
-        counts = self._counts([p.name for p in pack.enabled()])
         out.outcomes = [
             PolicyOutcome(p.name, engines[p.name], counts.get(p.name, 0)) for p in pack.enabled()
         ]
@@ -135,32 +207,48 @@ class StoredPolicyEvaluator:
 
     # -- one scan per kind -----------------------------------------------------------------
     def _scan_kind(self, kind: ResourceKind, policies: list[Policy]) -> set[str]:
-        """Evaluate the kind's compilable policies: one scan into a temporary table of hits,
-        one pricing per distinct signature, one INSERT of every policy's opportunities."""
-        r = ResourceRow
+        """Find what the kind's compilable policies select, into a new temporary table;
+        returns their names."""
         specs = sorted(
             {s for p in policies for s in p.metric_specs},
             key=lambda s: (s.namespace, s.metric, s.statistic, s.days),
         )
         joined = {spec: aliased(MetricSummaryRow, name=f"m{i}") for i, spec in enumerate(specs)}
+        leaf_columns = _LeafColumns()
         compiler = SqlCompiler(
             self._dialect,
             self._now,
             {s: (typing.cast(Any, m.id), typing.cast(Any, m.value)) for s, m in joined.items()},
+            on_leaf=leaf_columns,
         )
         verdicts = [(p, compiler.compile(p.filters)) for p in policies]
         compiled = [(p, v) for p, v in verdicts if v is not None]
         if not compiled:
             return set()
-        tag_keys = sorted(
-            {
-                leaf.key[4:]
-                for p, _ in compiled
-                for leaf in leaves(p.filters)
-                if isinstance(leaf, ValueFilter) and leaf.key.startswith("tag:")
-            }
-        )
-        flags = [func.coalesce(v, false()) for _, v in compiled]
+        hits = self._hits(kind, compiled, leaf_columns, joined)
+        found = self._found_rows(kind, [p for p, _ in compiled], hits, specs)
+        # CREATE TABLE AS, as PostgreSQL runs it with parallel workers (not INSERT SELECT).
+        name = f"finops_found_{len(self._found)}"
+        connection = self._session.connection()
+        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")  # left by a failed run
+        into = found.into(name, temporary=True)
+        t0 = time.perf_counter()
+        connection.execute(into)
+        self.timings[f"scan {kind.value}"] = time.perf_counter() - t0
+        self._found.append(into.table)
+        return {p.name for p, _ in compiled}
+
+    def _hits(
+        self,
+        kind: ResourceKind,
+        compiled: list[tuple[Policy, Predicate]],
+        leaf_columns: _LeafColumns,
+        joined: dict[MetricSpec, Any],
+    ) -> Any:
+        """The kind's live rows that some policy selects, with each policy's verdict `p<i>`
+        and what the savings and the evidence read."""
+        r = ResourceRow
+        policies = [p for p, _ in compiled]
         source: Any = ResourceRow.__table__
         for spec, m in joined.items():
             source = source.outerjoin(
@@ -173,61 +261,155 @@ class StoredPolicyEvaluator:
                     m.days == spec.days,
                 ),
             )
-        scan = (
+        tagged = any(
+            isinstance(leaf, ValueFilter) and leaf.key.startswith("tag:")
+            for p in policies
+            for leaf in leaves(p.filters)
+        )
+        rows = (
             select(
                 r.id.label("rid"),
                 r.monthly_cost.label("cost"),
                 r.region.label("region"),
                 r.state.label("state"),
-                self._signature(kind).label("sig"),
-                *[flag.label(f"p{i}") for i, flag in enumerate(flags)],
-                *[r.tags[key].as_string().label(f"t{i}") for i, key in enumerate(tag_keys)],
+                *([r.attributes.label("attributes")] if not self._all_save_cost(policies) else []),
+                *([r.tags.label("tags")] if tagged else []),
+                *leaf_columns.used_by(policies),
                 *[m.value.label(f"v{i}") for i, m in enumerate(joined.values())],
             )
             .select_from(source)
-            .where(r.kind == kind.value, r.gone_at.is_(None), or_(*flags))
+            .where(r.kind == kind.value, r.gone_at.is_(None))
+        )
+        if self._dialect == "postgresql":
+            # OFFSET 0 keeps this query apart: PostgreSQL would otherwise inline it and copy
+            # each leaf into every verdict (and the WHERE) that uses it.
+            rows = rows.offset(0)
+        scan = rows.subquery("scan")
+        flags = [func.coalesce(v, false()) for _, v in compiled]
+        return (
+            select(scan, *[flag.label(f"p{i}") for i, flag in enumerate(flags)])
+            .where(or_(*flags))
+            .subquery("hits")
+        )
+
+    def _found_rows(
+        self, kind: ResourceKind, policies: list[Policy], hits: Any, specs: list[MetricSpec]
+    ) -> Any:
+        """One row per (hit, policy that selected it), each hit read once, in scan order:
+        the columns of finops_found_<n>."""
+        which = union_all(
+            *[
+                select(
+                    literal(i).label("i"),
+                    literal(p.name).label("policy_name"),
+                    literal(p.action.name).label("action"),
+                    self._json(dict(p.action.params)).label("params"),
+                )
+                for i, p in enumerate(policies)
+            ]
+        ).subquery("which")
+
+        def each(values: dict[int, Any], type_: Any = None) -> Any:
+            """The value for the row's policy (NULL for a policy not in `values`)."""
+            if not values:
+                return null().cast(type_)  # typed: the kinds' tables are read as one
+            return case(*[(which.c.i == i, v) for i, v in values.items()], else_=null())
+
+        by_cost = {i for i, p in enumerate(policies) if self._saves_cost(p)}
+        by_price = [i for i in range(len(policies)) if i not in by_cost]
+        sig = signature(self._dialect, kind, hits.c.attributes) if by_price else None
+        return select(
+            which.c.policy_name,
+            hits.c.rid.label("resource_pk"),
+            which.c.action,
+            which.c.params,
+            each({i: self._evidence(p, hits, specs) for i, p in enumerate(policies)}).label(
+                "evidence"
+            ),
+            each(dict.fromkeys(by_cost, hits.c.cost), Float).label("saving"),
+            hits.c.region,
+            hits.c.state,
+            each(dict.fromkeys(by_price, sig), String).label("sig"),
+        ).select_from(hits.join(which, each({i: hits.c[f"p{i}"] for i in range(len(policies))})))
+
+    def _all_save_cost(self, policies: list[Policy]) -> bool:
+        return all(self._saves_cost(p) for p in policies)
+
+    def _saves_cost(self, policy: Policy) -> bool:
+        return (policy.action.name, policy.kind) in SAVES_MONTHLY_COST
+
+    def _json(self, value: dict[str, Any]) -> Any:
+        """A JSON constant that CREATE TABLE AS can render (it inlines every parameter)."""
+        text_value = literal(json.dumps(value))
+        if self._dialect == "postgresql":
+            return text_value.cast(JSONB)
+        return func.json(text_value)
+
+    def _price_found(self, found: Any, policies: dict[str, Policy]) -> None:
+        """Price each distinct (policy, region, state, signature) found, once."""
+        connection = self._session.connection()
+        _PRICES.drop(connection, checkfirst=True)
+        _PRICES.create(connection)
+        f = found.c
+        signatures = select(f.policy_name, f.region, f.state, f.sig).where(f.sig.is_not(None))
+        rows = []
+        for name, region, state, sig in connection.execute(signatures.distinct()):
+            p = policies[name]
+            stub = pricing_stub(p.kind, region, state, json.loads(sig) if sig else [])
+            usd = estimate_savings(p.action.name, stub, self._prices, dict(p.action.params))
+            rows.append(
+                {"policy_name": name, "region": region, "state": state, "sig": sig}
+                | {"usd": usd.monthly_usd}
+            )
+        if rows:
+            connection.execute(_PRICES.insert(), rows)
+        if self._dialect == "postgresql":
+            # Small and known: the planner then hashes it rather than sort what was found.
+            connection.exec_driver_sql("ANALYZE finops_prices")
+
+    def _write_found(self, found: Any) -> None:
+        """Everything found into the table: new ones inserted, known ones updated (and
+        reopened if they had been resolved)."""
+        f, p = found.c, _PRICES.c
+        columns = [
+            f.policy_name,
+            f.resource_pk,
+            f.action,
+            f.params,
+            f.evidence,
+            case((f.sig.is_(None), f.saving), else_=p.usd).label("saving"),
+        ]
+        joined = found.outerjoin(
+            _PRICES,
+            and_(
+                p.policy_name == f.policy_name,
+                p.region == f.region,
+                p.state == f.state,
+                p.sig == f.sig,
+            ),
         )
         connection = self._session.connection()
-        connection.exec_driver_sql("DROP TABLE IF EXISTS finops_hits")
-        into = scan.into("finops_hits", temporary=True)
-        t0 = time.perf_counter()
-        connection.execute(into)
-        self.timings[f"scan {kind.value}"] = time.perf_counter() - t0
-        hits = into.table
-        priced = self._price_hits(connection, hits, [p for p, _ in compiled], kind)
-        branches = []
-        for i, (policy, _) in enumerate(compiled):
-            if (policy.action.name, kind) in SAVES_MONTHLY_COST:
-                saving: Any = hits.c.cost
-                origin: Any = hits
-            else:
-                saving = priced.c.usd
-                origin = hits.outerjoin(
-                    priced,
-                    and_(
-                        priced.c.policy == policy.name,
-                        priced.c.region == hits.c.region,
-                        priced.c.state == hits.c.state,
-                        priced.c.sig == hits.c.sig,
-                    ),
-                )
-            branches.append(
-                select(
-                    literal(policy.name),
-                    hits.c.rid,
-                    literal(policy.action.name),
-                    literal(dict(policy.action.params), OpportunityRow.params.type),
-                    self._evidence(policy, hits, tag_keys, specs),
-                    saving,
-                    literal("open"),
-                    literal(self._now, OpportunityRow.first_found.type),
-                    literal(self._now, OpportunityRow.last_seen.type),
-                )
-                .select_from(origin)
-                .where(hits.c[f"p{i}"].is_(True))
+        if self._dialect == "postgresql":
+            source = (
+                select(*columns)
+                .select_from(joined)
+                .compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})
             )
-        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        stmt = insert(OpportunityRow).from_select(_INSERTED, union_all(*branches))
+            now = bindparam("now", self._now, type_=OpportunityRow.last_seen.type)
+            connection.execute(text(_MERGE.format(found=source)).bindparams(now))
+            return
+        names = ["policy_name", "resource_pk", "action", "params", "evidence"]
+        stmt = sqlite.insert(OpportunityRow).from_select(
+            [*names, "estimated_monthly_savings", "status", "first_found", "last_seen"],
+            select(
+                *columns,
+                literal("open"),
+                literal(self._now, OpportunityRow.first_found.type),
+                literal(self._now, OpportunityRow.last_seen.type),
+            )
+            .select_from(joined)
+            .where(true()),  # SQLite needs a WHERE before ON CONFLICT
+        )
         stmt = stmt.on_conflict_do_update(
             index_elements=["policy_name", "resource_pk"],
             set_={
@@ -237,148 +419,24 @@ class StoredPolicyEvaluator:
             }
             | {"resolved_at": None, "savings_unknown": None},
         )
-        t0 = time.perf_counter()
         connection.execute(stmt)
-        self.timings[f"write {kind.value}"] = time.perf_counter() - t0
-        connection.exec_driver_sql("DROP TABLE finops_hits")
-        connection.exec_driver_sql("DROP TABLE IF EXISTS finops_priced")
-        return {p.name for p, _ in compiled}
 
-    def _price_hits(
-        self, connection: Any, hits: Any, policies: list[Policy], kind: ResourceKind
-    ) -> Table:
-        """Price each distinct (region, state, signature) of the hits once per policy."""
-        priced = Table(
-            "finops_priced",
-            MetaData(),
-            Column("policy", String),
-            Column("region", String),
-            Column("state", String),
-            Column("sig", String),
-            Column("usd", Float),
-            Column("why", String),
-            prefixes=["TEMPORARY"],
-        )
-        needing = [p for p in policies if (p.action.name, kind) not in SAVES_MONTHLY_COST]
-        connection.exec_driver_sql("DROP TABLE IF EXISTS finops_priced")
-        priced.create(connection)
-        if not needing:
-            return priced
-        signatures = connection.execute(
-            select(hits.c.region, hits.c.state, hits.c.sig).distinct()
-        ).all()
-        rows = []
-        for policy in needing:
-            params = dict(policy.action.params)
-            for region, state, sig in signatures:
-                stub = pricing_stub(kind, region, state, json.loads(sig) if sig else [])
-                s = estimate_savings(policy.action.name, stub, self._prices, params)
-                rows.append(
-                    {
-                        "policy": policy.name,
-                        "region": region,
-                        "state": state,
-                        "sig": sig,
-                        "usd": s.monthly_usd,
-                        "why": s.unknown,
-                    }
-                )
-        if rows:
-            connection.execute(priced.insert(), rows)
-        return priced
-
-    def _evidence(
-        self, policy: Policy, hits: Any, tag_keys: list[str], specs: list[MetricSpec]
-    ) -> ColumnElement[Any]:
+    def _evidence(self, policy: Policy, hits: Any, specs: list[MetricSpec]) -> Any:
         """The tag values and metric summaries the policy looked at, as a JSON object."""
         pairs: list[Any] = []
         for leaf in leaves(policy.filters):
             if isinstance(leaf, ValueFilter) and leaf.key.startswith("tag:"):
-                pairs += [leaf.key, hits.c[f"t{tag_keys.index(leaf.key[4:])}"]]
+                pairs += [leaf.key, hits.c.tags[leaf.key[4:]].as_string()]
             elif isinstance(leaf, MetricsFilter):
                 s = leaf.spec
                 pairs += [
                     f"metric.{s.metric}.{s.statistic}.{s.days}d",
                     hits.c[f"v{specs.index(s)}"],
                 ]
-        if not pairs:
-            return literal({}, OpportunityRow.evidence.type)
         build = func.jsonb_build_object if self._dialect == "postgresql" else func.json_object
-        return typing.cast(ColumnElement[Any], build(*pairs))
-
-    # -- savings by pricing signature -----------------------------------------------------
-    def _price_by_signature(self, policy: Policy) -> None:
-        r, o = ResourceRow, OpportunityRow
-        signature = self._signature(policy.kind)
-        mine = and_(o.policy_name == policy.name, o.last_seen == self._now)
-        distinct = self._session.execute(
-            select(r.region, r.state, signature)
-            .distinct()
-            .join(o, o.resource_pk == r.id)
-            .where(mine)
-        ).all()
-        if not distinct:
-            return
-        params = dict(policy.action.params)
-        priced = []
-        for region, state, sig in distinct:
-            stub = pricing_stub(policy.kind, region, state, json.loads(sig) if sig else [])
-            s = estimate_savings(policy.action.name, stub, self._prices, params)
-            priced.append(
-                {
-                    "region": region,
-                    "state": state,
-                    "sig": sig,
-                    "usd": s.monthly_usd,
-                    "why": s.unknown,
-                }
-            )
-        table = Table(
-            "finops_priced",
-            MetaData(),
-            Column("region", String),
-            Column("state", String),
-            Column("sig", String),
-            Column("usd", Float),
-            Column("why", String),
-            prefixes=["TEMPORARY"],
-        )
-        connection = self._session.connection()
-        table.drop(connection, checkfirst=True)
-        table.create(connection)
-        connection.execute(table.insert(), priced)
-        self._session.execute(
-            update(o)
-            .where(
-                mine,
-                o.resource_pk == r.id,
-                r.region == table.c.region,
-                r.state == table.c.state,
-                signature == table.c.sig,
-            )
-            .values(estimated_monthly_savings=table.c.usd, savings_unknown=table.c.why)
-            .execution_options(synchronize_session=False)
-        )
-        table.drop(connection)
-
-    def _signature(self, kind: ResourceKind) -> ColumnElement[Any]:
-        """The pricing fields of a resource as one JSON array text (the same text both ways)."""
-        fields = PRICING_FIELDS[kind]
-        if self._dialect == "postgresql":
-            parts = [ResourceRow.attributes[tuple(f.split("."))] for f in fields]
-            return typing.cast(ColumnElement[Any], func.jsonb_build_array(*parts).cast(String))
-        paths = [func.json_extract(ResourceRow.attributes, "$." + f) for f in fields]
-        return typing.cast(ColumnElement[Any], func.json_array(*paths))
+        return build(*pairs)
 
     # -- bookkeeping ----------------------------------------------------------------------
-    def _counts(self, policies: list[str]) -> dict[str, int]:
-        rows = self._session.execute(
-            select(OpportunityRow.policy_name, func.count())
-            .where(OpportunityRow.policy_name.in_(policies), OpportunityRow.last_seen == self._now)
-            .group_by(OpportunityRow.policy_name)
-        )
-        return {name: int(n) for name, n in rows}
-
     def _resolve(self, policies: list[str]) -> int:
         result = self._session.execute(
             update(OpportunityRow)

@@ -1,10 +1,25 @@
-"""The stored evaluator's fallback: one policy evaluated in Python on its kind's live rows."""
+"""The stored evaluator's fallback: one policy evaluated in Python on its kind's live rows,
+then priced by the distinct pricing signatures of what it found."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import typing
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Float,
+    MetaData,
+    String,
+    Table,
+    and_,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from backend.core.models import MetricSummaryRow, OpportunityRow, ResourceRow
@@ -12,6 +27,7 @@ from backend.core.repositories import to_resource
 from backend.core.upsert import upsert_rows
 from backend.domain.policy.evaluate import EvaluationContext, evaluate
 from backend.domain.policy.model import Policy, PolicyPack
+from backend.domain.pricing import PRICING_FIELDS, PriceTable, estimate_savings, pricing_stub
 from backend.domain.resources import MetricSpec, ResourceKind
 
 UPDATED_ON_CONFLICT = (
@@ -76,3 +92,65 @@ def evaluate_in_python(session: Session, policy: Policy, now: dt.datetime) -> in
         update_columns=UPDATED_ON_CONFLICT,
     )
     return len(found)
+
+
+def price_by_signature(
+    session: Session, policy: Policy, now: dt.datetime, prices: PriceTable
+) -> None:
+    """Price the opportunities `policy` found at `now`: each distinct signature once."""
+    r, o = ResourceRow, OpportunityRow
+    dialect = session.get_bind().dialect.name
+    sig_of = signature(dialect, policy.kind)
+    mine = and_(o.policy_name == policy.name, o.last_seen == now)
+    distinct = session.execute(
+        select(r.region, r.state, sig_of).distinct().join(o, o.resource_pk == r.id).where(mine)
+    ).all()
+    if not distinct:
+        return
+    params = dict(policy.action.params)
+    priced = []
+    for region, state, sig in distinct:
+        stub = pricing_stub(policy.kind, region, state, json.loads(sig) if sig else [])
+        s = estimate_savings(policy.action.name, stub, prices, params)
+        priced.append(
+            {"region": region, "state": state, "sig": sig, "usd": s.monthly_usd, "why": s.unknown}
+        )
+    table = Table(
+        "finops_priced",
+        MetaData(),
+        Column("region", String),
+        Column("state", String),
+        Column("sig", String),
+        Column("usd", Float),
+        Column("why", String),
+        prefixes=["TEMPORARY"],
+    )
+    connection = session.connection()
+    table.drop(connection, checkfirst=True)
+    table.create(connection)
+    connection.execute(table.insert(), priced)
+    session.execute(
+        update(o)
+        .where(
+            mine,
+            o.resource_pk == r.id,
+            r.region == table.c.region,
+            r.state == table.c.state,
+            sig_of == table.c.sig,
+        )
+        .values(estimated_monthly_savings=table.c.usd, savings_unknown=table.c.why)
+        .execution_options(synchronize_session=False)
+    )
+    table.drop(connection)
+
+
+def signature(
+    dialect: str, kind: ResourceKind, attributes: Any = ResourceRow.attributes
+) -> ColumnElement[Any]:
+    """The pricing fields of a resource as one JSON array text (the same text both ways)."""
+    fields = PRICING_FIELDS[kind]
+    if dialect == "postgresql":
+        parts = [attributes[tuple(f.split("."))] for f in fields]
+        return typing.cast(ColumnElement[Any], func.jsonb_build_array(*parts).cast(String))
+    paths = [func.json_extract(attributes, "$." + f) for f in fields]
+    return typing.cast(ColumnElement[Any], func.json_array(*paths))
