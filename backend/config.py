@@ -79,6 +79,14 @@ class Settings(BaseSettings):
     max_percent_of_fleet_per_run: float = Field(default=10.0, ge=0, le=100)
     approval_ttl_hours: float = Field(default=24.0, gt=0)
     action_deadline_minutes: float = Field(default=30.0, gt=0)
+    # The distributed runtime (REDIS_URL set): Celery workers and beat.
+    # The runbook's recovery step deletes /tmp/celerybeat-schedule: beat rebuilds it.
+    beat_schedule_path: Path = Field(default=Path("/tmp/celerybeat-schedule"))
+    dispatch_interval_seconds: float = Field(default=30.0, gt=0)  # due actions re-enqueued
+    heartbeat_interval_seconds: float = Field(default=15.0, gt=0)
+    heartbeat_stale_seconds: float = Field(default=300.0, gt=0)  # a worker this quiet is gone
+    # An unacknowledged task goes back to the queue after this long (a killed worker's).
+    task_visibility_timeout_seconds: int = Field(default=900, ge=10)
 
     @field_validator(
         "accounts",

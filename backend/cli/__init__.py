@@ -16,6 +16,7 @@ def main() -> None:
         emergency,
         policy,
         rollback_watch,
+        runtime,
         scan,
         serve,
         users,

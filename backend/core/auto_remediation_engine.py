@@ -48,7 +48,8 @@ from backend.providers.aws.retry import describe_error
 from backend.providers.aws.session import AwsClients
 
 S = ActionState
-HEARTBEAT_STALE = dt.timedelta(minutes=5)  # a worker silent this long is presumed dead
+# FINOPS_HEARTBEAT_STALE_SECONDS' default; the API's readiness and metrics still use this.
+HEARTBEAT_STALE = dt.timedelta(minutes=5)
 FAILURE_RATE_ALERT = 0.5  # the runbook's P1 threshold
 AUDIT_OK = "audit logging OK"  # how AuditLogger.test_logging() reports success
 FIND_FAILED = "list failed ones with `finops actions list --state failed`"
@@ -112,12 +113,24 @@ class AutoRemediationEngine:
         )
         self.policies = policies or PolicyManager()
         self.pack = pack
-        self.dispatcher: Dispatcher = dispatcher or InProcessDispatcher()
+        self._dispatcher = dispatcher
         self._clock = clock
 
     @property
     def settings(self) -> Settings:
         return self._settings or get_settings()
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """In-process when embedded; with REDIS_URL, the Celery queues (chosen on first use)."""
+        if self._dispatcher is None:
+            if self.settings.redis_url:
+                from backend.runtime.dispatch import CeleryDispatcher
+
+                self._dispatcher = CeleryDispatcher()
+            else:
+                self._dispatcher = InProcessDispatcher()
+        return self._dispatcher
 
     def _aws(self) -> AwsClients:
         self._clients = self._clients or AwsClients(endpoint_url=self.settings.aws_endpoint_url)
@@ -193,6 +206,8 @@ class AutoRemediationEngine:
                     self._activity(session, status, self._clock(), in_process)
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"actions: {_why(exc)}")
+        if self.settings.redis_url:
+            self._distributed(status)
         try:
             failed = self.notifier.failed_notifications(hours=24)
             n = len(self.notifier.channels())
@@ -208,20 +223,43 @@ class AutoRemediationEngine:
             status.state = "degraded (" + ", ".join(p.split(":")[0] for p in problems) + ")"
         return status
 
+    def _distributed(self, status: EngineStatus) -> None:
+        """What only Redis knows: the queues' lengths, and the shared circuit breakers."""
+        import redis
+
+        from backend.providers.aws.breakers import BreakerRegistry
+
+        url = self.settings.redis_url or ""
+        try:
+            client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+            queued = {q: int(client.llen(q)) for q in ("scans", "actions", "notifications")}
+            status.backlog += "; queued: " + ", ".join(f"{q} {n}" for q, n in queued.items())
+            breakers = BreakerRegistry(url).states()
+            opened = [b for b in breakers if b.state != "closed"]
+            status.circuit_breakers = (
+                "; ".join(f"{b.key.label} {b.state} ({b.last_error})" for b in opened)
+                or f"{len(breakers)} known, none open"
+            )
+            if opened:
+                status.problems.append(f"circuit breakers: {len(opened)} open")
+        except Exception as exc:  # noqa: BLE001
+            status.problems.append(f"redis: {_why(exc)}")
+
     def _activity(
         self, session: Session, status: EngineStatus, now: dt.datetime, in_process: bool
     ) -> None:
         beats = list(
             session.scalars(select(WorkerHeartbeatRow).order_by(WorkerHeartbeatRow.worker))
         )
-        fresh = [b for b in beats if now - b.last_seen <= HEARTBEAT_STALE]
+        stale = dt.timedelta(seconds=self.settings.heartbeat_stale_seconds)
+        fresh = [b for b in beats if now - b.last_seen <= stale]
         status.workers = [
             f"{b.worker} last heartbeat {_ago(now - b.last_seen)} ago"
             + ("" if b in fresh else " (STALE)")
             for b in beats
         ] or ["in-process (embedded: no separate workers)" if in_process else "none seen"]
         if not in_process and not fresh:
-            status.problems.append(f"workers: no heartbeat in the last {_ago(HEARTBEAT_STALE)}")
+            status.problems.append(f"workers: no heartbeat in the last {_ago(stale)}")
         due, oldest = session.execute(
             select(func.count(), func.min(ActionRow.approved_at)).where(*_due(now))
         ).one()

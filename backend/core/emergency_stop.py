@@ -32,9 +32,11 @@ ROW_ID = 1
 
 
 class StopSignal(Protocol):
-    """Anything that can say "stop". The seam for a Redis fast path (not implemented yet)."""
+    """A fast path that can say "stop" (backend.runtime.fast_path: a Redis key)."""
 
     def is_engaged(self) -> bool: ...
+
+    def mirror(self, engaged: bool, reason: str | None) -> None: ...
 
 
 class AlertSender(Protocol):
@@ -94,8 +96,10 @@ class EmergencyStop:
         self._audit = audit
         self._notifier = notifier
         # A fast path may only add a stop, never lift one: "not engaged" there still asks
-        # the database, which stays the system of record.
+        # the database, which stays the system of record. Without one given, REDIS_URL
+        # (read on first use) makes it the Redis key every worker reads.
         self._fast_path = fast_path
+        self._fast_path_resolved = fast_path is not None
 
     # -- the brake ---------------------------------------------------------------------------
 
@@ -103,6 +107,9 @@ class EmergencyStop:
         """Engage (again): idempotent, keeps the first engagement; audited; then alerts."""
         reason, actor = _required(reason, "reason"), _required(actor, "actor")
         audit_error: str | None = None
+        # The fast path first: it can only add a stop, so setting it before the database
+        # commits is safe, and every worker reading it stops a few milliseconds sooner.
+        self._mirror(True, reason)
         try:
             # Normal path: the state and its audit event commit together (audit first).
             with self._transaction() as session:
@@ -159,7 +166,9 @@ class EmergencyStop:
             self._audit_logger().record(
                 **_event(EventType.EMERGENCY_RESUME, actor, outcome, details), session=session
             )
-            return _to_state(row)
+            state = _to_state(row)
+        self._mirror(False, None)  # after the commit: until then the fast path still stops
+        return state
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -239,9 +248,30 @@ class EmergencyStop:
             return error
         return None
 
+    def _signal(self) -> StopSignal | None:
+        if not self._fast_path_resolved:
+            self._fast_path_resolved = True
+            from backend.config import get_settings
+            from backend.core.stop_fast_path import RedisStopSignal
+
+            url = get_settings().redis_url
+            self._fast_path = RedisStopSignal(url) if url else None
+        return self._fast_path
+
+    def _mirror(self, engaged: bool, reason: str | None) -> None:
+        try:
+            signal = self._signal()
+            if signal is not None:
+                signal.mirror(engaged, reason)
+        except Exception as exc:  # noqa: BLE001 - the database is the record; say so loudly
+            what = "set" if engaged else "cleared"
+            print(f"EMERGENCY STOP: fast path not {what}: {exc}", file=sys.stderr)
+            log.error("emergency stop fast path not updated", engaged=engaged, error=str(exc))
+
     def _fast_path_engaged(self) -> bool:
         try:
-            return self._fast_path is not None and self._fast_path.is_engaged()
+            signal = self._signal()
+            return signal is not None and signal.is_engaged()
         except Exception as exc:  # noqa: BLE001 - the database still decides
             log.warning("emergency stop fast path failed", error=str(exc))
             return False

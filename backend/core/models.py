@@ -301,3 +301,25 @@ class WorkerHeartbeatRow(Base):
     worker: Mapped[str] = mapped_column(String(256), primary_key=True)
     last_seen: Mapped[dt.datetime] = mapped_column(default=utcnow)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class PolicyCycleRow(Base):
+    """One scheduled (or requested) cycle of a policy: scan its parts, then plan.
+
+    (policy, slot) is unique, so a cron slot starts once however many schedulers fire it
+    (beat restarted, its schedule file deleted); the reconciler restarts a cycle whose scan
+    parts were lost with a flushed broker.
+    """
+
+    __tablename__ = "policy_cycles"
+    __table_args__ = (UniqueConstraint("policy_name", "slot", name="uq_policy_cycles_slot"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    policy_name: Mapped[str] = mapped_column(String(128))
+    slot: Mapped[str] = mapped_column(String(64))  # the cron time, or "manual:<uuid>"
+    state: Mapped[str] = mapped_column(String(16))  # scanning | planned | failed
+    parts_total: Mapped[int] = mapped_column(Integer, default=0)
+    parts_done: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)

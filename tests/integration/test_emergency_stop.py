@@ -45,6 +45,9 @@ class Signal:
             raise TimeoutError("redis timed out")
         return self.engaged
 
+    def mirror(self, engaged: bool, reason: str | None) -> None:
+        self.engaged = engaged
+
 
 @pytest.fixture
 def db(any_database: str) -> str:

@@ -77,6 +77,16 @@ class Schedule:
         )
         return result
 
+    def latest_at_or_before(self, moment: dt.datetime) -> dt.datetime:
+        """The run time at or before `moment` (aware): the slot a run at `moment` belongs to."""
+        if moment.tzinfo is None:
+            raise ValueError("moment must be time zone aware")
+        local = moment.astimezone(self.zone)
+        if croniter.match(self.cron, local.replace(second=0, microsecond=0)):
+            return local.replace(second=0, microsecond=0)
+        result: dt.datetime = croniter(self.cron, local).get_prev(dt.datetime)
+        return result
+
     def is_due(self, last_run: dt.datetime, now: dt.datetime) -> bool:
         """Whether a run fell due after `last_run`, up to and including `now`."""
         return self.next_after(last_run) <= now

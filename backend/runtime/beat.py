@@ -1,0 +1,70 @@
+"""Beat's schedule, built from the policies each time the scheduler starts.
+
+One entry per distinct (cron, time zone) among the enabled policies, naming its policies; and
+the reconciler's tick. The schedule file (settings.beat_schedule_path, /tmp/celerybeat-schedule
+in the container) only remembers last run times: deleted, it is rebuilt from the policies, and
+a slot that already ran does not run again because its cycle row in PostgreSQL is unique.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from celery.schedules import BaseSchedule, schedstate, schedule
+
+from backend.config import Settings
+from backend.domain.policy.model import PolicyPack, Schedule
+
+
+class PolicyCron(BaseSchedule):
+    """A policy's cron expression, read in its own time zone (croniter, as the planner does)."""
+
+    def __init__(self, cron: str, timezone: str = "UTC", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cron = Schedule(cron, timezone)
+
+    def _aware(self, moment: dt.datetime) -> dt.datetime:
+        return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+    def remaining_estimate(self, last_run_at: dt.datetime) -> dt.timedelta:
+        now = self._aware(self.now())
+        return self.cron.next_after(self._aware(last_run_at)) - now
+
+    def is_due(self, last_run_at: dt.datetime) -> schedstate:
+        now = self._aware(self.now())
+        due = self.cron.next_after(self._aware(last_run_at)) <= now
+        following = self.cron.next_after(now) - now
+        return schedstate(due, max(following.total_seconds(), 1.0))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.cron.cron, self.cron.timezone))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PolicyCron) and other.cron == self.cron
+
+    def __hash__(self) -> int:
+        return hash(self.cron)
+
+    def __repr__(self) -> str:
+        return f"<PolicyCron {self.cron.cron} {self.cron.timezone}>"
+
+
+def beat_schedule(pack: PolicyPack, settings: Settings) -> dict[str, dict[str, Any]]:
+    groups: dict[Schedule, list[str]] = {}
+    for policy in pack.enabled():
+        if policy.schedule is not None:
+            groups.setdefault(policy.schedule, []).append(policy.name)
+    entries: dict[str, dict[str, Any]] = {
+        f"cycle {s.cron} {s.timezone}": {
+            "task": "finops.start_cycle",
+            "schedule": PolicyCron(s.cron, s.timezone),
+            "kwargs": {"policies": sorted(names), "cron": s.cron, "timezone": s.timezone},
+        }
+        for s, names in sorted(groups.items(), key=lambda item: (item[0].cron, item[0].timezone))
+    }
+    entries["reconcile"] = {
+        "task": "finops.reconcile",
+        "schedule": schedule(dt.timedelta(seconds=settings.dispatch_interval_seconds)),
+    }
+    return entries

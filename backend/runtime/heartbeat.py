@@ -1,0 +1,54 @@
+"""Each worker process says it is alive, in PostgreSQL, every few seconds.
+
+The reconciler trusts an executing action to a worker whose heartbeat is fresh, and
+`get_status()` / `/health/ready` list the workers by their last heartbeat. The name is the
+one the engine claims actions with (host:pid), so a claim can be matched to its worker.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import structlog
+from sqlalchemy.dialects import postgresql, sqlite
+
+from backend.core.action_engine import worker_name
+from backend.core.database import session_scope
+from backend.core.models import WorkerHeartbeatRow
+from backend.core.types import utcnow
+
+log = structlog.get_logger(__name__)
+_started: dict[int, threading.Event] = {}  # per process id: forks start their own
+
+
+def beat_once(queues: list[str]) -> None:
+    with session_scope() as session:
+        dialect = session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        now = utcnow()
+        values = {"worker": worker_name(), "last_seen": now, "details": {"queues": queues}}
+        session.execute(
+            insert(WorkerHeartbeatRow)
+            .values(**values)
+            .on_conflict_do_update(index_elements=["worker"], set_={"last_seen": now})
+        )
+
+
+def start(interval: float, queues: list[str]) -> threading.Event:
+    """Start this process's heartbeat thread (once); set the returned event to stop it."""
+    pid = os.getpid()
+    if pid in _started:
+        return _started[pid]
+    stop = _started[pid] = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                beat_once(queues)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is visible as staleness
+                log.warning("heartbeat not written", error=str(exc))
+            stop.wait(interval)
+
+    threading.Thread(target=run, name="finops-heartbeat", daemon=True).start()
+    return stop
