@@ -64,7 +64,7 @@ def scheduler(loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO") -> 
     from backend.core.migrations import ensure_schema
     from backend.core.policy_manager import PolicyManager
     from backend.core.types import utcnow
-    from backend.runtime.beat import beat_schedule
+    from backend.runtime.beat import FileScheduler, beat_schedule
     from backend.runtime.celery_app import app as celery
 
     ensure_schema()
@@ -76,4 +76,5 @@ def scheduler(loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO") -> 
     console.print(f"{len(entries)} schedule entries; schedule file {path}", highlight=False)
     for name, entry in entries.items():
         console.print(f"  {name}: {entry['schedule']!r}", highlight=False, markup=False)
-    celery.Beat(schedule=str(path), loglevel=loglevel).run()
+    scheduler_cls = f"{FileScheduler.__module__}:{FileScheduler.__name__}"
+    celery.Beat(schedule=str(path), scheduler=scheduler_cls, loglevel=loglevel).run()

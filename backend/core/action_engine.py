@@ -299,6 +299,14 @@ class ActionEngine:
 
     def retry(self, action_id: int, actor: str) -> ActionOutcome:
         """A failed action goes back to approved, then runs again through every check."""
+        self.reapprove(action_id, actor)
+        report = self.execute([action_id], dry_run=False, triggered_by=actor)
+        if report.stopped_by:
+            return ActionOutcome(action_id, "stopped", report.stopped_by)
+        return report.outcomes[0] if report.outcomes else ActionOutcome(action_id, "skipped")
+
+    def reapprove(self, action_id: int, actor: str) -> None:
+        """Failed -> approved (audited): due again, to be claimed like any approved action."""
         with session_scope() as session:
             row = session.get(ActionRow, action_id)
             if row is None:
@@ -313,7 +321,3 @@ class ActionEngine:
                 details={"retry": True, "last_error": row.error},
             )
             row.error = None
-        report = self.execute([action_id], dry_run=False, triggered_by=actor)
-        if report.stopped_by:
-            return ActionOutcome(action_id, "stopped", report.stopped_by)
-        return report.outcomes[0] if report.outcomes else ActionOutcome(action_id, "skipped")

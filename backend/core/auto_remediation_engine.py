@@ -316,7 +316,16 @@ class AutoRemediationEngine:
         if dry_run:
             echo("DRY-RUN: it would be retried and stays failed; FINOPS_DRY_RUN=false to retry")
             return ActionOutcome(ident, "would-execute", "dry-run: not retried")
-        outcome = self._engine().retry(ident, actor or default_actor())
+        engine, who = self._engine(), actor or default_actor()
+        if self.dispatcher.name == "in-process":
+            outcome = engine.retry(ident, who)
+        else:  # distributed: approved again, and queued for a worker like any other
+            engine.reapprove(ident, who)
+            run = self.dispatcher.run(engine, [ident], dry_run=False, triggered_by=who)
+            queued = ident in run.batch and not run.stopped_by
+            outcome = ActionOutcome(
+                ident, "queued" if queued else "stopped", run.stopped_by or "queued for a worker"
+            )
         echo(f"retried: {outcome.result} {outcome.detail}".rstrip())
         return outcome
 

@@ -9,12 +9,19 @@ a slot that already ran does not run again because its cycle row in PostgreSQL i
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+from pathlib import Path
 from typing import Any
 
+import structlog
+from celery.beat import Scheduler
 from celery.schedules import BaseSchedule, schedstate, schedule
 
 from backend.config import Settings
 from backend.domain.policy.model import PolicyPack, Schedule
+
+log = structlog.get_logger(__name__)
 
 
 class PolicyCron(BaseSchedule):
@@ -68,3 +75,48 @@ def beat_schedule(pack: PolicyPack, settings: Settings) -> dict[str, dict[str, A
         "schedule": schedule(dt.timedelta(seconds=settings.dispatch_interval_seconds)),
     }
     return entries
+
+
+class FileScheduler(Scheduler):
+    """Beat's memory of each entry's last run, in exactly one JSON file at the configured path.
+
+    Celery's own PersistentScheduler keeps a shelve whose files get backend-dependent names
+    (`.db`, or `.dat`/`.dir`/`.bak`), so the runbook's `rm -f /tmp/celerybeat-schedule` could
+    miss them. Here the path is the file. A missing or unreadable file means no memory: every
+    entry waits for its next time, and a slot that already ran is refused by its unique cycle.
+    """
+
+    def __init__(self, *args: Any, schedule_filename: str | None = None, **kwargs: Any) -> None:
+        self.path = Path(schedule_filename or "celerybeat-schedule")
+        super().__init__(*args, **kwargs)
+
+    def setup_schedule(self) -> None:
+        self.merge_inplace(self.app.conf.beat_schedule)
+        for name, last in self._saved().items():
+            entry = self.schedule.get(name)
+            if entry is not None:
+                entry.last_run_at = last
+        self.sync()
+
+    def _saved(self) -> dict[str, dt.datetime]:
+        try:
+            raw = json.loads(self.path.read_text())
+            return {k: dt.datetime.fromisoformat(v) for k, v in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            log.warning("beat schedule file unreadable: starting afresh", error=str(exc))
+            return {}
+
+    def sync(self) -> None:
+        data = {
+            name: entry.last_run_at.isoformat()
+            for name, entry in self.schedule.items()
+            if entry.last_run_at is not None
+        }
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(temporary, self.path)  # never a half-written file
+
+    def close(self) -> None:
+        self.sync()

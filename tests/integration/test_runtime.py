@@ -6,6 +6,8 @@ run exactly once across workers; the emergency stop reaches the workers.
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +25,13 @@ from backend.core.types import utcnow
 from backend.runtime.celery_app import app, celery_config
 from tests.integration.aws_fleet import ROLE_NAME, SECOND_ACCOUNT, assumed_credentials, seed_region
 from tests.support.servers import scratch_postgres_database
-from tests.support.workers import RUNTIME_REDIS_URL, redis_available, wait_until, workers
+from tests.support.workers import (
+    FINOPS,
+    RUNTIME_REDIS_URL,
+    redis_available,
+    wait_until,
+    workers,
+)
 
 pytestmark = [pytest.mark.moto_server]
 MOTO_ACCOUNT = "123456789012"
@@ -120,3 +128,32 @@ def test_a_cycle_on_workers_ends_as_the_embedded_one(
                 assert (cycle.parts_done, cycle.state) == (4, "planned")
         dispose_engines()
     assert got == expected
+
+
+def test_the_scheduler_rebuilds_a_deleted_schedule_file(
+    postgres_url: str,
+    broker: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The runbook's recovery deletes beat's schedule file: beat starts again from the
+    policies (and a cron slot that already ran does not run twice: its cycle row is unique,
+    see the test above)."""
+    schedule = tmp_path / "celerybeat-schedule"
+    monkeypatch.setenv("FINOPS_BEAT_SCHEDULE_PATH", str(schedule))
+    reset_settings_cache()
+    upgrade()
+    for attempt in (1, 2):
+        log = tmp_path / f"scheduler-{attempt}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([FINOPS, "scheduler"], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda f=log: "beat: Starting" in f.read_text(), 60, "beat to start")
+            wait_until(schedule.exists, 30, "the schedule file")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        text = log.read_text()
+        assert "schedule entries" in text and "reconcile" in text, text
+        assert "reconcile" in json.loads(schedule.read_text())  # one file, at that path
+        schedule.unlink()  # as the runbook does: rm -f /tmp/celerybeat-schedule

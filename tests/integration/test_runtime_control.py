@@ -1,0 +1,104 @@
+"""The runbook's AutoRemediationEngine against real workers: status, the emergency stop
+(persisted, in Redis, broadcast), and a retry that re-queues a failed action."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import select
+
+from backend.config import reset_settings_cache
+from backend.core.auto_remediation_engine import AutoRemediationEngine
+from backend.core.database import session_scope
+from backend.core.emergency_stop import EmergencyStop
+from backend.core.models import ActionRow, WorkerHeartbeatRow
+from backend.core.stop_fast_path import STOP_KEY
+from backend.runtime.celery_app import app
+from tests.integration.execution_fleet import Fleet, seed_fleet
+from tests.integration.execution_support import PACK, scan_and_plan
+from tests.integration.test_runtime import broker  # noqa: F401 - a fixture
+from tests.support.workers import Workers, wait_until, workers
+
+pytestmark = [pytest.mark.moto_server]
+
+
+@pytest.fixture
+def fleet(
+    moto_url: str,
+    postgres_url: str,
+    broker: redis.Redis,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> Iterator[Fleet]:
+    pack_file = tmp_path / "pack.yml"
+    pack_file.write_text(PACK)
+    monkeypatch.setenv("FINOPS_POLICY_PATHS", str(pack_file))
+    monkeypatch.setenv("FINOPS_DRY_RUN", "false")
+    monkeypatch.setenv("FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN", "100")
+    reset_settings_cache()
+    fleet = seed_fleet(moto_url, idle=6)
+    scan_and_plan(requested_by="planner")
+    yield fleet
+
+
+def actions() -> dict[int, ActionRow]:
+    with session_scope() as session:
+        return {
+            r.id: r for r in session.scalars(select(ActionRow).where(ActionRow.action == "stop"))
+        }
+
+
+def live_workers() -> int:
+    with session_scope() as session:
+        return len(session.scalars(select(WorkerHeartbeatRow)).all())
+
+
+def test_stop_status_resume_and_retry_on_workers(
+    fleet: Fleet,
+    broker: redis.Redis,
+    tmp_path: Path,  # noqa: F811
+) -> None:
+    engine = AutoRemediationEngine()
+    assert engine.dispatcher.name == "celery"
+    with workers(tmp_path, 2) as pool:
+        wait_until(lambda: live_workers() == 2, 60, "two worker heartbeats")
+        status = engine.get_status()
+        assert status.state == "running", status.problems
+        assert len(status.workers) == 2 and all("STALE" not in w for w in status.workers)
+        assert "queued: scans" in status.backlog
+
+        # the stop first: persisted, mirrored in Redis, broadcast; then nothing is claimed
+        result = engine.emergency_stop(reason="runtime test", actor="oncall")
+        assert broker.get(STOP_KEY) == b"runtime test"
+        assert any("2 worker(s) acknowledged" in n for n in result.notes), result.notes
+        app.send_task("finops.dispatch_due")
+        time.sleep(3)
+        assert {r.state for r in actions().values() if r.state != "blocked"} == {"approved"}
+        assert engine.get_status().state.startswith("stopped")
+
+        # released: the workers take up actions again at the reconciler's tick
+        EmergencyStop().release("admin", is_admin=True)
+        assert broker.get(STOP_KEY) is None
+        app.send_task("finops.reconcile")
+        wait_until(
+            lambda: all(r.state in ("succeeded", "blocked") for r in actions().values()),
+            60,
+            "the approved stops to run",
+        )
+
+        # a failed action, retried: judged again, approved, and queued for a worker
+        failed = next(r for r in actions().values() if r.state == "succeeded")
+        fleet.ec2().start_instances(InstanceIds=[failed.resource_id])
+        with session_scope() as session:
+            row = session.get(ActionRow, failed.id)
+            assert row is not None
+            row.state, row.error = "failed", "made to fail by the test"
+        outcome = engine.retry_action(failed.id, actor="oncall", dry_run=False)
+        assert outcome.result == "queued", outcome
+        wait_until(lambda: actions()[failed.id].state == "succeeded", 60, "the retry to run")
+        assert fleet.instance_state(failed.resource_id) == "stopped"
+        assert not pool.logs().count("Traceback"), pool.logs()
