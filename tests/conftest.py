@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from backend.config import reset_settings_cache
 from backend.core.database import dispose_engines
@@ -90,3 +91,23 @@ def any_database(
             monkeypatch.setenv("DATABASE_URL", url)
             reset_settings_cache()
             yield url
+
+
+@pytest.fixture
+def broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    """A Redis database of the runtime tests' own (flushed), REDIS_URL pointing at it, and
+    the test process's Celery app configured to send there."""
+    from backend.config import get_settings
+    from backend.runtime.celery_app import app, celery_config
+    from tests.support.workers import RUNTIME_REDIS_URL, redis_available
+
+    if not redis_available():
+        pytest.fail(f"Redis is not reachable at {RUNTIME_REDIS_URL}; start it (.ci/run does)")
+    client = redis.Redis.from_url(RUNTIME_REDIS_URL)
+    client.flushdb()
+    monkeypatch.setenv("REDIS_URL", RUNTIME_REDIS_URL)
+    monkeypatch.setenv("FINOPS_HEARTBEAT_INTERVAL_SECONDS", "1")
+    reset_settings_cache()
+    app.conf.update(celery_config(get_settings()))
+    yield client
+    client.flushdb()

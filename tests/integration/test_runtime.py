@@ -8,27 +8,25 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from sqlalchemy import select
 
-from backend.config import get_settings, reset_settings_cache
+from backend.config import reset_settings_cache
 from backend.core.auto_remediation_engine import AutoRemediationEngine
 from backend.core.database import dispose_engines, session_scope
 from backend.core.migrations import upgrade
 from backend.core.models import ActionRow, OpportunityRow, PolicyCycleRow, ResourceRow
 from backend.core.policy_manager import PolicyManager
 from backend.core.types import utcnow
-from backend.runtime.celery_app import app, celery_config
+from backend.runtime.celery_app import app
 from tests.integration.aws_fleet import ROLE_NAME, SECOND_ACCOUNT, assumed_credentials, seed_region
 from tests.support.servers import scratch_postgres_database
 from tests.support.workers import (
     FINOPS,
     RUNTIME_REDIS_URL,
-    redis_available,
     wait_until,
     workers,
 )
@@ -36,20 +34,6 @@ from tests.support.workers import (
 pytestmark = [pytest.mark.moto_server]
 MOTO_ACCOUNT = "123456789012"
 REGIONS = ("us-east-1", "us-west-2")
-
-
-@pytest.fixture
-def broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
-    if not redis_available():
-        pytest.fail(f"Redis is not reachable at {RUNTIME_REDIS_URL}; start it (.ci/run does)")
-    client = redis.Redis.from_url(RUNTIME_REDIS_URL)
-    client.flushdb()
-    monkeypatch.setenv("REDIS_URL", RUNTIME_REDIS_URL)
-    monkeypatch.setenv("FINOPS_HEARTBEAT_INTERVAL_SECONDS", "1")
-    reset_settings_cache()
-    app.conf.update(celery_config(get_settings()))
-    yield client
-    client.flushdb()
 
 
 def outcome() -> tuple[set[tuple[str, ...]], set[tuple[str, ...]]]:

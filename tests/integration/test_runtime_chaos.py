@@ -21,7 +21,6 @@ from backend.core.database import session_scope
 from backend.core.models import ActionRow
 from tests.integration.execution_fleet import Fleet, seed_fleet
 from tests.integration.execution_support import PACK, scan_and_plan
-from tests.integration.test_runtime import broker  # noqa: F401 - a fixture
 from tests.support.staged_fault_proxy import StagedFaultProxy
 from tests.support.workers import Workers, wait_until
 
@@ -53,7 +52,7 @@ class World:
 def world(
     moto_url: str,
     postgres_url: str,
-    broker: redis.Redis,  # noqa: F811
+    broker: redis.Redis,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> Iterator[World]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,7 @@ from backend.core.stop_fast_path import STOP_KEY
 from backend.runtime.celery_app import app
 from tests.integration.execution_fleet import Fleet, seed_fleet
 from tests.integration.execution_support import PACK, scan_and_plan
-from tests.integration.test_runtime import broker  # noqa: F401 - a fixture
-from tests.support.workers import Workers, wait_until, workers
+from tests.support.workers import wait_until, workers
 
 pytestmark = [pytest.mark.moto_server]
 
@@ -30,10 +28,10 @@ pytestmark = [pytest.mark.moto_server]
 def fleet(
     moto_url: str,
     postgres_url: str,
-    broker: redis.Redis,  # noqa: F811
+    broker: redis.Redis,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-) -> Iterator[Fleet]:
+) -> Fleet:
     pack_file = tmp_path / "pack.yml"
     pack_file.write_text(PACK)
     monkeypatch.setenv("FINOPS_POLICY_PATHS", str(pack_file))
@@ -42,7 +40,7 @@ def fleet(
     reset_settings_cache()
     fleet = seed_fleet(moto_url, idle=6)
     scan_and_plan(requested_by="planner")
-    yield fleet
+    return fleet
 
 
 def actions() -> dict[int, ActionRow]:
@@ -60,7 +58,7 @@ def live_workers() -> int:
 def test_stop_status_resume_and_retry_on_workers(
     fleet: Fleet,
     broker: redis.Redis,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     engine = AutoRemediationEngine()
     assert engine.dispatcher.name == "celery"

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import redis
 
-RUNTIME_REDIS_URL = os.environ.get("FINOPS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+# One Redis database per pytest-xdist worker (gw0 -> 11, gw1 -> 12): runtime tests running
+# side by side would otherwise flush, and consume, each other's queues.
+_XDIST = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+RUNTIME_REDIS_URL = os.environ.get(
+    "FINOPS_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{11 + _XDIST % 2}"
+)
 FINOPS = str(Path(sys.executable).with_name("finops"))
 
 
