@@ -20,6 +20,9 @@ from backend.core.types import utcnow
 
 log = structlog.get_logger(__name__)
 _started: dict[int, threading.Event] = {}  # per process id: forks start their own
+# The actions this process is executing now, in its heartbeat: an action past its deadline
+# that its (live) worker no longer lists was abandoned (say, its record could not be written).
+EXECUTING: set[int] = set()
 
 
 def beat_once(queues: list[str]) -> None:
@@ -27,11 +30,14 @@ def beat_once(queues: list[str]) -> None:
         dialect = session.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         now = utcnow()
-        values = {"worker": worker_name(), "last_seen": now, "details": {"queues": queues}}
+        details = {"queues": queues, "executing": sorted(EXECUTING)}
+        values = {"worker": worker_name(), "last_seen": now, "details": details}
         session.execute(
             insert(WorkerHeartbeatRow)
             .values(**values)
-            .on_conflict_do_update(index_elements=["worker"], set_={"last_seen": now})
+            .on_conflict_do_update(
+                index_elements=["worker"], set_={"last_seen": now, "details": details}
+            )
         )
 
 

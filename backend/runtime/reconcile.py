@@ -34,19 +34,20 @@ VERIFY_WAIT_SECONDS = 60.0  # a reconciliation reads; it does not wait out a lon
 
 
 def stuck_actions(svc: WorkerServices, now: dt.datetime) -> list[int]:
+    """Executing past the deadline, and its worker is gone or no longer holds it (a live
+    worker whose database went away mid-action gives up on the action; its heartbeat says
+    which actions it is executing)."""
     stale = now - dt.timedelta(seconds=svc.settings.heartbeat_stale_seconds)
     with session_scope() as session:
-        alive = {
-            w
-            for w, seen in session.execute(
-                select(WorkerHeartbeatRow.worker, WorkerHeartbeatRow.last_seen)
-            )
-            if seen >= stale
+        holding = {
+            beat.worker: set(beat.details.get("executing", []))
+            for beat in session.scalars(select(WorkerHeartbeatRow))
+            if beat.last_seen >= stale
         }
         rows = session.scalars(
             select(ActionRow).where(ActionRow.state == S.EXECUTING, ActionRow.deadline < now)
         )
-        return [r.id for r in rows if r.claimed_by not in alive]
+        return [r.id for r in rows if r.id not in holding.get(r.claimed_by or "", set())]
 
 
 def reconcile(svc: WorkerServices, action_id: int) -> str:

@@ -107,9 +107,11 @@ def dispatch_due(triggered_by: str = "scheduler") -> list[int]:
 def execute_action(action_id: int, run_id: int | None, dry_run: bool) -> dict[str, Any]:
     svc = services()
     engine = svc.engine()
+    heartbeat.EXECUTING.add(action_id)
     try:
         outcome = engine.execute_one(action_id, run_id, dry_run=dry_run)
     finally:
+        heartbeat.EXECUTING.discard(action_id)
         forget_queued(svc, action_id)
     log.info("action done", action=action_id, result=outcome.result)
     return {"action_id": outcome.action_id, "result": outcome.result, "detail": outcome.detail}

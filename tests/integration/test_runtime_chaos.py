@@ -22,6 +22,7 @@ from backend.core.models import ActionRow
 from tests.integration.execution_fleet import Fleet, seed_fleet
 from tests.integration.execution_support import PACK, scan_and_plan
 from tests.support.staged_fault_proxy import StagedFaultProxy
+from tests.support.tcp_proxy import TcpProxy
 from tests.support.workers import Workers, wait_until
 
 pytestmark = [pytest.mark.moto_server]
@@ -184,3 +185,36 @@ def test_sigkill_workers_mid_batch_and_flush_redis(world: World) -> None:
     ]
     assert reconciled, "a worker killed mid-action leaves an action for the reconciler"
     print(f"after 5 kills and a flush: {states}; reconciled after a lost worker: {reconciled}")
+
+
+def test_postgresql_stopped_mid_run(world: World, postgres_url: str) -> None:
+    """The workers' database goes away mid-batch (a proxy cuts it; the test keeps its own
+    line): nothing runs on AWS without its record, and the run resumes when it is back."""
+    from backend.runtime.celery_app import app
+
+    host = postgres_url.split("@", 1)[1].split("/", 1)[0]
+    name, port = host.rsplit(":", 1) if ":" in host else (host, "5432")
+    proxy = TcpProxy(name, int(port))
+    through = postgres_url.replace(f"@{host}/", f"@127.0.0.1:{proxy.port}/")
+    try:
+        for _ in range(2):
+            world.workers.start(env={"DATABASE_URL": through})
+        app.send_task("finops.dispatch_due")
+        wait_until(
+            lambda: sum(r.state == "succeeded" for r in rows()) >= 2, 60, "the batch to start"
+        )
+        proxy.cut()
+        time.sleep(5)
+        assert any(r.state in ("approved", "executing") for r in rows()), "finished too soon"
+        proxy.restore()
+        settle(world)
+    finally:
+        proxy.close()
+    states = assert_exactly_once_or_truthful(world)
+    assert states["succeeded"] + states.get("failed", 0) == IDLE
+    # every instance stopped in AWS has its action's record: pre-state and outcome
+    by_instance = {r.resource_id: r for r in rows()}
+    for iid in world.fleet.idle_ids:
+        if world.fleet.instance_state(iid) in ("stopping", "stopped"):
+            record = by_instance[iid]
+            assert record.pre_state and record.state in ("succeeded", "failed"), record.id

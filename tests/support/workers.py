@@ -46,14 +46,16 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.started = 0
 
-    def start(self, *, queues: str = "scans,actions,notifications") -> subprocess.Popen[bytes]:
+    def start(
+        self, *, queues: str = "scans,actions,notifications", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         self.started += 1
         log = (self.log_dir / f"worker-{self.started}.log").open("wb")
         proc = subprocess.Popen(
             [FINOPS, "worker", "--pool", "solo", "-Q", queues, "-n", f"w{self.started}@%h"],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ),
+            env={**os.environ, **(env or {})},
             start_new_session=True,
         )
         self.procs.append(proc)
