@@ -6,11 +6,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from backend.api.context import ApiContext
+from backend.api.dashboard import install_dashboard
 from backend.api.metrics import install_metrics
 from backend.api.problems import install_problem_handlers
 from backend.api.routers import (
     actions,
     audit,
+    dashboard_views,
     emergency,
     engine,
     health,
@@ -55,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         savings,
         engine,
         users,
+        dashboard_views,
     ):
         app.include_router(module.router)
+    install_dashboard(app)  # the web pages at /dashboard/, and / redirects there
     return app
