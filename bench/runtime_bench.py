@@ -86,7 +86,7 @@ def environment(moto: str, db: str, tmp: Path) -> Iterator[None]:
         reset_settings_cache()
 
 
-def seed(moto: str, n: int) -> list[str]:
+def seed(moto: str, n: int, tag: str = "bench") -> list[str]:
     ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto)
     ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     ids: list[str] = []
@@ -98,7 +98,7 @@ def seed(moto: str, n: int) -> list[str]:
             MaxCount=batch,
             InstanceType="t3.micro",
             TagSpecifications=[
-                {"ResourceType": "instance", "Tags": [{"Key": "bench", "Value": "1"}]}
+                {"ResourceType": "instance", "Tags": [{"Key": tag, "Value": "1"}]}
             ],
         )
         ids += [i["InstanceId"] for i in made["Instances"]]
@@ -179,7 +179,10 @@ def throughput(args: argparse.Namespace) -> None:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         stack.enter_context(environment(moto, db, tmp))
         redis.Redis.from_url(REDIS_URL).flushdb()
-        instance_ids = seed(moto, args.actions + 1)
+        seed(moto, args.actions + 1)
+        # The floor's own instances: no policy selects them, so the replay leaves the
+        # workers' actions alone (it stops instances for real).
+        floor_ids = seed(moto, min(args.actions, args.direct_sample), tag="floor")
         approved = plan()
         with session_scope() as session:
             from backend.core.models import ActionRow
@@ -190,8 +193,7 @@ def throughput(args: argparse.Namespace) -> None:
         calls = record_calls(approved[0])
         print(f"one stop = {len(calls)} AWS calls: {[f'{s}:{o}' for s, o, _ in calls]}")
         rest = approved[1:]
-        others = [i for i in instance_ids if i != first_instance][: len(rest)]
-        direct = replay(moto, calls, first_instance, others[: args.direct_sample])
+        direct = replay(moto, calls, first_instance, floor_ids)
         direct_total = direct * len(rest) / min(len(rest), args.direct_sample)
         print(f"direct boto3, one process: {direct:.1f} s for {args.direct_sample} "
               f"-> {direct_total:.1f} s for {len(rest)}")  # fmt: skip

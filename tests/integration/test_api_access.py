@@ -4,6 +4,7 @@ refused calls, tokens that no longer work, separation of duties, the emergency s
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,44 @@ CALLS: list[tuple[str, str, dict[str, Any] | None, Role]] = [
     ("POST", "/policies/gp2-to-gp3/enable", {"reason": "fixed"}, Role.APPROVER),
     ("GET", "/users", None, Role.ADMINISTRATOR),
     ("POST", "/emergency-stop/release", None, Role.ADMINISTRATOR),
-]
+    # every other state-changing endpoint: ids that do not exist are fine (404 is not 403)
+    ("POST", "/policies/gp2-to-gp3/pause", {"until": "2099-01-01T00:00:00Z", "reason": "x"},
+     Role.OPERATOR),
+    ("POST", "/policies/gp2-to-gp3/resume", {"reason": "x"}, Role.APPROVER),
+    ("POST", "/overrides", {"scope": "policy", "target": "gp2-to-gp3", "reason": "x"},
+     Role.OPERATOR),
+    ("DELETE", "/overrides/999999", None, Role.APPROVER),
+    ("POST", "/runs/999999/rollback", None, Role.APPROVER),
+    ("POST", "/users", {"username": "new-user", "role": "viewer"}, Role.ADMINISTRATOR),
+    ("PATCH", "/users/new-user", {"disabled": True}, Role.ADMINISTRATOR),
+    ("POST", "/users/new-user/tokens", {"name": "t"}, Role.ADMINISTRATOR),
+    ("POST", "/tokens/999999/revoke", None, Role.ADMINISTRATOR),
+    ("POST", "/dashboard/actions/{action}/approve", {"comment": "ok"}, Role.APPROVER),
+]  # fmt: skip
+# Open to every signed-in user (or to anyone, for the login itself).
+NOT_ROLE_GATED = {
+    ("POST", "/auth/login"),
+    ("POST", "/auth/logout"),
+    ("POST", "/policies/validate"),
+}
+
+
+def test_every_state_changing_endpoint_is_in_the_role_table(api: Api) -> None:
+    """A new endpoint that changes state cannot escape the role tests above."""
+    spec = api.client.app.openapi()
+    changing = {
+        (method.upper(), path.removeprefix(V1))
+        for path, operations in spec["paths"].items()
+        for method in operations
+        if method in ("post", "put", "patch", "delete")
+    }
+    listed = {(m, _template(p)) for m, p, _, _ in CALLS}
+    assert {(m, _template(p)) for m, p in changing} - listed - NOT_ROLE_GATED == set()
+
+
+def _template(path: str) -> str:
+    """/actions/{action}/approve and /actions/{action_id}/approve are the same endpoint."""
+    return re.sub(r"/(\{[^}]*\}|\d+|gp2-to-gp3|new-user)(?=/|$)", "/{}", path)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "needed"), CALLS)

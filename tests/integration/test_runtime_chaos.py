@@ -5,25 +5,31 @@ none is lost, none left executing, none ran twice (counted at a proxy in front o
 from __future__ import annotations
 
 import random
+import shutil
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 from sqlalchemy import select
 
-from backend.config import reset_settings_cache
+from backend.config import Settings, reset_settings_cache
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.models import ActionRow
+from backend.runtime.celery_app import celery_config
 from tests.integration.execution_fleet import Fleet, seed_fleet
 from tests.integration.execution_support import PACK, scan_and_plan
+from tests.support.servers import free_port
 from tests.support.staged_fault_proxy import StagedFaultProxy
 from tests.support.tcp_proxy import TcpProxy
-from tests.support.workers import Workers, wait_until
+from tests.support.workers import Workers, redis_available, wait_until
 
 pytestmark = [pytest.mark.moto_server]
 IDLE = 20
@@ -218,3 +224,66 @@ def test_postgresql_stopped_mid_run(world: World, postgres_url: str) -> None:
         if world.fleet.instance_state(iid) in ("stopping", "stopped"):
             record = by_instance[iid]
             assert record.pre_state and record.state in ("succeeded", "failed"), record.id
+
+
+@contextmanager
+def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_until(lambda: redis_available(url), 10, "a private redis-server")
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_redis_restarted_mid_run(world: World) -> None:
+    """The broker dies (SIGKILL, nothing on disk) and comes back empty: approved actions are
+    queued again from PostgreSQL by the reconciler, and each runs once."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    sender = Celery("chaos-sender", set_as_current=False)
+    sender.conf.update(celery_config(Settings(redis_url=url)))
+    with private_redis(port) as first:
+        for _ in range(2):
+            world.workers.start(env={"REDIS_URL": url})
+        sender.send_task("finops.dispatch_due", queue="scans")
+        wait_until(
+            lambda: sum(r.state == "succeeded" for r in rows()) >= 2, 60, "the batch to start"
+        )
+        first.kill()
+        first.wait(10)
+    time.sleep(2)
+    with private_redis(port):
+        assert any(r.state == "approved" for r in rows()), "finished before the restart"
+
+        def done() -> bool:
+            if not any(r.state in ("approved", "executing") for r in rows()):
+                return True
+            sender.send_task("finops.reconcile", queue="scans")
+            return False
+
+        try:
+            wait_until(done, 150, "every action to finish after the restart", every=2.0)
+        except AssertionError:
+            print(world.workers.logs())
+            raise
+    states = assert_exactly_once_or_truthful(world)
+    assert states["succeeded"] + states.get("failed", 0) == IDLE
