@@ -97,9 +97,7 @@ def seed(moto: str, n: int, tag: str = "bench") -> list[str]:
             MinCount=batch,
             MaxCount=batch,
             InstanceType="t3.micro",
-            TagSpecifications=[
-                {"ResourceType": "instance", "Tags": [{"Key": tag, "Value": "1"}]}
-            ],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": tag, "Value": "1"}]}],
         )
         ids += [i["InstanceId"] for i in made["Instances"]]
     return ids
