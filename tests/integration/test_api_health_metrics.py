@@ -204,3 +204,34 @@ def test_metrics_match_the_seeded_data(api: Api) -> None:
         dict(labels).get("route") for (n, labels) in after if n == "finops_api_requests_total"
     }
     assert "/api/v1/emergency-stop" in routes and "/metrics" in routes  # templates, not raw paths
+
+
+def test_ready_turns_503_when_postgresql_stops_and_recovers_when_it_returns(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL "stopped" for the API only (a proxy cuts it), then back."""
+    from backend.core.database import dispose_engines
+    from backend.core.migrations import upgrade
+    from tests.support.tcp_proxy import TcpProxy
+
+    upgrade()
+    host = postgres_url.split("@", 1)[1].split("/", 1)[0]
+    name, port = host.rsplit(":", 1)
+    proxy = TcpProxy(name, int(port))
+    try:
+        monkeypatch.setenv(
+            "DATABASE_URL", postgres_url.replace(f"@{host}/", f"@127.0.0.1:{proxy.port}/")
+        )
+        reset_settings_cache()
+        dispose_engines()
+        client = TestClient(create_app(), raise_server_exceptions=False)
+        assert client.get("/health/ready").status_code == 200
+        proxy.cut()
+        down = client.get("/health/ready")
+        assert down.status_code == 503
+        assert down.json()["reasons"][0].startswith("database:")
+        proxy.restore()
+        assert client.get("/health/ready").status_code == 200  # the pool reconnects
+    finally:
+        proxy.close()
+        dispose_engines()

@@ -14,6 +14,7 @@ from backend.config import reset_settings_cache
 from backend.core import migrations
 from backend.core.emergency_stop import EmergencyStop
 from tests.integration.execution_support import engine, scan_and_plan, seed
+from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEAD_POSTGRES = "postgresql://x@127.0.0.1:1/x"
@@ -74,6 +75,18 @@ def test_health_check_names_a_dead_database(moto_url: str) -> None:
     assert "Traceback" not in done.stdout + done.stderr
     # without --exit-code it reports, and exits 0
     assert run("health-check.py", DATABASE_URL=DEAD_POSTGRES).returncode == 0
+
+
+@pytest.mark.moto_server
+def test_health_check_names_a_dead_redis(sqlite: str, moto_url: str) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    done = run("health-check.py", "--exit-code", REDIS_URL=dead)
+    assert done.returncode == 1, done.stdout
+    assert any(
+        line.startswith("FAIL redis:") and "127.0.0.1" in line for line in done.stdout.splitlines()
+    ), done.stdout
+    assert "UNHEALTHY" in done.stdout.splitlines()[-1] and "redis" in done.stdout.splitlines()[-1]
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 @pytest.mark.moto_server
