@@ -224,6 +224,10 @@ def rollback(
         outcomes = engine.rollback_policy(policy, when, actor)
     else:
         raise CommandError("give an ACTION_ID, --run N, or --policy NAME --since TIME", code=2)
+    if not outcomes:
+        # Said, not silent: a wrong id or name, or everything already rolled back.
+        what = f"run {run}" if run is not None else f"policy {policy!r} since {since}"
+        console.print(f"nothing to roll back: no succeeded action in {what}", highlight=False)
     for o in outcomes:
         console.print(f"action {o.action_id}: {o.result} {o.detail}", highlight=False)
     if any(o.result == "failed" for o in outcomes):

@@ -168,3 +168,12 @@ def test_retry_runs_live_when_dry_run_is_off(
     assert live.exit_code == 0, live.output
     assert f"action {action}: succeeded" in live.output
     assert account.instance_state(account.idle) == "stopped"
+
+
+def test_rollback_of_nothing_says_so(any_database: str) -> None:
+    from backend.core.migrations import upgrade
+
+    upgrade()
+    done = finops("actions", "rollback", "--run", "999")
+    assert done.exit_code == 0, done.output
+    assert "nothing to roll back: no succeeded action in run 999" in done.output
