@@ -57,12 +57,14 @@ def build_status(checker: SafetyChecker) -> SafetyStatus:
                 rules["overrides"] += _exemptions_in_force(session)
         from backend.core.automation_audit_logger import AuditLogger
 
+        seen: set[tuple[str, str, str]] = set()
         for event in AuditLogger().events("24h", event_types=frozenset({"safety_verdict"})):
-            if event.outcome == "blocked":
-                recent.append(
-                    f"{event.occurred_at:%Y-%m-%d %H:%M} {event.subject_id}: "
-                    f"{event.details.get('summary', '')}"
-                )
+            summary = str(event.details.get("summary") or "")
+            key = (event.subject_type, event.subject_id, summary)
+            # One block writes the verdict and the state change: list it once, with its why.
+            if event.outcome == "blocked" and summary and key not in seen:
+                seen.add(key)
+                recent.append(f"{event.occurred_at:%Y-%m-%d %H:%M} {event.subject_id}: {summary}")
     except Exception as exc:  # noqa: BLE001 - the safety system cannot see its state
         problems.append(f"database unusable: {describe_error(exc)}")
     return SafetyStatus(

@@ -16,6 +16,7 @@ from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.models import ActionRow
 from backend.core.policy_manager import PolicyManager
+from backend.core.safety_checker import SafetyChecker
 from tests.integration.execution_support import PACK, Account, engine, scan_and_plan, seed
 
 pytestmark = pytest.mark.moto_server
@@ -45,6 +46,11 @@ def test_protected_and_opted_out_are_blocked_at_planning(account: Account) -> No
     assert "opt-out" in result.blocked[rows[account.opted_out].id]
     assert account.busy not in rows
     assert scan_and_plan().created == []  # planning again adds nothing
+    # the safety status lists each block once, with its reason
+    recent = SafetyChecker().system_status().recent_failures
+    blocked = [str(rows[account.prod].id), str(rows[account.opted_out].id)]
+    assert sorted(line.split(" ")[2].rstrip(":") for line in recent) == sorted(blocked), recent
+    assert all(line.split(": ", 1)[1] for line in recent)
 
 
 def test_dry_run_changes_nothing(account: Account) -> None:
