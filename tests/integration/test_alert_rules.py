@@ -39,7 +39,11 @@ RULES = RULES_DIR / "finops-alerts.yml"
 RULE_TESTS = RULES_DIR / "finops-alerts.test.yml"
 RUNBOOK_PATH = "docs/runbooks/automation-failure-response.md"
 # The runbook in the repository, or the on-call spec it is copied from.
-RUNBOOKS = (ROOT / RUNBOOK_PATH, ROOT.parent / "shared" / "spec" / "automation-failure-response.md")
+RUNBOOKS = (
+    ROOT / RUNBOOK_PATH,
+    ROOT.parent / "shared" / "spec" / "automation-failure-response.md",
+    ROOT / "docs" / "runbooks" / "spec" / "automation-failure-response.md",
+)
 PROMTOOL = shutil.which("promtool")
 # On CI (.ci/run installs it) a missing promtool is a failure, not a skip.
 needs_promtool = pytest.mark.skipif(

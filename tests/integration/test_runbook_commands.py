@@ -39,7 +39,11 @@ from tests.support.workers import wait_until
 pytestmark = [pytest.mark.moto_server, pytest.mark.postgres]
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = ROOT.parent / "shared" / "spec" / "automation-failure-response.md"
+# The user's runbook: ../shared/spec when this checkout sits beside it, else the verbatim copy
+# kept in docs/runbooks/spec (a test below keeps the two identical).
+SHARED_SPEC = ROOT.parent / "shared" / "spec" / "automation-failure-response.md"
+VENDORED_SPEC = ROOT / "docs" / "runbooks" / "spec" / "automation-failure-response.md"
+SPEC = SHARED_SPEC if SHARED_SPEC.exists() else VENDORED_SPEC
 DOCS = ROOT / "docs" / "runbooks"
 BIN = Path(sys.executable).parent
 REDIS_URL = "redis://127.0.0.1:6379/10"
@@ -426,3 +430,11 @@ def test_runbook_command_works(deployment: Deployment, command: Command) -> None
         if ENGAGES_THE_STOP.search(text):  # the next command starts from a running system
             lifted = deployment.run("finops resume --actor runbook-test --i-am-admin")
             assert lifted.returncode == 0, lifted.stdout + lifted.stderr
+
+
+def test_the_vendored_spec_is_the_spec_verbatim() -> None:
+    if not SHARED_SPEC.exists():
+        pytest.skip(f"no {SHARED_SPEC} beside this checkout to compare with")
+    assert VENDORED_SPEC.read_bytes() == SHARED_SPEC.read_bytes(), (
+        f"{SHARED_SPEC} changed: copy it to {VENDORED_SPEC}"
+    )
