@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.core.audit_chain import AuditEvent, EventType, verify_events
-from backend.core.automation_audit_logger import AuditLogError, AuditLogger
+from backend.core.automation_audit_logger import AuditLogError, AuditLogger, to_event
 from backend.core.models import AuditEventRow
 from backend.domain.safety import Rule
 
@@ -133,7 +133,7 @@ class AuditCounts:
 
         def new() -> Iterator[AuditEvent]:
             for row in rows:
-                event = _event(row)
+                event = to_event(row)
                 seen[:] = [event]  # only the newest is kept: the next scrape links to it
                 yield event
 
@@ -143,21 +143,6 @@ class AuditCounts:
             self.chain_break = str(report)
         elif seen:
             self.chain_head = seen[0]
-
-
-def _event(row: AuditEventRow) -> AuditEvent:
-    return AuditEvent(
-        id=row.id,
-        occurred_at=row.occurred_at,
-        actor=row.actor,
-        event_type=row.event_type,
-        subject_type=row.subject_type,
-        subject_id=row.subject_id,
-        outcome=row.outcome,
-        details=dict(row.details or {}),
-        prev_hash=row.prev_hash,
-        hash=row.hash,
-    )
 
 
 class CountedAuditLogError(AuditLogError):

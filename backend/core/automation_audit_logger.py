@@ -189,7 +189,7 @@ class AuditLogger:
             )
             anchor = self._anchor_store().get(key)
             report = verify_events(
-                (_to_event(row) for row in rows), from_start=last is None, anchor=anchor
+                (to_event(row) for row in rows), from_start=last is None, anchor=anchor
             )
         if report.ok and report.head_id is not None and report.head_hash is not None:
             self._anchor_store().advance(key, Anchor(report.head_id, report.head_hash))
@@ -211,7 +211,7 @@ class AuditLogger:
         if event_types is not None:
             query = query.where(AuditEventRow.event_type.in_(sorted(event_types)))
         with self._transaction() as session:
-            return [_to_event(row) for row in session.scalars(query.order_by(AuditEventRow.id))]
+            return [to_event(row) for row in session.scalars(query.order_by(AuditEventRow.id))]
 
     def get_recent_actions(self, hours: float = 1) -> list[dict[str, Any]]:
         """Action events of the last `hours`, newest last; also printed for the runbook."""
@@ -276,7 +276,7 @@ class AuditLogger:
         )
         with self._transaction() as session:
             row = session.get(AuditEventRow, written.id)
-            stored = _to_event(row) if row is not None else None
+            stored = to_event(row) if row is not None else None
         if stored is None:
             raise AuditLogError(f"readback mismatch: event {written.id} not found after commit")
         differ = [k for k, v in written.to_dict().items() if stored.to_dict()[k] != v]
@@ -329,7 +329,8 @@ def _within(owner: SessionTransaction | None, ended: SessionTransaction) -> bool
     return False
 
 
-def _to_event(row: AuditEventRow) -> AuditEvent:
+def to_event(row: AuditEventRow) -> AuditEvent:
+    """A stored row as the chain's event (what `verify` hashes)."""
     return AuditEvent(
         id=row.id,
         occurred_at=row.occurred_at,
