@@ -13,6 +13,14 @@ import sys
 import structlog
 
 
+def _upper_level(
+    _: object, __: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    # ERROR, not error: the runbook greps the logs with `grep -E "(ERROR|CRITICAL|...)"`.
+    event["level"] = str(event.get("level", "")).upper()
+    return event
+
+
 def configure_logging() -> None:
     level = getattr(logging, os.environ.get("FINOPS_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
     renderer = (
@@ -24,6 +32,7 @@ def configure_logging() -> None:
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
+            _upper_level,
             structlog.processors.TimeStamper(fmt="iso"),
             renderer,
         ],
