@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 
 from backend.api.context import ApiContext
 from backend.api.metrics_audit import RULE_LABELS, AuditCounts, reason_of
-from backend.core.auto_remediation_engine import HEARTBEAT_STALE
 from backend.core.models import (
     ActionRow,
     EngineStateRow,
@@ -331,9 +330,9 @@ class FinOpsCollector:
             failed.add_metric([channel], float(n))
         return [failed]
 
-    @staticmethod
-    def _workers(session: Session) -> list[Metric]:
+    def _workers(self, session: Session) -> list[Metric]:
         now = utcnow()
+        stale = dt.timedelta(seconds=self._context.settings.heartbeat_stale_seconds)
         beats = GaugeMetricFamily(
             "finops_worker_last_heartbeat_timestamp_seconds",
             "Each worker's last heartbeat",
@@ -342,7 +341,7 @@ class FinOpsCollector:
         alive = 0
         for row in session.scalars(select(WorkerHeartbeatRow)):
             beats.add_metric([row.worker], row.last_seen.timestamp())
-            if now - row.last_seen <= HEARTBEAT_STALE:
+            if now - row.last_seen <= stale:
                 alive += 1
         return [
             beats,

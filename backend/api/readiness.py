@@ -22,7 +22,6 @@ from typing import Literal
 from sqlalchemy import select
 
 from backend.api.context import ApiContext
-from backend.core.auto_remediation_engine import HEARTBEAT_STALE
 from backend.core.database import check_database, redacted
 from backend.core.migrations import current_revision, head_revision
 from backend.core.models import WorkerHeartbeatRow
@@ -135,11 +134,11 @@ def _workers(context: ApiContext) -> Check:
     now = utcnow()
     with context.session_factory() as session:
         beats = list(session.scalars(select(WorkerHeartbeatRow)))
-    fresh = [b for b in beats if now - b.last_seen <= HEARTBEAT_STALE]
+    stale = dt.timedelta(seconds=context.settings.heartbeat_stale_seconds)
+    fresh = [b for b in beats if now - b.last_seen <= stale]
     if not fresh:
         seen = f" ({len(beats)} stale)" if beats else ""
-        minutes = HEARTBEAT_STALE // dt.timedelta(minutes=1)
-        return Check("warn", f"no worker heartbeat in the last {minutes} minutes{seen}")
+        return Check("warn", f"no worker heartbeat in the last {stale.total_seconds():g} s{seen}")
     newest = max(b.last_seen for b in fresh)
     ago = int((now - newest).total_seconds())
     return Check("pass", f"{len(fresh)} worker(s) alive, last heartbeat {ago}s ago")

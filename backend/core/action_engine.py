@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from backend.config import Settings, get_settings
@@ -59,6 +59,15 @@ class RunReport:
 
 
 STOP_BEFORE_CLAIM = "emergency stop before the claim: "
+
+
+def due_conditions(now: dt.datetime) -> tuple[ColumnElement[bool], ...]:
+    """Approved, past its notice period, approval not expired: what a run may claim."""
+    return (
+        ActionRow.state == S.APPROVED,
+        ActionRow.not_before.is_(None) | (ActionRow.not_before <= now),
+        ActionRow.approval_expires_at.is_(None) | (ActionRow.approval_expires_at > now),
+    )
 
 
 def worker_name() -> str:
@@ -221,11 +230,7 @@ class ActionEngine:
             }
 
     def _due(self, session: Session, ids: list[int] | None, now: dt.datetime) -> list[ActionRow]:
-        query = select(ActionRow).where(
-            ActionRow.state == S.APPROVED,
-            (ActionRow.not_before.is_(None)) | (ActionRow.not_before <= now),
-            (ActionRow.approval_expires_at.is_(None)) | (ActionRow.approval_expires_at > now),
-        )
+        query = select(ActionRow).where(*due_conditions(now))
         if ids is not None:
             query = query.where(ActionRow.id.in_(ids))
         # A disabled or paused policy's approved actions wait (still approved) for its resume.

@@ -17,12 +17,12 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from backend.config import Settings, get_settings
-from backend.core.action_engine import ActionEngine, ActionOutcome, RunReport
+from backend.core.action_engine import ActionEngine, ActionOutcome, RunReport, due_conditions
 from backend.core.action_planner import ActionPlanner, PlanResult
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import check_database, database_url, redacted, session_scope
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
-from backend.core.execution_context import ExecutionContext
+from backend.core.execution_context import ExecutionContext, refuse_changes
 from backend.core.migrations import ensure_schema
 from backend.core.models import ActionRow, WorkerHeartbeatRow
 from backend.core.notification_service import NotificationService
@@ -48,8 +48,6 @@ from backend.providers.aws.retry import describe_error
 from backend.providers.aws.session import AwsClients
 
 S = ActionState
-# FINOPS_HEARTBEAT_STALE_SECONDS' default; the API's readiness and metrics still use this.
-HEARTBEAT_STALE = dt.timedelta(minutes=5)
 FAILURE_RATE_ALERT = 0.5  # the runbook's P1 threshold
 AUDIT_OK = "audit logging OK"  # how AuditLogger.test_logging() reports success
 FIND_FAILED = "list failed ones with `finops actions list --state failed`"
@@ -261,7 +259,7 @@ class AutoRemediationEngine:
         if not in_process and not fresh:
             status.problems.append(f"workers: no heartbeat in the last {_ago(stale)}")
         due, oldest = session.execute(
-            select(func.count(), func.min(ActionRow.approved_at)).where(*_due(now))
+            select(func.count(), func.min(ActionRow.approved_at)).where(*due_conditions(now))
         ).one()
         later = session.scalar(
             select(func.count()).where(ActionRow.state == S.APPROVED, ActionRow.not_before > now)
@@ -332,7 +330,7 @@ class AutoRemediationEngine:
     def _judge_now(self, session: Session, row: ActionRow) -> Judgement:
         ctx = ExecutionContext(self.settings, self._aws(), self.emergency, self.pack)
         op = operation_for(row.action, ResourceKind(row.kind))
-        policy, op_ctx = ctx.policy(row.policy_name), ctx.op_context(row, _read_only)
+        policy, op_ctx = ctx.policy(row.policy_name), ctx.op_context(row, refuse_changes)
         return self.safety.judge_before_execution(session, row, policy, op, op_ctx)[0]
 
     # -- P1: can a harmless action still go through? ------------------------------------------
@@ -373,7 +371,7 @@ class AutoRemediationEngine:
         now = self._clock()
         with session_scope() as session:
             row = session.scalars(
-                select(ActionRow).where(*_due(now)).order_by(ActionRow.id)
+                select(ActionRow).where(*due_conditions(now)).order_by(ActionRow.id)
             ).first()
             picked = (row.id, f"{row.action} {row.resource_id}") if row else None
         if picked is None:
@@ -444,15 +442,6 @@ class AutoRemediationEngine:
             return self.policies.effective_pack(session, self._clock())
 
 
-def _due(now: dt.datetime) -> tuple[ColumnElement[bool], ...]:
-    """Approved, past its notice period, approval not expired: what the engine would claim."""
-    return (
-        ActionRow.state == S.APPROVED,
-        ActionRow.not_before.is_(None) | (ActionRow.not_before <= now),
-        ActionRow.approval_expires_at.is_(None) | (ActionRow.approval_expires_at > now),
-    )
-
-
 def _by_state(session: Session, *where: ColumnElement[bool]) -> dict[str, int]:
     query = select(ActionRow.state, func.count()).where(*where).group_by(ActionRow.state)
     return {str(state): int(n) for state, n in session.execute(query)}
@@ -471,10 +460,6 @@ def _parse_id(action_id: int | str) -> int:
 def _why(exc: BaseException) -> str:
     """One line: SQLAlchemy errors append the SQL and a link on the lines after."""
     return (describe_error(exc).strip().splitlines() or ["?"])[0]
-
-
-def _read_only(call: str) -> None:
-    raise RuntimeError(f"read-only check: refusing the changing call {call}")
 
 
 def _synthetic_stop() -> ActionFacts:

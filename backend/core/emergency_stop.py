@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -25,6 +24,7 @@ from backend.core.audit_chain import EventType
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.models import EngineStateRow
 from backend.core.types import utcnow
+from backend.core.upsert import dialect_insert
 
 log = structlog.get_logger(__name__)
 
@@ -225,10 +225,9 @@ class EmergencyStop:
     def _locked_row(self, session: Session) -> EngineStateRow:
         # Create the row if missing, then lock it: PostgreSQL by FOR UPDATE; SQLite's write
         # lock is already held by the INSERT, even when it inserted nothing.
-        dialect = session.get_bind(EngineStateRow).dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         values = {"id": ROW_ID, "emergency_stop": False, "updated_at": self._clock()}
-        session.execute(insert(EngineStateRow).values(**values).on_conflict_do_nothing())
+        insert = dialect_insert(session, EngineStateRow).values(**values)
+        session.execute(insert.on_conflict_do_nothing())
         query = select(EngineStateRow).where(EngineStateRow.id == ROW_ID).with_for_update()
         return session.scalars(query.execution_options(populate_existing=True)).one()
 

@@ -153,7 +153,7 @@ class ExecutionContext:
             row = _row(session, action_id)
             op = operation_for(row.action, ResourceKind(row.kind))
             # No guard: a dry run only reads; a changing call would be a bug, so refuse it.
-            ctx = self.op_context(row, guard=_refuse_changes)
+            ctx = self.op_context(row, guard=refuse_changes)
             judgement, _ = safety.judge_before_execution(
                 session, row, self.policy(row.policy_name), op, ctx
             )
@@ -235,7 +235,7 @@ class ExecutionContext:
             ctx = self.op_context(row, guard, check_stop=True)
             # Once the change is made, reading it back cannot change anything and makes the
             # record true, so the verification runs even under a stop (changes refused).
-            verify_ctx = self.op_context(row, _refuse_changes)
+            verify_ctx = self.op_context(row, refuse_changes)
             judgement, fresh = safety.judge_before_execution(
                 session, row, self.policy(row.policy_name), op, ctx
             )
@@ -447,8 +447,9 @@ def _row(session: Session, action_id: int) -> ActionRow:
     return row
 
 
-def _refuse_changes(call: str) -> None:
-    raise RuntimeError(f"dry run: refusing the changing call {call}")
+def refuse_changes(call: str) -> None:
+    """The guard of a read-only use of an operation (dry run, judging, reconciling)."""
+    raise RuntimeError(f"read-only: refusing the changing call {call}")
 
 
 def _short(backup: str | None) -> str | None:

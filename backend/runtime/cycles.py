@@ -14,7 +14,6 @@ import hashlib
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
@@ -23,6 +22,7 @@ from backend.core.database import session_scope
 from backend.core.models import PolicyCycleRow
 from backend.core.scan_service import ScanService
 from backend.core.types import utcnow
+from backend.core.upsert import dialect_insert
 from backend.domain.policy.model import PolicyPack
 from backend.runtime.services import WorkerServices
 
@@ -51,8 +51,6 @@ def open_cycle(
 ) -> int | None:
     """The new cycle's id, or None when this (policies, slot) already started: a cron slot
     runs once, whoever fires it."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     values = {
         "policy_name": cycle_key(policies),
         "slot": slot,
@@ -64,7 +62,7 @@ def open_cycle(
         "details": {"policies": sorted(policies), "parts": [[p.account, p.region] for p in parts]},
     }
     inserted = session.execute(
-        insert(PolicyCycleRow)
+        dialect_insert(session, PolicyCycleRow)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["policy_name", "slot"])
         .returning(PolicyCycleRow.id)

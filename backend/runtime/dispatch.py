@@ -15,11 +15,10 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
-from backend.core.action_engine import ActionEngine, RunReport
+from backend.core.action_engine import ActionEngine, RunReport, due_conditions
 from backend.core.database import session_scope
 from backend.core.models import ActionRow
 from backend.core.types import utcnow
-from backend.domain.lifecycle import ActionState
 from backend.runtime.celery_app import ACTIONS, app
 from backend.runtime.services import WorkerServices, services
 
@@ -29,11 +28,7 @@ QUEUED_KEY = "finops:queued:{}"
 def due_ids() -> list[int]:
     now = utcnow()
     with session_scope() as session:
-        query = select(ActionRow.id).where(
-            ActionRow.state == ActionState.APPROVED,
-            ActionRow.not_before.is_(None) | (ActionRow.not_before <= now),
-            ActionRow.approval_expires_at.is_(None) | (ActionRow.approval_expires_at > now),
-        )
+        query = select(ActionRow.id).where(*due_conditions(now))
         return list(session.scalars(query.order_by(ActionRow.id)))
 
 

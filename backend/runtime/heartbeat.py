@@ -11,12 +11,12 @@ import os
 import threading
 
 import structlog
-from sqlalchemy.dialects import postgresql, sqlite
 
 from backend.core.action_engine import worker_name
 from backend.core.database import session_scope
 from backend.core.models import WorkerHeartbeatRow
 from backend.core.types import utcnow
+from backend.core.upsert import upsert_rows
 
 log = structlog.get_logger(__name__)
 _started: dict[int, threading.Event] = {}  # per process id: forks start their own
@@ -26,18 +26,15 @@ EXECUTING: set[int] = set()
 
 
 def beat_once(queues: list[str]) -> None:
+    details = {"queues": queues, "executing": sorted(EXECUTING)}
+    row = {"worker": worker_name(), "last_seen": utcnow(), "details": details}
     with session_scope() as session:
-        dialect = session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        now = utcnow()
-        details = {"queues": queues, "executing": sorted(EXECUTING)}
-        values = {"worker": worker_name(), "last_seen": now, "details": details}
-        session.execute(
-            insert(WorkerHeartbeatRow)
-            .values(**values)
-            .on_conflict_do_update(
-                index_elements=["worker"], set_={"last_seen": now, "details": details}
-            )
+        upsert_rows(
+            session,
+            WorkerHeartbeatRow,
+            [row],
+            conflict_columns=["worker"],
+            update_columns=["last_seen", "details"],
         )
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from backend.core.action_planner import transition
 from backend.core.database import session_scope
-from backend.core.execution_context import ExecutionContext, resource_dict
+from backend.core.execution_context import ExecutionContext, refuse_changes, resource_dict
 from backend.core.models import ActionRow, WorkerHeartbeatRow
 from backend.core.types import utcnow
 from backend.domain.lifecycle import ActionState
@@ -69,7 +69,7 @@ def reconcile(svc: WorkerServices, action_id: int) -> str:
             return S.APPROVED.value
         ctx = ExecutionContext(svc.settings, svc.clients, svc.emergency, svc.pack())
         op_ctx = dataclasses.replace(
-            ctx.op_context(row, _refuse_changes), wait_timeout=VERIFY_WAIT_SECONDS
+            ctx.op_context(row, refuse_changes), wait_timeout=VERIFY_WAIT_SECONDS
         )
         op = operation_for(row.action, ResourceKind(row.kind))
         resource_id, params, worker = row.resource_id, dict(row.params or {}), row.claimed_by
@@ -98,7 +98,3 @@ def reconcile(svc: WorkerServices, action_id: int) -> str:
             details=details,
         )  # fmt: skip
         return target.value
-
-
-def _refuse_changes(call: str) -> None:
-    raise RuntimeError(f"the reconciler only reads: refusing {call}")

@@ -124,7 +124,7 @@ def reconcile() -> dict[str, Any]:
     now = utcnow()
     settled = {i: reconciler.reconcile(svc, i) for i in reconciler.stuck_actions(svc, now)}
     restarted = []
-    older = now - _seconds(svc.settings.task_visibility_timeout_seconds)
+    older = now - dt.timedelta(seconds=svc.settings.task_visibility_timeout_seconds)
     with session_scope() as session:
         for cycle in cycles.stale_cycles(session, older):
             cycle.parts_done, cycle.updated_at = 0, now
@@ -160,10 +160,6 @@ def finops_resume(state: Any, **kwargs: Any) -> dict[str, str]:
     if not state.consumer.task_consumer.consuming_from(ACTIONS):
         state.consumer.add_task_queue(ACTIONS)
     return {"ok": "consuming actions again"}
-
-
-def _seconds(n: float) -> dt.timedelta:
-    return dt.timedelta(seconds=n)
 
 
 @worker_process_init.connect
