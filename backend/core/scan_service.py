@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from backend.config import Settings
 from backend.core.audit_chain import EventType
-from backend.core.automation_audit_logger import AuditLogError, AuditLogger
+from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.discovery import Discoverer, Discovery, PartCallback
 from backend.core.models import OpportunityRow, ScanRunRow
@@ -35,6 +34,7 @@ from backend.core.repositories import (
     ResourceRepository,
     ScanRepository,
 )
+from backend.core.scan_audit import AUDITED_ERRORS, ScanAudit, opportunity_summary
 from backend.core.types import utcnow
 from backend.domain.policy.evaluate import EvaluationContext, evaluate, metric_requests
 from backend.domain.policy.model import PolicyPack
@@ -58,8 +58,6 @@ STANDARD_METRICS: dict[ResourceKind, tuple[tuple[str, str], ...]] = {
     ResourceKind.LOAD_BALANCER: (("RequestCount", "Sum"),),
     ResourceKind.RDS_INSTANCE: (("DatabaseConnections", "Maximum"),),
 }
-ACTOR = "scanner"
-AUDITED_ERRORS = 50  # per event: a scan of many dead regions would bloat the audit log
 # Kinds a kind's relation filters read (a snapshot is orphaned relative to the volumes).
 RELATED_KINDS: dict[ResourceKind, tuple[ResourceKind, ...]] = {
     ResourceKind.EBS_SNAPSHOT: (ResourceKind.EBS_VOLUME, ResourceKind.AMI),
@@ -97,36 +95,6 @@ class ScanOutcome:
         for opp in self.opportunities:
             out.setdefault(opp.policy, []).append(opp.resource.resource_id)
         return {k: sorted(v) for k, v in sorted(out.items())}
-
-
-@dataclass
-class _ScanAudit:
-    """The scan's audit events, each in a savepoint: one that fails leaves the scan's data."""
-
-    audit: AuditLogger
-    scan_id: int
-    scope: dict[str, Any]
-    started: float
-    errors: list[str] = field(default_factory=list)
-
-    def write(self, session: Session, kind: EventType, outcome: str, details: Any) -> None:
-        try:
-            with session.begin_nested():
-                self.audit.record(
-                    kind,
-                    subject_type="scan",
-                    subject_id=self.scan_id,
-                    actor=ACTOR,
-                    outcome=outcome,
-                    details=details,
-                    session=session,
-                )
-        except AuditLogError as exc:
-            self.errors.append(str(exc))
-            log.error("scan audit event not written", scan=self.scan_id, error=str(exc))
-
-    def seconds(self) -> float:
-        return round(time.perf_counter() - self.started, 3)
 
 
 def kinds_for(pack: PolicyPack | None) -> list[ResourceKind]:
@@ -200,7 +168,7 @@ class ScanService:
         }
         with session_scope() as session:
             scan = ScanRepository(session).start(accounts=list(accounts), regions=regions)
-            audit = _ScanAudit(self._audit, scan.id, scope, started)
+            audit = ScanAudit(self._audit, scan.id, scope, started)
             audit.write(session, EventType.SCAN, "started", scope)
         try:
             outcome = self._scan(audit, pack, regions, kinds, targets, now, on_part, on_metrics)
@@ -213,7 +181,7 @@ class ScanService:
 
     def _scan(
         self,
-        audit: _ScanAudit,
+        audit: ScanAudit,
         pack: PolicyPack | None,
         regions: list[str],
         kinds: list[ResourceKind],
@@ -272,7 +240,7 @@ class ScanService:
         self._store(outcome, metrics, pack, now, audit)
         return outcome
 
-    def _abandon(self, audit: _ScanAudit, exc: Exception) -> None:
+    def _abandon(self, audit: ScanAudit, exc: Exception) -> None:
         """A scan that raised: its run is marked failed and audited, as far as that works."""
         error = describe_error(exc)
         try:
@@ -359,7 +327,7 @@ class ScanService:
         metrics: dict[tuple[str, str], dict[tuple[str, MetricSpec], float | None]],
         pack: PolicyPack | None,
         now: dt.datetime,
-        audit: _ScanAudit,
+        audit: ScanAudit,
     ) -> None:
         discovery = outcome.discovery
         failed_any = bool(discovery.failures or outcome.metric_failures)
@@ -447,60 +415,3 @@ class ScanService:
             audit.write(session, EventType.SCAN, outcome.status, finished)
             if audit.errors:  # the run says its audit trail has a gap
                 scan.failures = {**scan.failures, "audit-log": "; ".join(audit.errors)}
-
-
-def opportunity_summary(
-    session: Session,
-    policies: Sequence[str],
-    at: dt.datetime,
-    found: Sequence[dict[str, Any]] | None = None,
-    was_open: set[tuple[str, int]] | frozenset[tuple[str, int]] = frozenset(),
-) -> dict[str, Any]:
-    """Per policy: found at `at` (new, or open before and still open), resolved, savings.
-
-    Without `found` (StoredPolicyEvaluator run with `now=at` writes its own), they are read
-    back: seen at `at`, new if first found then (found again after resolving: still open).
-    """
-    if found is None:
-        o = OpportunityRow
-        rows = session.execute(
-            select(o.policy_name, o.resource_pk, o.estimated_monthly_savings, o.first_found).where(
-                o.status == "open", o.last_seen == at, o.policy_name.in_(policies)
-            )
-        ).all()
-        found = [r._asdict() for r in rows]
-        was_open = {(r.policy_name, r.resource_pk) for r in rows if r.first_found != at}
-    per: dict[str, dict[str, Any]] = {
-        name: {"found": 0, "new": 0, "still_open": 0, "resolved": 0, "monthly_savings": 0.0}
-        for name in policies
-    }
-    unknown: dict[str, int] = dict.fromkeys(policies, 0)
-    for row in found:
-        p = per[row["policy_name"]]
-        p["found"] += 1
-        known = (row["policy_name"], row["resource_pk"]) in was_open
-        p["still_open" if known else "new"] += 1
-        if row["estimated_monthly_savings"] is None:
-            unknown[row["policy_name"]] += 1
-        else:
-            p["monthly_savings"] += row["estimated_monthly_savings"]
-    resolved = session.execute(
-        select(OpportunityRow.policy_name, func.count())
-        .where(
-            OpportunityRow.status == "resolved",
-            OpportunityRow.resolved_at == at,
-            OpportunityRow.policy_name.in_(policies),
-        )
-        .group_by(OpportunityRow.policy_name)
-    )
-    for name, count in resolved:
-        per[name]["resolved"] = int(count)
-    for name, p in per.items():
-        p["monthly_savings"] = round(p["monthly_savings"], 2)
-        if unknown[name]:
-            p["savings_unknown"] = unknown[name]
-    totals = {
-        k: sum(p[k] for p in per.values()) for k in ("found", "new", "still_open", "resolved")
-    }
-    savings = round(sum(p["monthly_savings"] for p in per.values()), 2)
-    return {**totals, "monthly_savings": savings, "policies": per}

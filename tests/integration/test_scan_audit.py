@@ -15,7 +15,8 @@ from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import get_engine, session_scope
 from backend.core.migrations import upgrade
 from backend.core.models import ResourceRow, ScanRunRow
-from backend.core.scan_service import ScanOutcome, ScanService, opportunity_summary
+from backend.core.scan_audit import opportunity_summary
+from backend.core.scan_service import ScanOutcome, ScanService
 from backend.core.types import utcnow
 from backend.domain.policy import load_text
 from tests.integration.aws_fleet import client
