@@ -29,7 +29,7 @@ from backend.domain.resources import ResourceKind
 from backend.providers.aws.operations import OPERATIONS
 from tests.integration.execution_fleet import Fleet, seed_fleet
 from tests.integration.execution_support import engine, scan_and_plan
-from tests.support.staged_fault_proxy import StagedFaultProxy
+from tests.support.staged_fault_proxy import StagedFaultProxy, stop_calls
 
 pytestmark = [pytest.mark.moto_server, pytest.mark.postgres]
 
@@ -73,17 +73,6 @@ def rows_by_id() -> dict[int, ActionRow]:
 
 def action_events() -> list[AuditEvent]:
     return [e for e in AuditLogger().events("1h") if e.subject_type == "action"]
-
-
-def stop_calls(proxy: StagedFaultProxy, log: list[tuple[str, bytes]] | None = None) -> Counter[str]:
-    """StopInstances requests that reached the proxy, by instance id."""
-    calls: Counter[str] = Counter()
-    for action, body in proxy.log if log is None else log:
-        if action == "StopInstances":
-            for part in body.decode().split("&"):
-                if part.startswith("InstanceId."):
-                    calls[part.split("=", 1)[1]] += 1
-    return calls
 
 
 def in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any], list[BaseException]]:

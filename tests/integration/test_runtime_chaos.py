@@ -27,7 +27,7 @@ from backend.runtime.celery_app import celery_config
 from tests.integration.execution_fleet import Fleet, seed_fleet
 from tests.integration.execution_support import PACK, scan_and_plan
 from tests.support.servers import free_port
-from tests.support.staged_fault_proxy import StagedFaultProxy
+from tests.support.staged_fault_proxy import StagedFaultProxy, stop_calls
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.workers import Workers, redis_available, wait_until
 
@@ -88,16 +88,6 @@ def world(
     proxy.stop()
 
 
-def stops(proxy: StagedFaultProxy) -> Counter[str]:
-    calls: Counter[str] = Counter()
-    for action, body in list(proxy.log):
-        if action == "StopInstances":
-            for part in body.decode().split("&"):
-                if part.startswith("InstanceId."):
-                    calls[part.split("=", 1)[1]] += 1
-    return calls
-
-
 def rows() -> list[ActionRow]:
     with session_scope() as session:
         return list(session.scalars(select(ActionRow).where(ActionRow.action == "stop")))
@@ -134,7 +124,7 @@ def settle(world: World, timeout: float = 150) -> None:
 
 
 def assert_exactly_once_or_truthful(world: World) -> dict[str, int]:
-    calls = stops(world.proxy)
+    calls = stop_calls(world.proxy)
     states: Counter[str] = Counter()
     for row in rows():
         states[row.state] += 1
@@ -160,7 +150,7 @@ def test_sigkill_workers_mid_batch_and_flush_redis(world: World) -> None:
     # scaled to zero: the dispatch waits in the queue, nothing runs
     app.send_task("finops.dispatch_due")
     time.sleep(1.0)
-    assert stops(world.proxy) == Counter()
+    assert stop_calls(world.proxy) == Counter()
     chaos = random.Random(7)
     world.workers.start()
     world.workers.start()

@@ -72,3 +72,14 @@ def _send_upstream(upstream: str, region: str, service: str, body: bytes) -> Non
         },
     )
     urllib.request.urlopen(request, timeout=30).read()
+
+
+def stop_calls(proxy: StagedFaultProxy, log: list[tuple[str, bytes]] | None = None) -> Counter[str]:
+    """StopInstances requests that reached the proxy, by instance id."""
+    calls: Counter[str] = Counter()
+    for action, body in list(proxy.log) if log is None else log:
+        if action == "StopInstances":
+            for part in body.decode().split("&"):
+                if part.startswith("InstanceId."):
+                    calls[part.split("=", 1)[1]] += 1
+    return calls
