@@ -1,145 +1,53 @@
-"""The container image and the Kubernetes deployment: valid, safe, and what the runbook uses.
+"""The Kubernetes deployment: valid, safe, and what the runbook uses.
 
 - every manifest under deploy/kubernetes validates against the Kubernetes JSON schemas
   (kubernetes-validate, offline, strict: an unknown field is an error), and so does what
   kustomize builds from the base and the production overlay (when a kustomize is installed);
 - the names, namespace, probes, paths and commands the on-call runbook uses exist and mean
   what it assumes (parsed from its kubectl lines);
-- the Dockerfile: a pinned base, a non-root user, a health check, only paths that exist and
-  that .dockerignore lets through; and the image's layout (the installed package plus /app)
-  migrates and answers the runbook's scripts.
+- the runbooks' links and alert anchors resolve.
+The container image is checked in test_dockerfile.py; the readers in tests/support/manifests.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
 from tests.integration.test_runbook_commands import SPEC, shell_commands
-
-ROOT = Path(__file__).resolve().parents[2]
-KUBE = ROOT / "deploy" / "kubernetes"
-BASE, PRODUCTION = KUBE / "base", KUBE / "overlays" / "production"
-DOCS_RUNBOOK = ROOT / "docs" / "runbooks" / "automation-failure-response.md"
-NAMESPACE = "finops-automation"
-KUBERNETES_VERSIONS = ("1.30", "1.34")
-APP = "finops-automation"  # app.kubernetes.io/name of the API, workers, scheduler, CronJob
-DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
-ROLE_ARN = re.compile(r"^arn:aws:iam::\d{12}:role/[\w+=,.@/-]+$")
-Doc = dict[str, Any]
-
-
-# --- reading the manifests ---------------------------------------------------------------
-
-
-def manifest_files() -> list[Path]:
-    """Every file of whole resources: the kustomizations and the overlay's patches are not."""
-    return sorted(
-        p
-        for p in KUBE.rglob("*.yaml")
-        if p.name != "kustomization.yaml" and "patches" not in p.relative_to(KUBE).parts
-    )
-
-
-def load(path: Path) -> list[Doc]:
-    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
-
-
-def kustomize_command() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    return None
-
-
-@cache
-def rendered(directory: Path) -> tuple[Doc, ...]:
-    command = kustomize_command()
-    if command is None:
-        pytest.skip("neither kustomize nor kubectl is installed: the overlays are not built")
-    done = subprocess.run([*command, str(directory)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return tuple(d for d in yaml.safe_load_all(done.stdout) if d)
-
-
-def base_docs() -> list[Doc]:
-    """The small install as written (no kustomize needed): every base file."""
-    paths = [p for p in sorted(BASE.glob("*.yaml")) if p.name != "kustomization.yaml"]
-    return [doc for path in paths for doc in load(path)]
-
-
-def find(docs: list[Doc] | tuple[Doc, ...], kind: str, name: str) -> Doc:
-    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
-    return found[0]
-
-
-def pod_spec(doc: Doc) -> Doc:
-    if doc["kind"] == "CronJob":
-        return dict(doc["spec"]["jobTemplate"]["spec"]["template"]["spec"])
-    return dict(doc["spec"]["template"]["spec"])
-
-
-def pod_labels(doc: Doc) -> dict[str, str]:
-    template = (
-        doc["spec"]["jobTemplate"]["spec"]["template"]
-        if doc["kind"] == "CronJob"
-        else doc["spec"]["template"]
-    )
-    return dict(template["metadata"]["labels"])
-
-
-def workloads(docs: list[Doc] | tuple[Doc, ...]) -> list[Doc]:
-    return [d for d in docs if d["kind"] in ("Deployment", "CronJob")]
-
-
-def containers(doc: Doc, *, init: bool = True) -> list[Doc]:
-    spec = pod_spec(doc)
-    return list(spec.get("initContainers", []) if init else []) + list(spec["containers"])
-
-
-def env_of(container: Doc) -> dict[str, Doc]:
-    return {e["name"]: e for e in container.get("env", [])}
-
-
-def config_map(docs: list[Doc] | tuple[Doc, ...]) -> dict[str, str]:
-    (found,) = [d for d in docs if d["kind"] == "ConfigMap"]
-    return dict(found["data"])
-
-
-def base_config() -> dict[str, str]:
-    """The literals of the base's configMapGenerator."""
-    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text(encoding="utf-8"))
-    (generator,) = kustomization["configMapGenerator"]
-    return dict(item.split("=", 1) for item in generator["literals"])
-
-
-# --- the runbook's kubectl lines -------------------------------------------------------------
-
-
-def runbook_kubectl() -> list[str]:
-    if not SPEC.exists():
-        pytest.skip(f"the spec runbook is not at {SPEC}")
-    commands = [c for _, c in shell_commands(SPEC.read_text(encoding="utf-8"))]
-    return [c for c in commands if c.startswith("kubectl ")]
-
-
-def referenced_deployments(lines: list[str]) -> set[str]:
-    return {m[1] for line in lines for m in re.finditer(r"deployment[/ ]([a-z][\w-]*)", line)}
-
+from tests.support.manifests import (
+    APP,
+    BASE,
+    DIGEST,
+    DOCS_RUNBOOK,
+    KUBE,
+    KUBERNETES_VERSIONS,
+    NAMESPACE,
+    PRODUCTION,
+    ROLE_ARN,
+    ROOT,
+    Doc,
+    base_config,
+    base_docs,
+    containers,
+    env_of,
+    find,
+    load,
+    manifest_files,
+    pod_labels,
+    pod_spec,
+    referenced_deployments,
+    rendered,
+    runbook_kubectl,
+    workloads,
+)
 
 # --- schema validation -------------------------------------------------------------------------
 
@@ -501,160 +409,6 @@ def test_production_uses_managed_services_by_secret_reference() -> None:
             if container in pod_spec(doc)["containers"]:
                 reference = env["REDIS_URL"]["valueFrom"]["secretKeyRef"]
                 assert reference == {"name": "finops-managed-services", "key": "redis-url"}
-
-
-# --- the Dockerfile ------------------------------------------------------------------------------
-
-
-def dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) in order: comments dropped, continuation lines joined."""
-    lines: list[tuple[str, str]] = []
-    pending = ""
-    for raw in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        pending = f"{pending} {line.removesuffix(chr(92)).strip()}".strip()
-        if not line.endswith("\\"):
-            word, _, rest = pending.partition(" ")
-            lines.append((word.upper(), rest.strip()))
-            pending = ""
-    return lines
-
-
-def stages() -> list[list[tuple[str, str]]]:
-    found: list[list[tuple[str, str]]] = []
-    for instruction in dockerfile():
-        if instruction[0] == "FROM":
-            found.append([])
-        if found:
-            found[-1].append(instruction)
-    return found
-
-
-def dockerignore() -> list[str]:
-    text = (ROOT / ".dockerignore").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
-
-
-def ignored(path: str) -> bool:
-    parts = path.split("/")
-    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    return any(fnmatch.fnmatch(p, pattern) for pattern in dockerignore() for p in prefixes)
-
-
-def test_the_dockerfile_base_is_pinned_by_digest() -> None:
-    args = dict(a.split("=", 1) for word, a in dockerfile() if word == "ARG" and "=" in a)
-    bases = [a.split()[0] for word, a in dockerfile() if word == "FROM"]
-    assert len(bases) == 2 and all(b == "${PYTHON_IMAGE}" for b in bases)
-    image = args["PYTHON_IMAGE"]
-    assert image.startswith("python:3.11") and "-slim" in image
-    assert DIGEST.search(image), image
-    assert ":latest" not in (ROOT / "Dockerfile").read_text(encoding="utf-8")
-
-
-def test_the_dockerfile_runs_as_a_non_root_user_with_a_health_check() -> None:
-    final = stages()[-1]
-    users = [a for word, a in final if word == "USER"]
-    assert users, "no USER in the final stage"
-    user = users[-1].split(":")[0]
-    assert user not in ("root", "0")
-    assert any(word == "HEALTHCHECK" for word, _ in final)
-    # the uid the Kubernetes pods run as
-    api = find(base_docs(), "Deployment", "finops-api")
-    assert str(pod_spec(api)["securityContext"]["runAsUser"]) == user
-
-
-def test_the_dockerfile_installs_the_lock_then_the_package() -> None:
-    runs = [a for word, a in stages()[0] if word == "RUN"]
-    assert any("pip install -r requirements.lock" in r for r in runs)
-    assert any("pip install --no-deps ." in r for r in runs)
-
-
-def test_every_copied_path_exists_and_reaches_the_build_context() -> None:
-    sources = []
-    for word, args in dockerfile():
-        if word in ("COPY", "ADD") and "--from=" not in args:
-            sources += [s for s in args.split()[:-1] if not s.startswith("--")]
-    assert sources
-    for source in sources:
-        assert (ROOT / source).exists(), f"COPY {source}: no such path"
-        assert not ignored(source), f"COPY {source}: excluded by .dockerignore"
-    for heavy in (".venv", ".git", "tests", "deploy"):
-        assert ignored(heavy), f"{heavy} should stay out of the build context"
-
-
-def image_layout(tmp: Path) -> tuple[Path, Path, dict[str, str]]:
-    """The final stage as files: /app from its COPY lines, the package as site-packages, and
-    its ENV (paths moved under tmp)."""
-    app, site = tmp / "app", tmp / "site"
-    final = stages()[-1]
-    workdir = "/"
-    env: dict[str, str] = {}
-    for word, args in final:
-        if word == "WORKDIR":
-            workdir = args
-        elif word == "ENV":
-            for item in re.findall(r"(\w+)=(\S+)", args):
-                env[item[0]] = item[1]
-        elif word == "COPY" and "--from=" not in args:
-            *sources, target = args.split()
-            destination = Path(target if target.startswith("/") else f"{workdir}/{target}")
-            assert destination.is_relative_to("/app"), args
-            where = app / destination.relative_to("/app")
-            for source in sources:
-                if (ROOT / source).is_dir():
-                    shutil.copytree(ROOT / source, where)
-                else:  # a file into a directory (the target ends with a slash)
-                    assert target.endswith("/"), args
-                    where.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(ROOT / source, where / Path(source).name)
-    assert workdir == "/app"
-    shutil.copytree(
-        ROOT / "backend", site / "backend", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    roots = {"/app": app, "/tmp": tmp / "tmp"}
-    moved = {}
-    for name, value in env.items():
-        if name != "PATH":
-            root = next((r for r in roots if value == r or value.startswith(f"{r}/")), None)
-            moved[name] = str(roots[root]) + value[len(root) :] if root else value
-    return app, site, moved
-
-
-def test_the_image_layout_migrates_and_answers_the_runbook(tmp_path: Path) -> None:
-    """Without the checkout: the package from site-packages, migrations and policies from
-    /app, where FINOPS_MIGRATIONS_DIR and FINOPS_POLICY_PATHS point."""
-    app, site, image_env = image_layout(tmp_path)
-    assert {"scripts", "migrations", "policies", "alembic.ini"} <= {p.name for p in app.iterdir()}
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("FINOPS_", "DATABASE"))},
-        **image_env,
-        "PYTHONPATH": str(site),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'image.sqlite'}",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-
-    def run(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, *argv], cwd=app, env=env, capture_output=True, text=True, timeout=120
-        )
-
-    where = run("-c", "import backend; print(backend.__file__)")
-    assert where.stdout.strip() == str(site / "backend" / "__init__.py"), where.stderr
-    upgraded = run("-c", "from backend.cli import main; main()", "db", "upgrade")
-    assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
-    health = run("scripts/health-check.py")
-    assert "ok   schema:" in health.stdout, health.stdout + health.stderr
-    policies = run(
-        "-c",
-        "from backend.core.policy_manager import PolicyManager; "
-        "PolicyManager().validate_all_policies()",
-    )
-    assert "policy pack OK" in policies.stdout, policies.stdout + policies.stderr
-    assert str(app / "policies") in policies.stdout
-    # the default schedule path the runbook deletes is the one the image sets
-    assert image_env["FINOPS_BEAT_SCHEDULE_PATH"] == str(tmp_path / "tmp" / "celerybeat-schedule")
 
 
 def _docs_iter() -> Iterator[Path]:
