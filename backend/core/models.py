@@ -134,7 +134,9 @@ class OpportunityRow(Base):
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     policy_name: Mapped[str] = mapped_column(String(128))
-    resource_pk: Mapped[int] = mapped_column(ForeignKey("resources.id", ondelete="CASCADE"))
+    # A resource's id, kept so by triggers that check whole statements, not by a foreign
+    # key's lookup per row (2.7 s of a first evaluation of 1M resources): see migration 0004.
+    resource_pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     action: Mapped[str] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)

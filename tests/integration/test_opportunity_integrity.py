@@ -1,0 +1,105 @@
+"""An opportunity always names a resource (migration 0004's triggers, which replaced a
+row-by-row foreign key): on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
+
+from backend.core.database import session_scope
+from backend.core.migrations import upgrade
+from backend.core.models import OpportunityRow, ResourceRow
+
+NOW = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
+
+
+def resource(session, resource_id: str) -> int:  # type: ignore[no-untyped-def]
+    row = ResourceRow(
+        account_id="111111111111",
+        region="us-east-1",
+        kind="ebs",
+        resource_id=resource_id,
+        state="available",
+        tags={},
+        attributes={},
+        first_seen=NOW,
+        last_seen=NOW,
+    )
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def opportunity(resource_pk: int, policy: str = "p") -> dict[str, object]:
+    return {
+        "policy_name": policy,
+        "resource_pk": resource_pk,
+        "action": "delete",
+        "params": {},
+        "evidence": {},
+        "status": "open",
+        "first_found": NOW,
+        "last_seen": NOW,
+    }
+
+
+def count_opportunities() -> int:
+    with session_scope() as session:
+        return int(session.scalar(select(func.count()).select_from(OpportunityRow)) or 0)
+
+
+def test_an_opportunity_for_no_resource_is_refused_whole(any_database: str) -> None:
+    upgrade()
+    with session_scope() as session:
+        pk = resource(session, "vol-1")
+    refusal = r"FOREIGN KEY|do not exist"
+    with pytest.raises(DBAPIError, match=refusal) as refused, session_scope() as session:
+        session.execute(insert(OpportunityRow), [opportunity(pk), opportunity(pk + 999)])
+    assert "opportunities" in str(refused.value)
+    assert count_opportunities() == 0  # the valid row went with the invalid one
+
+    with session_scope() as session:
+        session.execute(insert(OpportunityRow), [opportunity(pk), opportunity(pk, "q")])
+    assert count_opportunities() == 2
+
+
+def test_deleting_resources_deletes_their_opportunities_only(any_database: str) -> None:
+    upgrade()
+    with session_scope() as session:
+        gone, kept = resource(session, "vol-gone"), resource(session, "vol-kept")
+        session.execute(
+            insert(OpportunityRow), [opportunity(gone), opportunity(gone, "q"), opportunity(kept)]
+        )
+    with session_scope() as session:
+        session.execute(delete(ResourceRow).where(ResourceRow.id == gone))
+    with session_scope() as session:
+        left = session.scalars(select(OpportunityRow.resource_pk)).all()
+    assert left == [kept]
+
+
+def test_the_keys_between_them_never_change(any_database: str) -> None:
+    upgrade()
+    with session_scope() as session:
+        first, second = resource(session, "vol-a"), resource(session, "vol-b")
+        session.execute(insert(OpportunityRow), [opportunity(first)])
+    with pytest.raises(DBAPIError, match="resource_pk never changes"), session_scope() as s:
+        s.execute(update(OpportunityRow).values(resource_pk=second))
+    with pytest.raises(DBAPIError, match="id never changes"), session_scope() as s:
+        s.execute(update(ResourceRow).where(ResourceRow.id == first).values(id=second + 100))
+    with session_scope() as session:  # any other change goes through
+        session.execute(update(OpportunityRow).values(status="resolved"))
+        session.execute(update(ResourceRow).values(state="in-use"))
+    with session_scope() as session:
+        assert session.scalar(select(OpportunityRow.resource_pk)) == first
+
+
+def test_truncating_resources_truncates_opportunities(postgres_url: str) -> None:
+    upgrade()
+    with session_scope() as session:
+        session.execute(insert(OpportunityRow), [opportunity(resource(session, "vol-t"))])
+    with session_scope() as session:
+        session.execute(text("TRUNCATE resources CASCADE"))
+    assert count_opportunities() == 0
