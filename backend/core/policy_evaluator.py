@@ -161,6 +161,11 @@ class StoredPolicyEvaluator:
             # MERGE's inserts cannot meet a concurrent insert of the same key, nor two
             # evaluations resolve each other's findings.
             self._session.execute(text("LOCK TABLE opportunities IN SHARE ROW EXCLUSIVE MODE"))
+        # Asked before anything is written (and no other writer until commit): without an
+        # open opportunity of these policies, none can resolve, and the resolving pass (a
+        # scan of everything just written) is skipped, as on a first evaluation.
+        names = [p.name for p in pack.enabled()]
+        resolvable = self._any_open(names)
         by_kind: dict[ResourceKind, list[Policy]] = defaultdict(list)
         for policy in pack.enabled():
             by_kind[policy.kind].append(policy)
@@ -200,7 +205,7 @@ class StoredPolicyEvaluator:
             PolicyOutcome(p.name, engines[p.name], counts.get(p.name, 0)) for p in pack.enabled()
         ]
         t0 = time.perf_counter()
-        out.resolved = self._resolve([p.name for p in pack.enabled()])
+        out.resolved = self._resolve(names) if resolvable else 0
         out.seconds_by_step["resolve"] = time.perf_counter() - t0
         out.seconds = time.perf_counter() - started
         return out
@@ -437,6 +442,12 @@ class StoredPolicyEvaluator:
         return build(*pairs)
 
     # -- bookkeeping ----------------------------------------------------------------------
+    def _any_open(self, policies: list[str]) -> bool:
+        open_ones = select(OpportunityRow.id).where(
+            OpportunityRow.policy_name.in_(policies), OpportunityRow.status == "open"
+        )
+        return bool(self._session.scalar(select(open_ones.exists())))
+
     def _resolve(self, policies: list[str]) -> int:
         result = self._session.execute(
             update(OpportunityRow)
