@@ -54,6 +54,7 @@ from backend.core.policy_evaluator_python import (
     price_by_signature,
     signature,
 )
+from backend.core.repositories import lock_opportunities
 from backend.core.sql_policies import Predicate, SqlCompiler, leaves
 from backend.domain.policy.filters import Filter
 from backend.domain.policy.measures import MetricsFilter
@@ -157,10 +158,7 @@ class StoredPolicyEvaluator:
             # statement (0.7 s each); and hashed subplans need room.
             self._session.execute(text("SET LOCAL jit = off"))
             self._session.execute(text("SET LOCAL work_mem = '64MB'"))
-            # One writer of opportunities at a time until commit, readers unhindered: the
-            # MERGE's inserts cannot meet a concurrent insert of the same key, nor two
-            # evaluations resolve each other's findings.
-            self._session.execute(text("LOCK TABLE opportunities IN SHARE ROW EXCLUSIVE MODE"))
+        lock_opportunities(self._session)  # one writer until commit
         # Asked before anything is written (and no other writer until commit): without an
         # open opportunity of these policies, none can resolve, and the resolving pass (a
         # scan of everything just written) is skipped, as on a first evaluation.

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, and_, func, or_, select, update
+from sqlalchemy import CursorResult, and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from backend.core.models import (
@@ -42,6 +42,17 @@ class _Repository:
 
         with session_scope() as session:
             yield session
+
+
+def lock_opportunities(session: Session) -> None:
+    """One writer of opportunities at a time until commit, readers unhindered (PostgreSQL).
+
+    Two writers' inserts cannot meet on the same key, nor one resolve the other's
+    findings; and a concurrent delete of resources, whose trigger deletes their
+    opportunities (migration 0004), waits for the commit and then sees what was written.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE opportunities IN SHARE ROW EXCLUSIVE MODE"))
 
 
 class ResourceRepository(_Repository):
@@ -243,6 +254,7 @@ class OpportunityRepository(_Repository):
             for row in found
         ]
         with self._use() as session:
+            lock_opportunities(session)
             for i in range(0, len(rows), 2000):
                 upsert_rows(
                     session,
