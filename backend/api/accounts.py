@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from backend.api.security import Role, check_username, hash_password, hash_token, new_token
@@ -182,8 +182,18 @@ def revoke_token(session: Session, token_id: int, *, actor: str, audit: AuditLog
 
 
 def authenticate(session: Session, token: str, now: dt.datetime | None = None) -> Principal:
-    """The active user behind a clear token, or AuthenticationError naming the failed check."""
+    """The active user behind a clear token, or AuthenticationError naming the failed check;
+    its last use recorded in the same session when due."""
     now = now or utcnow()
+    principal, due = check_token(session, token, now)
+    if due:
+        mark_used(session, principal.token_id, now)
+    return principal
+
+
+def check_token(session: Session, token: str, now: dt.datetime) -> tuple[Principal, bool]:
+    """The active user behind a clear token, and whether its last_used_at is due to be
+    written (every LAST_USED_EVERY); reads only."""
     found = session.execute(
         select(ApiTokenRow, UserRow)
         .join(UserRow, UserRow.id == ApiTokenRow.user_id)
@@ -198,9 +208,26 @@ def authenticate(session: Session, token: str, now: dt.datetime | None = None) -
         raise AuthenticationError(f"API token {row.id} expired at {row.expires_at:%Y-%m-%d %H:%M}Z")
     if user.disabled:
         raise AuthenticationError(f"user {user.username!r} is disabled")
-    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY:
-        row.last_used_at = now
-    return Principal(user.id, user.username, Role(user.role), row.id)
+    due = row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY
+    return Principal(user.id, user.username, Role(user.role), row.id), due
+
+
+def mark_used(session: Session, token_id: int, now: dt.datetime) -> None:
+    """last_used_at = now, unless another request has moved it within LAST_USED_EVERY since
+    this one read it. Requests sharing a token all see it due at the same moment: each
+    would rewrite the row in turn, waiting for the one before to commit (a queue once a
+    minute, in the latency's tail). With the condition, the first writes and the others,
+    once it has committed, find nothing to do; and last_used_at never goes back."""
+    session.execute(
+        update(ApiTokenRow)
+        .where(
+            ApiTokenRow.id == token_id,
+            (ApiTokenRow.last_used_at.is_(None))
+            | (ApiTokenRow.last_used_at <= now - LAST_USED_EVERY),
+        )
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def login(session: Session, username: str, password: str, *, audit: AuditLogger) -> IssuedToken:

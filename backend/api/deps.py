@@ -14,12 +14,13 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from backend.api.accounts import AuthenticationError, Principal, authenticate
+from backend.api.accounts import AuthenticationError, Principal, check_token, mark_used
 from backend.api.context import ApiContext
 from backend.api.problems import Problem
 from backend.api.security import Role
 from backend.core.audit_chain import EventType
 from backend.core.database import session_scope
+from backend.core.types import utcnow
 
 log = structlog.get_logger(__name__)
 _bearer = HTTPBearer(auto_error=False, description="An API token: `finops users token NAME`")
@@ -50,6 +51,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 def current_user(
     context: ContextDep,
+    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
@@ -59,12 +61,17 @@ def current_user(
             kind="unauthenticated",
             headers=_CHALLENGE,
         )
+    now = utcnow()
     try:
-        # Its own short transaction: it records last_used_at even when the route only reads.
-        with session_scope(factory=context.session_factory) as session:
-            return authenticate(session, credentials.credentials)
+        # In the request's own session (one connection, one transaction for the request):
+        # revocation and expiry are read on every call.
+        principal, due = check_token(session, credentials.credentials, now)
     except AuthenticationError as exc:
         raise Problem(401, str(exc), kind="unauthenticated", headers=_CHALLENGE) from None
+    if due:  # once a minute a token: its own short transaction, which a read also commits
+        with session_scope(factory=context.session_factory) as marking:
+            mark_used(marking, principal.token_id, now)
+    return principal
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -45,6 +46,16 @@ class ResourceRow(Base):
     __table_args__ = (
         UniqueConstraint("account_id", "region", "kind", "resource_id", name="uq_resources_key"),
         Index("ix_resources_kind_state", "kind", "state"),
+        # The inventory list sorted by cost within a kind, present resources only (its
+        # default filter): a page is an index range, not a sort of the kind (migration 0005).
+        Index(
+            "ix_resources_kind_cost",
+            "kind",
+            "monthly_cost",
+            "id",
+            postgresql_where=text("gone_at IS NULL"),
+            sqlite_where=text("gone_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

@@ -270,3 +270,46 @@ def test_login_with_a_password_gives_a_short_lived_token(api: Api) -> None:
     assert api.client.get(f"{V1}/actions", headers=headers).status_code == 200
     logins = [(e.actor, e.outcome) for e in events("login")]
     assert logins == [("dash", "refused"), ("zed", "refused"), ("dash", "succeeded")]
+
+
+def test_a_read_records_the_tokens_use(api: Api) -> None:
+    """The route only reads (its session is rolled back), yet the use is recorded."""
+    token_id = api.token_ids["vera"]
+    with session_scope() as session:
+        row = session.get(ApiTokenRow, token_id)
+        assert row is not None
+        row.last_used_at = None
+    before = utcnow()
+    assert api.get(f"{V1}/inventory").status_code == 200
+    with session_scope() as session:
+        row = session.get(ApiTokenRow, token_id)
+        assert row is not None and row.last_used_at is not None
+        assert row.last_used_at >= before.replace(microsecond=0)
+
+
+def test_last_used_is_written_once_a_minute_and_never_goes_back(api: Api) -> None:
+    from backend.api.accounts import authenticate, mark_used
+
+    token_id = api.token_ids["vera"]
+    start = utcnow().replace(microsecond=0) + dt.timedelta(hours=1)
+
+    def at(seconds: int) -> dt.datetime:
+        return start + dt.timedelta(seconds=seconds)
+
+    def last_used() -> dt.datetime | None:
+        with session_scope() as session:
+            row = session.get(ApiTokenRow, token_id)
+            assert row is not None
+            return row.last_used_at
+
+    for seconds, written in ((0, 0), (30, 0), (61, 61)):
+        with session_scope() as session:
+            authenticate(session, api.tokens["vera"], now=at(seconds))
+        assert last_used() == at(written), seconds
+    # A request that read the token before 61 was written finds its write done already.
+    with session_scope() as session:
+        mark_used(session, token_id, at(70))
+    assert last_used() == at(61)
+    with session_scope() as session:
+        authenticate(session, api.tokens["vera"], now=at(125))
+    assert last_used() == at(125)

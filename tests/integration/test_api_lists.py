@@ -85,8 +85,10 @@ def test_actions_pages_sorts_and_filters(api: Api) -> None:
     assert api.get(f"{V1}/actions", params={"offset": 100}).json() == {
         "items": [],
         "total": 7,
+        "total_exact": True,
         "limit": 50,
         "offset": 100,
+        "next_cursor": None,
     }
 
 
@@ -165,12 +167,19 @@ def test_opportunities_sum_their_savings_over_every_page(api: Api) -> None:
     seed_opportunity(
         other, policy_name="gp2-to-gp3", estimated_monthly_savings=1.0, status="resolved"
     )
-    page = api.get(f"{V1}/opportunities", params={"limit": 1, "sort": "-estimated_monthly_savings"})
-    body = page.json()
-    assert body["total"] == 3 and len(body["items"]) == 1
+    first = {"limit": 1, "sort": "-estimated_monthly_savings", "include_totals": True}
+    body = api.get(f"{V1}/opportunities", params=first).json()
+    assert body["total"] == 3 and body["total_exact"] and len(body["items"]) == 1
     assert body["total_estimated_monthly_savings"] == 42.5 and body["savings_unknown"] == 1
     assert body["items"][0]["resource_pk"] == dear
-    mine = api.get(f"{V1}/opportunities", params={"account": "111111111111"}).json()
+    later = {"limit": 1, "sort": "-estimated_monthly_savings", "cursor": body["next_cursor"]}
+    second = api.get(f"{V1}/opportunities", params=later).json()
+    assert second["items"][0]["resource_pk"] == cheap and second["total"] == 3
+    # Without include_totals the sums are not computed (a pass over every match).
+    assert second["total_estimated_monthly_savings"] is None and second["savings_unknown"] is None
+    mine = api.get(
+        f"{V1}/opportunities", params={"account": "111111111111", "include_totals": True}
+    ).json()
     assert mine["total"] == 2 and mine["total_estimated_monthly_savings"] == 42.5
     resolved = api.get(f"{V1}/opportunities", params={"status": "resolved"}).json()
     assert [o["policy_name"] for o in resolved["items"]] == ["gp2-to-gp3"]

@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner, Result
 
 from backend.cli.app import app
@@ -111,3 +113,56 @@ def test_serve_answers_health_and_api_over_http(sqlite: str, tmp_path: Path) -> 
     output = log.read_text()
     assert proc.returncode in (0, -15), output
     assert "Traceback" not in output and f"127.0.0.1:{port}" in output
+
+
+def test_serve_with_workers_reports_the_sum_of_every_workers_counters(
+    sqlite: str, tmp_path: Path
+) -> None:
+    assert cli("users", "create", "otto", "--role", "operator").exit_code == 0
+    token = cli("users", "token", "otto").stdout.strip().splitlines()[0]
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    (shared / "counter_1.db").write_bytes(b"a previous run's")  # wiped before workers start
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": sqlite,
+        "FINOPS_ENVIRONMENT": "production",
+        "FINOPS_SECRET_KEY": "a-long-random-test-secret-value",
+        "PROMETHEUS_MULTIPROC_DIR": str(shared),
+    }
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [str(FINOPS), "serve", "--port", str(port), "--workers", "2"],
+            env=env,
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/health/live", timeout=60)
+        deadline = time.monotonic() + 30
+        while len(list(shared.glob("counter_*.db"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # each worker writes its file as it builds its app
+        assert len(list(shared.glob("counter_*.db"))) == 2, list(shared.iterdir())
+        for _ in range(30):  # a connection each: the workers share them out
+            assert http(f"{base}/api/v1/auth/me", token)[0] == 200
+        for _ in range(6):  # whichever worker answers, the count is every worker's
+            text = urllib.request.urlopen(f"{base}/metrics", timeout=30).read().decode()
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            me = [
+                s.value
+                for s in families["finops_api_requests"].samples
+                if s.labels.get("route") == "/api/v1/auth/me" and s.name.endswith("_total")
+            ]
+            assert me == [30.0], me
+            assert "process_cpu_seconds" not in families  # one worker's: left out
+            assert "finops_automation_engine_status" in families  # the database's: still read
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    output = log.read_text()
+    assert proc.returncode in (0, -15), output
+    assert "Traceback" not in output

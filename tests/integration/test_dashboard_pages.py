@@ -242,6 +242,10 @@ def test_the_audit_log_shows_the_chain_verification_and_is_searchable(site: Site
     actors = page.locator("#audit-results tbody tr td:nth-child(3)")
     check(actors.first).to_have_text("vera")
     assert set(actors.all_inner_texts()) == {"vera"}
+    found = actors.count()  # one page: the pager says so, and offers no next page
+    pages = page.locator("#audit-results nav.pager")
+    check(pages.get_by_role("status")).to_have_text(f"1\N{EN DASH}{found} of {found}")
+    check(pages.get_by_role("button", name="Next page")).to_be_disabled()
     page.get_by_label("Text in details").fill("no-such-text-anywhere")
     page.get_by_role("button", name="Search").click()
     check(page.locator("#audit-results .summary")).to_contain_text("0 of")

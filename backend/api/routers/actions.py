@@ -70,14 +70,9 @@ def list_actions(
         query = query.where(ActionRow.kind == kind)
     if requested_by:
         query = query.where(ActionRow.requested_by == requested_by)
-    rows, total = paginate_query(session, query, page, sort, SORTS, ActionRow.id)
+    window = paginate_query(session, query, page, sort, SORTS, ActionRow.id)
     now = utcnow()
-    return Page(
-        items=[ActionOut.of(r, now) for r in rows],
-        total=total,
-        limit=page.limit,
-        offset=page.offset,
-    )
+    return window.page([ActionOut.of(r, now) for r in window.rows])
 
 
 @router.get("/{action_id}", response_model=ActionDetail)

@@ -74,9 +74,8 @@ def list_events(
         query = query.where(AuditEventRow.occurred_at >= since)
     if until is not None:
         query = query.where(AuditEventRow.occurred_at < until)
-    rows, total = paginate_query(session, query, page, sort, SORTS, AuditEventRow.id, "-id")
-    items = [EventOut.model_validate(r) for r in rows]
-    return Page(items=items, total=total, limit=page.limit, offset=page.offset)
+    window = paginate_query(session, query, page, sort, SORTS, AuditEventRow.id, "-id")
+    return window.page([EventOut.model_validate(r) for r in window.rows])
 
 
 @router.get("/verify", response_model=VerifyOut)

@@ -13,7 +13,7 @@ from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
 from backend.api.deps import Approver, ContextDep, SessionDep, Viewer
-from backend.api.pagination import Column
+from backend.api.keyset import Column
 from backend.api.problems import Problem, not_found
 from backend.api.routers import API_PREFIX
 from backend.api.schemas import ActionDetail

@@ -24,6 +24,7 @@ SORTS = {
     "kind": ResourceRow.kind,
     "last_seen": ResourceRow.last_seen,
 }
+ROW_COLUMNS = list(ResourceRow.__table__.columns)
 TagFilter = Annotated[
     list[str] | None,
     Query(description="key=value, or key alone for 'has this tag'; repeat to require several."),
@@ -63,7 +64,8 @@ def list_resources(
     include_gone: bool = False,
     sort: SortParam = None,
 ) -> Page[ResourceOut]:
-    query = select(ResourceRow)
+    # Plain rows, not ORM objects: building those was a fifth of a page's CPU.
+    query = select(*ROW_COLUMNS)
     if not include_gone:
         query = query.where(ResourceRow.gone_at.is_(None))
     if kind:
@@ -85,9 +87,11 @@ def list_resources(
         # JSON lookups render as json_extract on SQLite and ->> on PostgreSQL.
         found = ResourceRow.tags[key].as_string()
         query = query.where(found == value if sep else found.is_not(None))
-    rows, total = paginate_query(session, query, page, sort, SORTS, ResourceRow.id)
-    items = [ResourceOut.model_validate(r) for r in rows]
-    return Page(items=items, total=total, limit=page.limit, offset=page.offset)
+    window = paginate_query(session, query, page, sort, SORTS, ResourceRow.id)
+    names = [c.key for c in ROW_COLUMNS]
+    return window.page(
+        [ResourceOut.model_validate(dict(zip(names, r, strict=True))) for r in window.rows]
+    )
 
 
 @router.get("/{resource_pk}", response_model=ResourceOut)

@@ -6,8 +6,9 @@ import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import Select, func, select
+from sqlalchemy.sql.elements import ColumnElement
 
 from backend.api.deps import SessionDep, Viewer
 from backend.api.pagination import Page, Paging, SortParam, paginate_query
@@ -23,6 +24,30 @@ SORTS = {
     "last_seen": OpportunityRow.last_seen,
     "policy": OpportunityRow.policy_name,
 }
+
+
+# What a page reads, named as OpportunityOut's fields (resource_pk is the resource's id).
+COLUMNS = [
+    *(
+        getattr(OpportunityRow, name)
+        for name in (
+            "id",
+            "policy_name",
+            "action",
+            "params",
+            "evidence",
+            "estimated_monthly_savings",
+            "savings_unknown",
+            "status",
+            "first_found",
+            "last_seen",
+            "resolved_at",
+            "resource_pk",
+        )
+    ),
+    *(getattr(ResourceRow, name) for name in ("kind", "account_id", "region", "resource_id")),
+]
+NAMES = [column.key for column in COLUMNS]
 
 
 class OpportunityOut(BaseModel):
@@ -45,8 +70,12 @@ class OpportunityOut(BaseModel):
 
 
 class OpportunityPage(Page[OpportunityOut]):
-    total_estimated_monthly_savings: float
-    savings_unknown: int  # how many matching ones could not be priced (not counted as zero)
+    total_estimated_monthly_savings: float | None = Field(
+        description="The savings of every matching opportunity (not only this page's); "
+        "null unless include_totals=true."
+    )
+    # How many matching ones could not be priced (not counted as zero).
+    savings_unknown: int | None = Field(description="Null unless include_totals=true.")
 
 
 @router.get("", response_model=OpportunityPage)
@@ -61,54 +90,53 @@ def list_opportunities(
     region: str | None = None,
     min_savings: Annotated[float | None, Query(ge=0)] = None,
     sort: SortParam = None,
+    include_totals: Annotated[
+        bool,
+        Query(
+            description="Also sum the savings over every matching opportunity (and count "
+            "them exactly): a pass over all of them, so ask for it once, not on every page."
+        ),
+    ] = False,
 ) -> OpportunityPage:
-    query: Select[OpportunityRow, ResourceRow] = select(OpportunityRow, ResourceRow).join(
-        ResourceRow, ResourceRow.id == OpportunityRow.resource_pk
-    )
+    own: list[ColumnElement[bool]] = []
     if status:
-        query = query.where(OpportunityRow.status == status)
+        own.append(OpportunityRow.status == status)
     if policy:
-        query = query.where(OpportunityRow.policy_name.in_(policy))
-    if kind:
-        query = query.where(ResourceRow.kind == kind.value)
-    if account:
-        query = query.where(ResourceRow.account_id == account)
-    if region:
-        query = query.where(ResourceRow.region == region)
+        own.append(OpportunityRow.policy_name.in_(policy))
     if min_savings is not None:
-        query = query.where(OpportunityRow.estimated_monthly_savings >= min_savings)
-    rows, total = paginate_query(session, query, page, sort, SORTS, OpportunityRow.id)
-    sums = query.with_only_columns(
-        func.coalesce(func.sum(OpportunityRow.estimated_monthly_savings), 0.0),
-        func.count(OpportunityRow.savings_unknown),
-    ).order_by(None)
-    saved, unknown = session.execute(sums).one()
-    return OpportunityPage(
-        items=[_out(o, r) for o, r in rows],
-        total=total,
-        limit=page.limit,
-        offset=page.offset,
-        total_estimated_monthly_savings=round(float(saved or 0.0), 2),
-        savings_unknown=int(unknown or 0),
+        own.append(OpportunityRow.estimated_monthly_savings >= min_savings)
+    theirs: list[ColumnElement[bool]] = []
+    if kind:
+        theirs.append(ResourceRow.kind == kind.value)
+    if account:
+        theirs.append(ResourceRow.account_id == account)
+    if region:
+        theirs.append(ResourceRow.region == region)
+    query: Select[Any] = (
+        select(*COLUMNS)  # plain rows, not ORM objects: those were a fifth of a page's CPU
+        .join(ResourceRow, ResourceRow.id == OpportunityRow.resource_pk)
+        .where(*own, *theirs)
     )
-
-
-def _out(o: OpportunityRow, r: ResourceRow) -> OpportunityOut:
-    return OpportunityOut(
-        id=o.id,
-        policy_name=o.policy_name,
-        action=o.action,
-        params=o.params,
-        evidence=o.evidence,
-        estimated_monthly_savings=o.estimated_monthly_savings,
-        savings_unknown=o.savings_unknown,
-        status=o.status,
-        first_found=o.first_found,
-        last_seen=o.last_seen,
-        resolved_at=o.resolved_at,
-        resource_pk=r.id,
-        kind=r.kind,
-        account_id=r.account_id,
-        region=r.region,
-        resource_id=r.resource_id,
+    # Every opportunity has its resource (the database enforces it: migration 0004), so
+    # without a filter on the resources the join changes no count or sum: both read the
+    # opportunities alone (a capped count of open ones: 11 ms with the join, 2.6 without).
+    scope = query if theirs else select(OpportunityRow.id).where(*own)
+    saved = unknown = total = None
+    if include_totals:
+        sums = scope.with_only_columns(
+            func.coalesce(func.sum(OpportunityRow.estimated_monthly_savings), 0.0),
+            func.count(OpportunityRow.savings_unknown),
+            func.count(),
+        ).order_by(None)
+        saved, unknown, total = session.execute(sums).one()
+    window = paginate_query(
+        session, query, page, sort, SORTS, OpportunityRow.id, count_query=scope, total=total
+    )
+    return OpportunityPage(
+        items=[
+            OpportunityOut.model_validate(dict(zip(NAMES, r, strict=True))) for r in window.rows
+        ],
+        **window.meta(),
+        total_estimated_monthly_savings=None if saved is None else round(float(saved), 2),
+        savings_unknown=None if unknown is None else int(unknown),
     )

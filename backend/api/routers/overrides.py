@@ -94,9 +94,8 @@ def list_overrides(
     live = or_(OverrideRow.expires_at.is_(None), OverrideRow.expires_at > now)
     if active is not None:
         query = query.where(live if active else ~live)
-    rows, total = paginate_query(session, query, page, sort, SORTS, OverrideRow.id)
-    items = [OverrideOut.of(r, now) for r in rows]
-    return Page(items=items, total=total, limit=page.limit, offset=page.offset)
+    window = paginate_query(session, query, page, sort, SORTS, OverrideRow.id)
+    return window.page([OverrideOut.of(r, now) for r in window.rows])
 
 
 @router.post("", response_model=OverrideOut, status_code=201)

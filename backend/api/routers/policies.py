@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from backend.api.context import ApiContext
 from backend.api.deps import Approver, ContextDep, Operator, SessionDep, Viewer
-from backend.api.pagination import Page, Paging, SortParam, paginate_list
+from backend.api.pagination import OffsetPaging, Page, SortParam, list_window, paginate_list
 from backend.api.problems import Problem
 from backend.api.routers import API_PREFIX
 from backend.api.schemas import Text
@@ -104,7 +104,7 @@ def list_policies(
     session: SessionDep,
     context: ContextDep,
     _: Viewer,
-    page: Paging,
+    page: OffsetPaging,
     kind: str | None = None,
     mode: str | None = None,
     runs_now: Annotated[bool | None, Query()] = None,
@@ -124,7 +124,7 @@ def list_policies(
         "mode": lambda p: p.mode,
     }
     items, total = paginate_list(found, page, sort, keys, default="name")
-    return Page(items=items, total=total, limit=page.limit, offset=page.offset)
+    return list_window(items, total, page).page(items)
 
 
 @router.get("/{name}", response_model=PolicyOut)

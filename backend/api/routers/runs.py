@@ -62,9 +62,8 @@ def list_runs(
         query = query.where(ActionRunRow.triggered_by == triggered_by)
     if dry_run is not None:
         query = query.where(ActionRunRow.dry_run == dry_run)
-    rows, total = paginate_query(session, query, page, sort, SORTS, ActionRunRow.id)
-    items = [RunOut.model_validate(r) for r in rows]
-    return Page(items=items, total=total, limit=page.limit, offset=page.offset)
+    window = paginate_query(session, query, page, sort, SORTS, ActionRunRow.id)
+    return window.page([RunOut.model_validate(r) for r in window.rows])
 
 
 @router.get("/{run_id}", response_model=RunDetail)

@@ -20,7 +20,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from backend.api.deps import SessionDep, Viewer
-from backend.api.pagination import Column
+from backend.api.keyset import Column
 from backend.api.routers import API_PREFIX
 from backend.core.models import ActionRow, OpportunityRow, ResourceRow
 

@@ -182,10 +182,16 @@ export function table({ caption, columns, rows, sort, onSort, empty = "Nothing t
   );
 }
 
-/** Previous / next for a Page answer; `go(offset)` loads another page. */
+/** A Page's total as text: "10000+" when the API stopped counting at its cap. */
+export function count(page) {
+  return page.total_exact === false ? `${page.total}+` : String(page.total);
+}
+
+/** Previous / next for a Page answer (asked by offset); `go(offset)` loads another page.
+ * Next is offered while the API says there is more (`next_cursor`), whatever the total. */
 export function pager(page, go) {
-  const last = Math.min(page.offset + page.limit, page.total);
-  const first = page.total ? page.offset + 1 : 0;
+  const first = page.items.length ? page.offset + 1 : 0;
+  const shown = page.items.length ? page.offset + page.items.length : 0;
   return h(
     "nav",
     { class: "pager", "aria-label": "Pages" },
@@ -198,10 +204,14 @@ export function pager(page, go) {
       },
       "Previous page",
     ),
-    h("span", { role: "status" }, `${first}–${last} of ${page.total}`),
+    h("span", { role: "status" }, `${first}–${shown} of ${count(page)}`),
     h(
       "button",
-      { type: "button", disabled: last >= page.total, onclick: () => go(page.offset + page.limit) },
+      {
+        type: "button",
+        disabled: page.next_cursor === null,
+        onclick: () => go(page.offset + page.limit),
+      },
       "Next page",
     ),
   );

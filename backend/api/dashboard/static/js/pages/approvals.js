@@ -6,6 +6,7 @@ import { api, can, session } from "../api.js";
 import {
   badge,
   confirmDialog,
+  count,
   facts,
   h,
   money,
@@ -104,7 +105,7 @@ export async function render(root, { refresh }) {
     h(
       "p",
       { class: "summary", id: "queue-summary" },
-      `${waiting.total} actions wait for approval.`,
+      `${count(waiting)} actions wait for approval.`,
     ),
     table({
       caption: "Awaiting approval",

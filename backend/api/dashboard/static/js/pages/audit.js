@@ -2,7 +2,19 @@
 // of verifying the hash chain (an edited, deleted or reordered event is named).
 
 import { api } from "../api.js";
-import { badge, facts, field, h, pageHeading, pager, select, sr, table, when } from "../dom.js";
+import {
+  badge,
+  count,
+  facts,
+  field,
+  h,
+  pageHeading,
+  pager,
+  select,
+  sr,
+  table,
+  when,
+} from "../dom.js";
 
 const TYPES = [
   "scan",
@@ -157,7 +169,7 @@ export async function render(root) {
         { class: "summary", role: "status" },
         needle
           ? `${rows.length} of ${page.items.length} events on this page contain “${state.text}”.`
-          : `${page.total} events match.`,
+          : `${count(page)} events match.`,
       ),
       table({
         caption: "Audit events, newest first",

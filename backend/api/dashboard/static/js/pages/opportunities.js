@@ -111,6 +111,7 @@ export async function render(root) {
         sort: state.sort,
         offset: state.offset,
         limit: 50,
+        include_totals: true, // the sums over every match, shown above the table
       },
     });
     const sortBy = (fieldName) => {

@@ -3,7 +3,7 @@
 
 import { api } from "../api.js";
 import { barChart, columnChart } from "../charts.js";
-import { badge, h, money, pageHeading } from "../dom.js";
+import { badge, count, h, money, pageHeading } from "../dom.js";
 
 function stat(label, value, note, id) {
   return h(
@@ -98,7 +98,7 @@ export async function render(root) {
         `per month, ${totals.succeeded_actions} actions (${money(totals.realized_measured)} measured)`,
         "stat-realized",
       ),
-      stat("Awaiting approval", String(waiting.total), "actions", "stat-waiting"),
+      stat("Awaiting approval", count(waiting), "actions", "stat-waiting"),
       stat(
         "Automation",
         stop && stop.engaged ? "Stopped" : engine ? engine.state.split(" (")[0] : "unknown",
