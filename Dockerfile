@@ -19,7 +19,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# The pinned tree first (its layer is cached while only the code changes). Every pin has a
+# The pinned runtime tree first (its layer is cached while only the code changes); the test
+# tools' pins are in requirements-dev.lock and stay out of the image. Every pin has a
 # binary wheel for CPython 3.11 on Linux x86_64, so no compiler is needed.
 COPY requirements.lock ./
 RUN pip install -r requirements.lock

@@ -30,7 +30,7 @@ from tests.support.dashboard_site import (
 
 pytestmark = pytest.mark.moto_server
 expect = pytest.importorskip(
-    "playwright.sync_api", reason="requirements.lock pins playwright"
+    "playwright.sync_api", reason="requirements-dev.lock pins playwright"
 ).expect
 PAGES = [
     ("Overview", "overview"),

@@ -88,6 +88,22 @@ def test_the_dockerfile_installs_the_lock_then_the_package() -> None:
     assert any("pip install --no-deps ." in r for r in runs)
 
 
+def test_the_image_lock_holds_the_runtime_only_and_the_dev_lock_adds_to_it() -> None:
+    def pins(name: str) -> dict[str, str]:
+        lines = (ROOT / name).read_text(encoding="utf-8").splitlines()
+        found = [ln.split("==") for ln in lines if "==" in ln and not ln.startswith("#")]
+        return {package.lower().replace("_", "-"): version for package, version in found}
+
+    runtime, dev = pins("requirements.lock"), pins("requirements-dev.lock")
+    tools = {"pytest", "hypothesis", "mypy", "ruff", "playwright", "schemathesis"}
+    assert not tools & set(runtime)  # none of them in the image
+    assert tools <= set(dev)
+    assert not set(runtime) & set(dev)  # each pin in one place
+    assert "-r requirements.lock" in (ROOT / "requirements-dev.lock").read_text().splitlines()
+    assert "awscli" in runtime  # the runbook's `aws sts ...` runs in the API container
+    assert "requirements-dev.lock" in (ROOT / "Makefile").read_text()
+
+
 def test_every_copied_path_exists_and_reaches_the_build_context() -> None:
     sources = []
     for word, args in dockerfile():

@@ -76,7 +76,7 @@ def playwright_or_skip() -> Any:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("the playwright package is not installed (requirements.lock pins it)")
+        pytest.skip("the playwright package is not installed (requirements-dev.lock pins it)")
     return sync_playwright
 
 
