@@ -34,8 +34,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.api.context import ApiContext
-from backend.api.metrics_audit import CountedAuditLogError, CountingAuditLogger
 from backend.api.metrics_collector import FinOpsCollector
+from backend.core.audit_failures import CountedAuditLogError, CountingAuditLogger
 from backend.core.automation_audit_logger import AuditLogError, AuditLogger
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"

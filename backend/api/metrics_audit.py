@@ -9,8 +9,9 @@ The same pass checks the hash chain of the new events (at the first scrape, only
 `CHAIN_WINDOW`: `finops audit verify` checks the whole history). A break is kept until the
 database changes, so the alert on it does not clear by itself.
 
-Audit writes that fail leave nothing in the log to count: `CountingAuditLogger` counts them
-as they fail in this process (metrics.py hands it to the API's services).
+Audit writes that fail leave nothing in the log to count: `CountingAuditLogger`
+(backend/core/audit_failures.py) counts them as they fail in this process (metrics.py hands
+it to the API's services); the workers' count is read from Redis by the collector.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import itertools
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.core.audit_chain import AuditEvent, EventType, verify_events
-from backend.core.automation_audit_logger import AuditLogError, AuditLogger, to_event
+from backend.core.audit_chain import AuditEvent, verify_events
+from backend.core.automation_audit_logger import to_event
 from backend.core.models import AuditEventRow
 from backend.domain.safety import Rule
 
@@ -143,24 +144,3 @@ class AuditCounts:
             self.chain_break = str(report)
         elif seen:
             self.chain_head = seen[0]
-
-
-class CountedAuditLogError(AuditLogError):
-    """An AuditLogError already counted where it was raised (so not again where it lands)."""
-
-
-class CountingAuditLogger(AuditLogger):
-    """An AuditLogger that reports each write it could not make, then raises as before."""
-
-    def __init__(self, *, on_failure: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._on_failure = on_failure
-
-    def record(self, event_type: EventType | str, **kwargs: Any) -> AuditEvent:
-        try:
-            return super().record(event_type, **kwargs)
-        except CountedAuditLogError:
-            raise
-        except AuditLogError as exc:
-            self._on_failure()
-            raise CountedAuditLogError(str(exc)) from exc

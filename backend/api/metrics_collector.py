@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from backend.api.context import ApiContext
 from backend.api.metrics_audit import RULE_LABELS, AuditCounts, reason_of
+from backend.core.audit_failures import RedisFailureCount
 from backend.core.models import (
     ActionRow,
     EngineStateRow,
@@ -44,6 +45,7 @@ class FinOpsCollector:
         self._counts = AuditCounts()
         self._breakers = breakers
         self._registry: Any = None  # the breakers' shared view, made on first scrape
+        self._worker_failures: RedisFailureCount | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []  # nothing is read when the collector is registered
@@ -57,6 +59,7 @@ class FinOpsCollector:
         except Exception as exc:  # noqa: BLE001 - the last guard: a scrape never fails
             running = self._down(exc, errors)
         out.extend(self._collect_breakers(errors))
+        out.extend(self._collect_worker_audit_failures(errors))
         yield _gauge(
             "finops_automation_engine_status",
             "1 when the engine can run actions, 0 when down or emergency-stopped",
@@ -76,6 +79,7 @@ class FinOpsCollector:
             "notifications",
             "workers",
             "breakers",
+            "worker_audit",
         ):
             scrape.add_metric([part], float(errors[part]))
         yield scrape
@@ -376,6 +380,28 @@ class FinOpsCollector:
             if getattr(s, "failures", None) is not None:
                 failures.add_metric([label], float(s.failures))
         return [is_open, failures]
+
+    # -- from Redis: what the workers could not write to the audit log -------------------
+
+    def _collect_worker_audit_failures(self, errors: Counter[str]) -> list[Metric]:
+        url = self._context.settings.redis_url
+        if not url:
+            return []  # embedded mode: no workers apart from this process
+        if self._worker_failures is None:
+            self._worker_failures = RedisFailureCount(url)
+        try:
+            count = self._worker_failures.read()
+        except Exception as exc:  # noqa: BLE001 - Redis down is a reading, not a crash
+            log.warning("metrics: worker audit failures unreadable", error=str(exc))
+            errors["worker_audit"] += 1
+            return []
+        return [
+            CounterMetricFamily(
+                "finops_worker_audit_write_failures",
+                "Audit events the workers could not write (counted in Redis)",
+                value=float(count),
+            )
+        ]
 
     def _breaker_states(self) -> list[Any] | None:
         """Every breaker the workers share through Redis; None when there is nothing to read."""

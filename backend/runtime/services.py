@@ -13,6 +13,7 @@ import time
 
 from backend.config import Settings, get_settings
 from backend.core.action_engine import ActionEngine, worker_name
+from backend.core.audit_failures import CountingAuditLogger, RedisFailureCount
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import dispose_engines, session_scope
 from backend.core.emergency_stop import EmergencyStop
@@ -30,7 +31,12 @@ class WorkerServices:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.clients = AwsClients(endpoint_url=settings.aws_endpoint_url)
-        self.audit = AuditLogger()
+        # A write that fails is counted in Redis, where the API's /metrics reads it.
+        self.audit = (
+            CountingAuditLogger(on_failure=RedisFailureCount(settings.redis_url).increment)
+            if settings.redis_url
+            else AuditLogger()
+        )
         fast_path = RedisStopSignal(settings.redis_url) if settings.redis_url else None
         self.emergency = EmergencyStop(audit=self.audit, fast_path=fast_path)
         self.safety = SafetyChecker(settings=settings)

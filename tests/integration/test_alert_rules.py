@@ -224,6 +224,13 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Api:
 
 
 @pytest.fixture
+def api_with_workers(broker: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Api:
+    """The distributed mode: REDIS_URL set (the workers' counters live in Redis)."""
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    return build_api(tmp_path, monkeypatch)
+
+
+@pytest.fixture
 def any_api(any_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Api:
     return build_api(tmp_path, monkeypatch)
 
@@ -281,9 +288,9 @@ def label_matches(expr: str) -> set[tuple[str, str, str]]:
     return found
 
 
-def test_every_metric_the_alerts_use_is_exposed(api: Api) -> None:
+def test_every_metric_the_alerts_use_is_exposed(api_with_workers: Api) -> None:
     seed_everything_the_alerts_read()
-    samples = scrape(api.client)
+    samples = scrape(api_with_workers.client)
     exposed = {name for name, _ in samples}
     used = {name: rule["alert"] for rule in alert_rules() for name in metric_names(rule["expr"])}
     assert len(used) >= 10, used  # the parser found the expressions' metrics
@@ -299,6 +306,32 @@ def test_every_metric_the_alerts_use_is_exposed(api: Api) -> None:
 
 
 # -- the metrics added for the alerts ---------------------------------------------------------
+
+
+def test_a_workers_failed_audit_write_reaches_the_apis_metrics(
+    api_with_workers: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backend.config import get_settings, reset_settings_cache
+    from backend.core.automation_audit_logger import AuditLogError
+    from backend.runtime.services import WorkerServices
+
+    before = scrape(api_with_workers.client)
+    assert value(before, "finops_worker_audit_write_failures_total") == 0.0
+    served = os.environ["DATABASE_URL"]
+    # A worker whose database is gone: its audit writes fail, and say so to their caller.
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    reset_settings_cache()
+    worker = WorkerServices(get_settings())
+    for _ in range(2):
+        with pytest.raises(AuditLogError):
+            worker.audit.log(
+                "execution", subject_type="action", subject_id=1, actor="w", outcome="succeeded"
+            )
+    monkeypatch.setenv("DATABASE_URL", served)
+    reset_settings_cache()
+    after = scrape(api_with_workers.client)
+    assert value(after, "finops_worker_audit_write_failures_total") == 2.0
+    assert value(after, "finops_metrics_scrape_errors", part="worker_audit") == 0.0
 
 
 def test_only_blocks_at_execution_count_as_execution_safety_failures(any_api: Api) -> None:
