@@ -3,13 +3,12 @@ test_safety_properties.py: the rules' properties live there)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 from dataclasses import dataclass
 from fractions import Fraction
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backend.domain.lifecycle import (
@@ -18,7 +17,6 @@ from backend.domain.lifecycle import (
     IllegalTransitionError,
     check_transition,
 )
-from backend.domain.policy.actions import ACTIONS, ALIASES
 from backend.domain.resources import ResourceKind
 from backend.domain.safety import (
     BatchItem,
@@ -27,20 +25,7 @@ from backend.domain.safety import (
     SafetyConfig,
     check_batch,
 )
-
-NOW = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
-ACCOUNTS = ["111111111111", "222222222222", "333333333333"]
-REGIONS = ["us-east-1", "us-west-2", "eu-west-1"]
-STATES = ["running", "stopped", "available", "in-use", "completed", "active", "failed",
-          "unassociated", "associated", "pending", "terminated", "deleting", ""]  # fmt: skip
-ACTION_NAMES = sorted({*ACTIONS, *ALIASES, "no-such-action"})
-SPACES = " \t\n\r\x0b\x0c\u00a0"
-PROTECTED_KEY_POOL = ["env", "Environment", "stage"]
-OPT_OUT_POOL = ["finops:opt-out", "do-not-touch"]
-VALUE_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
-
-PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
+from tests.support.safety_cases import PROPS
 
 # --- blast radius -------------------------------------------------------------------------
 
