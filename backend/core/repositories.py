@@ -50,6 +50,8 @@ def lock_opportunities(session: Session) -> None:
     Two writers' inserts cannot meet on the same key, nor one resolve the other's
     findings; and a concurrent delete of resources, whose trigger deletes their
     opportunities (migration 0004), waits for the commit and then sees what was written.
+    Take it before writing any audit event in the same transaction (the audit chain has a
+    lock of its own): with one order for everyone, two writers cannot deadlock.
     """
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("LOCK TABLE opportunities IN SHARE ROW EXCLUSIVE MODE"))

@@ -33,6 +33,7 @@ from backend.core.repositories import (
     OpportunityRepository,
     ResourceRepository,
     ScanRepository,
+    lock_opportunities,
 )
 from backend.core.scan_audit import AUDITED_ERRORS, ScanAudit, opportunity_summary
 from backend.core.types import utcnow
@@ -366,6 +367,9 @@ class ScanService:
             )
             if pack is not None:
                 policies = [p.name for p in pack.policies if p.enabled]
+                # Locked before the read below (no other writer until commit) and before the
+                # audit events (the order every writer of opportunities keeps).
+                lock_opportunities(session)
                 # What was open before this scan, to tell new findings from known ones.
                 was_open = {
                     (name, pk)

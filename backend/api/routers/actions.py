@@ -19,6 +19,7 @@ from backend.core.action_planner import ApprovalError
 from backend.core.emergency_stop import EmergencyStopEngaged
 from backend.core.models import ActionRow
 from backend.core.policy_evaluator import StoredPolicyEvaluator
+from backend.core.repositories import lock_opportunities
 from backend.core.types import utcnow
 from backend.domain.lifecycle import ActionState, IllegalTransitionError
 from backend.domain.policy import PolicyValidationError
@@ -96,6 +97,9 @@ def plan(session: SessionDep, context: ContextDep, user: Operator) -> PlanOut:
             problems=[str(p) for p in exc.problems],
         ) from None
     planner = context.planner()
+    # The opportunities' lock before any audit event (expiries are audited): every writer
+    # takes the two in this order, so a scan storing its findings cannot deadlock with us.
+    lock_opportunities(session)
     expired = planner.expire_approvals(session)
     StoredPolicyEvaluator(session, now=now).run(pack)
     result = planner.plan(session, pack, requested_by=user.username)
