@@ -30,7 +30,7 @@ Query = Select[*tuple[Any, ...]]
 class Found:
     """One row of a page and where it sits in the order."""
 
-    item: Any  # the entity, or a tuple of them when the query selects several
+    item: Any  # the entity, or the row (its columns by name) when the query selects columns
     position: Position
 
 
@@ -125,7 +125,7 @@ def _run(session: Session, query: Query, sort: SortKey) -> list[Found]:
     labelled = query.add_columns(sort.column.label("page_value"), sort.key.label("page_key"))
     found: list[Found] = []
     for row in session.execute(labelled):
-        item = row[0] if width == 1 else tuple(row[:width])
+        item = row[0] if width == 1 else row  # columns: read by name (page_* too, unused)
         found.append(Found(item, Position(row[width], int(row[width + 1]))))
     return found
 

@@ -196,6 +196,6 @@ def paginate_list(
     return ordered[page.offset : page.offset + page.limit], len(items)
 
 
-def list_window(items: list[T], total: int, page: PageParams) -> Window:
-    """The Window of a page from paginate_list: exact, and paged by offset only."""
-    return Window(items, total, True, page.limit, page.offset, None)
+def list_page(items: list[T], total: int, page: PageParams) -> Page[T]:
+    """The Page of items from paginate_list: its total exact, paged by offset only."""
+    return Window(items, total, True, page.limit, page.offset, None).page(items)

@@ -88,10 +88,7 @@ def list_resources(
         found = ResourceRow.tags[key].as_string()
         query = query.where(found == value if sep else found.is_not(None))
     window = paginate_query(session, query, page, sort, SORTS, ResourceRow.id)
-    names = [c.key for c in ROW_COLUMNS]
-    return window.page(
-        [ResourceOut.model_validate(dict(zip(names, r, strict=True))) for r in window.rows]
-    )
+    return window.page([ResourceOut.model_validate(r) for r in window.rows])
 
 
 @router.get("/{resource_pk}", response_model=ResourceOut)

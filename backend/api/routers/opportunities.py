@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -26,31 +26,9 @@ SORTS = {
 }
 
 
-# What a page reads, named as OpportunityOut's fields (resource_pk is the resource's id).
-COLUMNS = [
-    *(
-        getattr(OpportunityRow, name)
-        for name in (
-            "id",
-            "policy_name",
-            "action",
-            "params",
-            "evidence",
-            "estimated_monthly_savings",
-            "savings_unknown",
-            "status",
-            "first_found",
-            "last_seen",
-            "resolved_at",
-            "resource_pk",
-        )
-    ),
-    *(getattr(ResourceRow, name) for name in ("kind", "account_id", "region", "resource_id")),
-]
-NAMES = [column.key for column in COLUMNS]
-
-
 class OpportunityOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     policy_name: str
     action: str
@@ -67,6 +45,15 @@ class OpportunityOut(BaseModel):
     account_id: str
     region: str
     resource_id: str
+
+
+# What a page reads: OpportunityOut's fields, the resource's from the resource (the id is the
+# opportunity's; resource_pk is the resource's id).
+RESOURCE_FIELDS = ("kind", "account_id", "region", "resource_id")
+COLUMNS = [
+    getattr(ResourceRow if name in RESOURCE_FIELDS else OpportunityRow, name)
+    for name in OpportunityOut.model_fields
+]
 
 
 class OpportunityPage(Page[OpportunityOut]):
@@ -133,9 +120,7 @@ def list_opportunities(
         session, query, page, sort, SORTS, OpportunityRow.id, count_query=scope, total=total
     )
     return OpportunityPage(
-        items=[
-            OpportunityOut.model_validate(dict(zip(NAMES, r, strict=True))) for r in window.rows
-        ],
+        items=[OpportunityOut.model_validate(r) for r in window.rows],
         **window.meta(),
         total_estimated_monthly_savings=None if saved is None else round(float(saved), 2),
         savings_unknown=None if unknown is None else int(unknown),

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from backend.api.context import ApiContext
 from backend.api.deps import Approver, ContextDep, Operator, SessionDep, Viewer
-from backend.api.pagination import OffsetPaging, Page, SortParam, list_window, paginate_list
+from backend.api.pagination import OffsetPaging, Page, SortParam, list_page, paginate_list
 from backend.api.problems import Problem
 from backend.api.routers import API_PREFIX
 from backend.api.schemas import Text
@@ -124,7 +124,7 @@ def list_policies(
         "mode": lambda p: p.mode,
     }
     items, total = paginate_list(found, page, sort, keys, default="name")
-    return list_window(items, total, page).page(items)
+    return list_page(items, total, page)
 
 
 @router.get("/{name}", response_model=PolicyOut)
