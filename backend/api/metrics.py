@@ -96,13 +96,10 @@ class RequestMetrics:
 
         try:
             await self._app(scope, receive, sending)
-        except AuditLogError as exc:
-            if not isinstance(exc, CountedAuditLogError):
+        except Exception as exc:
+            status = 500
+            if isinstance(exc, AuditLogError) and not isinstance(exc, CountedAuditLogError):
                 self._on_audit_failure()
-            status = 500
-            raise
-        except Exception:
-            status = 500
             raise
         finally:
             self._record(scope, status, time.perf_counter() - started)

@@ -16,6 +16,7 @@ import structlog
 
 from backend.core.audit_chain import AuditEvent, EventType
 from backend.core.automation_audit_logger import AuditLogError, AuditLogger
+from backend.core.lazy_redis import LazyRedis
 
 log = structlog.get_logger(__name__)
 WORKER_FAILURES_KEY = "finops:audit-write-failures:workers"
@@ -46,15 +47,7 @@ class RedisFailureCount:
     """The workers' shared count (never reset: Prometheus takes its increase)."""
 
     def __init__(self, url: str, *, timeout: float = 0.5) -> None:
-        self._url, self._timeout = url, timeout
-        self._client: redis.Redis | None = None
-
-    def _redis(self) -> redis.Redis:
-        if self._client is None:  # connected on first use, not at construction
-            self._client = redis.Redis.from_url(
-                self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
-            )
-        return self._client
+        self._redis = LazyRedis(url, timeout=timeout)
 
     def increment(self) -> None:
         """Counted if Redis answers; the failure is logged at ERROR either way (the audit

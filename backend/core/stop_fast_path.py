@@ -7,24 +7,14 @@ is gone, and the database still stops everything.
 
 from __future__ import annotations
 
-import redis
+from backend.core.lazy_redis import LazyRedis
 
 STOP_KEY = "finops:emergency-stop"
 
 
 class RedisStopSignal:
     def __init__(self, url: str, *, timeout: float = 0.5) -> None:
-        self._url = url
-        self._timeout = timeout
-        self._client: redis.Redis | None = None
-
-    def _redis(self) -> redis.Redis:
-        # Connected on first use: constructing one (at engine construction) touches nothing.
-        if self._client is None:
-            self._client = redis.Redis.from_url(
-                self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
-            )
-        return self._client
+        self._redis = LazyRedis(url, timeout=timeout)
 
     def is_engaged(self) -> bool:
         return bool(self._redis().exists(STOP_KEY))
