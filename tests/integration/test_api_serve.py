@@ -9,6 +9,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,44 @@ def http(url: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
         return exc.code, json.loads(exc.read())
 
 
+def operator_token() -> str:
+    assert cli("users", "create", "otto", "--role", "operator").exit_code == 0
+    return cli("users", "token", "otto").stdout.strip().splitlines()[0]
+
+
+@contextmanager
+def served(database: str, tmp_path: Path, *args: str, **env: str) -> Iterator[tuple[str, Path]]:
+    """`finops serve --port P *args` in production mode: (its base URL, its log) while the
+    block runs; then stopped, and checked to have stopped cleanly, with no traceback."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database,
+        "FINOPS_ENVIRONMENT": "production",
+        "FINOPS_SECRET_KEY": "a-long-random-test-secret-value",
+        **env,
+    }
+    log = tmp_path / "serve.log"  # a file, not a pipe: a full pipe would block the server
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [str(FINOPS), "serve", "--port", str(port), *args],
+            env=environment,
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/health/live", timeout=60)
+        yield base, log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    output = log.read_text()
+    assert proc.returncode in (0, -15), output
+    assert "Traceback" not in output
+
+
 def test_users_commands_create_issue_list_and_revoke(sqlite: str) -> None:
     assert cli("users", "create", "carol", "--role", "approver").exit_code == 0
     bad_role = cli("users", "create", "dave", "--role", "boss")
@@ -79,27 +119,8 @@ def test_serve_refuses_the_default_secret_outside_development(
 
 
 def test_serve_answers_health_and_api_over_http(sqlite: str, tmp_path: Path) -> None:
-    assert cli("users", "create", "otto", "--role", "operator").exit_code == 0
-    token = cli("users", "token", "otto").stdout.strip().splitlines()[0]
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": sqlite,
-        "FINOPS_ENVIRONMENT": "production",
-        "FINOPS_SECRET_KEY": "a-long-random-test-secret-value",
-    }
-    log = tmp_path / "serve.log"  # a file, not a pipe: a full pipe would block the server
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [str(FINOPS), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/health/live", timeout=60)
+    token = operator_token()
+    with served(sqlite, tmp_path, "--host", "127.0.0.1") as (base, log):
         assert http(f"{base}/health/live") == (200, {"status": "alive"})
         status, ready = http(f"{base}/health/ready")
         assert status == 200, ready
@@ -107,42 +128,18 @@ def test_serve_answers_health_and_api_over_http(sqlite: str, tmp_path: Path) -> 
         assert http(f"{base}/api/v1/auth/me", token)[1]["username"] == "otto"
         status, problem = http(f"{base}/api/v1/users", token)
         assert (status, problem["status"]) == (403, 403)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    output = log.read_text()
-    assert proc.returncode in (0, -15), output
-    assert "Traceback" not in output and f"127.0.0.1:{port}" in output
+    assert base.removeprefix("http://") in log.read_text()
 
 
 def test_serve_with_workers_reports_the_sum_of_every_workers_counters(
     sqlite: str, tmp_path: Path
 ) -> None:
-    assert cli("users", "create", "otto", "--role", "operator").exit_code == 0
-    token = cli("users", "token", "otto").stdout.strip().splitlines()[0]
+    token = operator_token()
     shared = tmp_path / "metrics"
     shared.mkdir()
     (shared / "counter_1.db").write_bytes(b"a previous run's")  # wiped before workers start
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": sqlite,
-        "FINOPS_ENVIRONMENT": "production",
-        "FINOPS_SECRET_KEY": "a-long-random-test-secret-value",
-        "PROMETHEUS_MULTIPROC_DIR": str(shared),
-    }
-    log = tmp_path / "serve.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [str(FINOPS), "serve", "--port", str(port), "--workers", "2"],
-            env=env,
-            cwd=tmp_path,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/health/live", timeout=60)
+    workers = ("--workers", "2")
+    with served(sqlite, tmp_path, *workers, PROMETHEUS_MULTIPROC_DIR=str(shared)) as (base, _):
         deadline = time.monotonic() + 30
         while len(list(shared.glob("counter_*.db"))) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)  # each worker writes its file as it builds its app
@@ -160,9 +157,3 @@ def test_serve_with_workers_reports_the_sum_of_every_workers_counters(
             assert me == [30.0], me
             assert "process_cpu_seconds" not in families  # one worker's: left out
             assert "finops_automation_engine_status" in families  # the database's: still read
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    output = log.read_text()
-    assert proc.returncode in (0, -15), output
-    assert "Traceback" not in output

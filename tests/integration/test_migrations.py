@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
 
 from backend.core import migrations
 from backend.core.database import get_db, get_engine, session_scope
-from backend.core.models import ActionRow, Base, OpportunityRow, ResourceRow
+from backend.core.models import ActionRow, Base, OpportunityRow
+from tests.support.api_client import seed_action, seed_opportunity, seed_resource
 
 
 def test_upgrade_then_downgrade_then_upgrade(any_database: str) -> None:
@@ -47,43 +46,12 @@ def test_0004_migrates_a_database_whose_opportunities_have_actions(any_database:
     """SQLite alters opportunities by copying the table; an action referencing one of its
     rows must neither stop that (SQLite refuses to drop a referenced table) nor lose it."""
     migrations.upgrade(revision="0003")
-    now = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
-    with session_scope() as session:
-        resource = ResourceRow(
-            account_id="111111111111",
-            region="us-east-1",
-            kind="ebs",
-            resource_id="vol-1",
-            state="available",
-            tags={},
-            attributes={},
-            first_seen=now,
-            last_seen=now,
-        )
-        session.add(resource)
-        session.flush()
-        found = OpportunityRow(
-            policy_name="p", resource_pk=resource.id, action="delete", status="open"
-        )
-        session.add(found)
-        session.flush()
-        session.add(
-            ActionRow(
-                idempotency_key="k",
-                opportunity_id=found.id,
-                policy_name="p",
-                account_id="111111111111",
-                region="us-east-1",
-                kind="ebs",
-                resource_id="vol-1",
-                action="delete",
-                mode="auto",
-            )
-        )
+    found = seed_opportunity(seed_resource())
+    action_id = seed_action(opportunity_id=found)
     migrations.upgrade()
     migrations.downgrade(revision="0003")
     migrations.upgrade()
     with session_scope() as session:
         action = session.scalars(select(ActionRow)).one()
-        assert action.opportunity_id == found.id
-        assert session.get(OpportunityRow, found.id) is not None
+        assert (action.id, action.opportunity_id) == (action_id, found)
+        assert session.get(OpportunityRow, found) is not None

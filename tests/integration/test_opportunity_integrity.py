@@ -12,25 +12,9 @@ from sqlalchemy.exc import DBAPIError
 from backend.core.database import session_scope
 from backend.core.migrations import upgrade
 from backend.core.models import OpportunityRow, ResourceRow
+from tests.support.api_client import seed_resource
 
 NOW = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
-
-
-def resource(session, resource_id: str) -> int:  # type: ignore[no-untyped-def]
-    row = ResourceRow(
-        account_id="111111111111",
-        region="us-east-1",
-        kind="ebs",
-        resource_id=resource_id,
-        state="available",
-        tags={},
-        attributes={},
-        first_seen=NOW,
-        last_seen=NOW,
-    )
-    session.add(row)
-    session.flush()
-    return row.id
 
 
 def opportunity(resource_pk: int, policy: str = "p") -> dict[str, object]:
@@ -53,8 +37,7 @@ def count_opportunities() -> int:
 
 def test_an_opportunity_for_no_resource_is_refused_whole(any_database: str) -> None:
     upgrade()
-    with session_scope() as session:
-        pk = resource(session, "vol-1")
+    pk = seed_resource()
     refusal = r"FOREIGN KEY|do not exist"
     with pytest.raises(DBAPIError, match=refusal) as refused, session_scope() as session:
         session.execute(insert(OpportunityRow), [opportunity(pk), opportunity(pk + 999)])
@@ -68,8 +51,8 @@ def test_an_opportunity_for_no_resource_is_refused_whole(any_database: str) -> N
 
 def test_deleting_resources_deletes_their_opportunities_only(any_database: str) -> None:
     upgrade()
+    gone, kept = seed_resource(), seed_resource()
     with session_scope() as session:
-        gone, kept = resource(session, "vol-gone"), resource(session, "vol-kept")
         session.execute(
             insert(OpportunityRow), [opportunity(gone), opportunity(gone, "q"), opportunity(kept)]
         )
@@ -82,8 +65,8 @@ def test_deleting_resources_deletes_their_opportunities_only(any_database: str) 
 
 def test_the_keys_between_them_never_change(any_database: str) -> None:
     upgrade()
+    first, second = seed_resource(), seed_resource()
     with session_scope() as session:
-        first, second = resource(session, "vol-a"), resource(session, "vol-b")
         session.execute(insert(OpportunityRow), [opportunity(first)])
     with pytest.raises(DBAPIError, match="resource_pk never changes"), session_scope() as s:
         s.execute(update(OpportunityRow).values(resource_pk=second))
@@ -98,8 +81,9 @@ def test_the_keys_between_them_never_change(any_database: str) -> None:
 
 def test_truncating_resources_truncates_opportunities(postgres_url: str) -> None:
     upgrade()
+    pk = seed_resource()
     with session_scope() as session:
-        session.execute(insert(OpportunityRow), [opportunity(resource(session, "vol-t"))])
+        session.execute(insert(OpportunityRow), [opportunity(pk)])
     with session_scope() as session:
         session.execute(text("TRUNCATE resources CASCADE"))
     assert count_opportunities() == 0
