@@ -2,7 +2,8 @@
 
 Clients are cached per (account, region, service); boto3 sessions are not thread-safe to
 build clients from concurrently, so client creation takes a lock. Every client's calls pass
-through the circuit breaker of its (account, region, service) (see breakers.py).
+through the circuit breaker of its (account, region, service) (see breakers.py), and at most
+FINOPS_AWS_REQUESTS_PER_ENDPOINT of them are in flight per endpoint (endpoint_gate.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from botocore.config import Config
 
 from backend.config import get_settings
 from backend.providers.aws.breakers import BreakerKey, BreakerRegistry
+from backend.providers.aws.endpoint_gate import EndpointGates
 from backend.providers.aws.retry import call
 
 # Our own retry policy (tenacity) owns retries; botocore's would multiply them.
@@ -46,9 +48,11 @@ class AwsClients:
         base_session: Any = None,
         *,
         breakers: BreakerRegistry | None = None,
+        gates: EndpointGates | None = None,
     ) -> None:
         self._endpoint_url = endpoint_url
         self._breakers = breakers
+        self._gates = gates
         self._base = base_session or boto3.session.Session()
         self._lock = threading.Lock()
         self._sessions: dict[str | None, Any] = {}
@@ -62,11 +66,19 @@ class AwsClients:
             return self._registry()
 
     def _registry(self) -> BreakerRegistry:
-        # Settings are read here, not at construction or import: building clients for tests
-        # or scripts must not need a valid configuration until an AWS call is made.
-        if self._breakers is None:
-            self._breakers = BreakerRegistry(get_settings().redis_url)
-        return self._breakers
+        return self._hooks()[0]
+
+    def _hooks(self) -> tuple[BreakerRegistry, EndpointGates]:
+        """What every client is attached to, given or built on first use. Settings are read
+        here, not at construction or import: building clients for tests or scripts must not
+        need a valid configuration until an AWS call is made."""
+        if self._breakers is None or self._gates is None:
+            settings = get_settings()
+            if self._breakers is None:
+                self._breakers = BreakerRegistry(settings.redis_url)
+            if self._gates is None:
+                self._gates = EndpointGates(settings.aws_requests_per_endpoint)
+        return self._breakers, self._gates
 
     def caller_account(self) -> str:
         """The account of the base credentials (STS GetCallerIdentity), asked once."""
@@ -111,7 +123,9 @@ class AwsClients:
         made = session.client(
             service, region_name=region, endpoint_url=self._endpoint_url, config=_BOTO_CONFIG
         )
-        self._registry().attach(made, BreakerKey(account, region, service))
+        breakers, gates = self._hooks()
+        breakers.attach(made, BreakerKey(account, region, service))
+        gates.attach(made)
         return made
 
 
