@@ -194,22 +194,24 @@ def authenticate(session: Session, token: str, now: dt.datetime | None = None) -
 def check_token(session: Session, token: str, now: dt.datetime) -> tuple[Principal, bool]:
     """The active user behind a clear token, and whether its last_used_at is due to be
     written (every LAST_USED_EVERY); reads only."""
-    found = session.execute(
-        select(ApiTokenRow, UserRow)
-        .join(UserRow, UserRow.id == ApiTokenRow.user_id)
-        .where(ApiTokenRow.token_hash == hash_token(token.strip()))
+    # Plain columns, not ORM objects: this runs on every request.
+    t, u = ApiTokenRow, UserRow
+    row = session.execute(
+        select(t.id, t.revoked_at, t.expires_at, t.last_used_at)
+        .add_columns(u.id.label("user_id"), u.username, u.role, u.disabled)
+        .join(u, u.id == t.user_id)
+        .where(t.token_hash == hash_token(token.strip()))
     ).first()
-    if found is None:
+    if row is None:
         raise AuthenticationError("unknown API token")
-    row, user = found
     if row.revoked_at is not None:
         raise AuthenticationError(f"API token {row.id} was revoked")
     if row.expires_at is not None and row.expires_at <= now:
         raise AuthenticationError(f"API token {row.id} expired at {row.expires_at:%Y-%m-%d %H:%M}Z")
-    if user.disabled:
-        raise AuthenticationError(f"user {user.username!r} is disabled")
+    if row.disabled:
+        raise AuthenticationError(f"user {row.username!r} is disabled")
     due = row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY
-    return Principal(user.id, user.username, Role(user.role), row.id), due
+    return Principal(row.user_id, row.username, Role(row.role), row.id), due
 
 
 def mark_used(session: Session, token_id: int, now: dt.datetime) -> None:

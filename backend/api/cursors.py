@@ -1,8 +1,11 @@
 """Keyset cursors: where a page ended, as an opaque URL-safe token.
 
-A cursor is the URL-safe base64 (unpadded) of the JSON list `[sort, value, id]`: the sort it
-was made for (`-monthly_cost`), the last row's value of that field (null when empty; a
-datetime as ISO 8601 with its offset) and the row's primary key. It is not signed: it holds
+A cursor is the URL-safe base64 (unpadded) of the JSON list `[sort, value, id, total,
+exact]`: the sort it was made for (`-monthly_cost`), the last row's value of that field
+(null when empty; a datetime as ISO 8601 with its offset), the row's primary key, and the
+list's total as the first page counted it (so the pages after it are not counted again: a
+count is up to 10,000 index entries a page). `[sort, value, id]` is read too: the pages
+after it are counted. It is not signed: it holds
 nothing secret, and a cursor edited by hand only moves where the next page starts, which a
 caller can do with `offset` anyway. Everything in it is checked before it reaches SQL, so a
 cursor that does not decode, was made for another sort, or holds a value the sort field
@@ -16,7 +19,7 @@ import binascii
 import datetime as dt
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from backend.api.problems import Problem
@@ -33,16 +36,19 @@ class Position:
 
     value: Any
     key: int
+    # (total, exact) as the list's first page counted it, when the cursor carries it.
+    counted: tuple[int, bool] | None = field(default=None, compare=False)
 
 
 def invalid_cursor(why: str) -> Problem:
     return Problem(422, f"invalid cursor: {why}", kind="invalid-cursor", title="Invalid request")
 
 
-def encode_cursor(sort: str, value: Any, key: int) -> str:
+def encode_cursor(sort: str, value: Any, key: int, counted: tuple[int, bool] | None = None) -> str:
     if isinstance(value, dt.datetime):
         value = value.isoformat()
-    raw = json.dumps([sort, value, key], separators=(",", ":"))
+    body = [sort, value, key, *(counted or ())]
+    raw = json.dumps(body, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode("ascii")
 
 
@@ -59,9 +65,11 @@ def decode_cursor(
         body = json.loads(raw.decode("utf-8"))
     except (binascii.Error, ValueError):  # UnicodeDecodeError and JSONDecodeError are both
         raise invalid_cursor("not a cursor this API made (not URL-safe base64 JSON)") from None
-    if not (isinstance(body, list) and len(body) == 3 and isinstance(body[0], str)):
-        raise invalid_cursor("not a cursor this API made (expected [sort, value, id])")
-    made_for, value, key = body
+    if not (isinstance(body, list) and len(body) in (3, 5) and isinstance(body[0], str)):
+        raise invalid_cursor(
+            "not a cursor this API made (expected [sort, value, id, total, exact])"
+        )
+    made_for, value, key = body[:3]
     if made_for != sort:
         raise invalid_cursor(
             f"it continues a list sorted by {made_for!r}, not {sort!r}: "
@@ -69,7 +77,16 @@ def decode_cursor(
         )
     if not _is_int(key, ints):
         raise invalid_cursor("its id is not an integer in the database's range")
-    return Position(_value(value, kind, nullable, ints), key)
+    return Position(_value(value, kind, nullable, ints), key, _counted(body[3:]))
+
+
+def _counted(rest: list[Any]) -> tuple[int, bool] | None:
+    if not rest:
+        return None
+    total, exact = rest
+    if not (_is_int(total, INT64) and total >= 0 and isinstance(exact, bool)):
+        raise invalid_cursor("its total is not a count and a flag")
+    return total, exact
 
 
 def _value(value: Any, kind: type, nullable: bool, ints: range) -> Any:

@@ -8,7 +8,8 @@ Paging: each page of a SQL list carries `next_cursor` (null on the last page); s
 back as `cursor` gives the next page, by a keyset query (keyset.py) whose cost does not
 grow with the depth, and stays right while rows are added. `offset` still works (its cost
 grows with the offset); both together are refused. The total counts at most `count_cap`
-rows (FINOPS_API_COUNT_CAP): past it, `total_exact` is false and `total` a lower bound.
+rows (FINOPS_API_COUNT_CAP): past it, `total_exact` is false and `total` a lower bound. The
+cursor carries the first page's total to the pages after it, which are not counted again.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Page(BaseModel, Generic[T]):
     items: list[T]
     total: int = Field(
         description="Matching items; a lower bound when total_exact is false (the count "
-        "stops past FINOPS_API_COUNT_CAP rows, 10,000 by default)."
+        "stops past FINOPS_API_COUNT_CAP rows, 10,000 by default). Pages asked by cursor "
+        "repeat the total the list's first page counted."
     )
     total_exact: bool = Field(description="False when the count stopped at the cap.")
     limit: int
@@ -59,7 +61,7 @@ class PageParams:
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")]
 
 
-def page_params(
+async def page_params(  # async: no I/O, so no thread pool hop (see deps.py)
     context: ContextDep,
     limit: Limit = 50,
     offset: Annotated[
@@ -76,7 +78,7 @@ def page_params(
     return PageParams(limit, offset or 0, cursor, context.settings.api_count_cap)
 
 
-def offset_params(
+async def offset_params(
     limit: Limit = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")] = 0,
 ) -> PageParams:
@@ -149,9 +151,11 @@ def paginate_query(
     field, descending = parse_sort(sort, list(columns), default)
     order = SortKey(columns[field], key, descending)
     sort_text = f"-{field}" if descending else field
+    carried: tuple[int, bool] | None = None
     if page.cursor is not None:
         ints = order.ints(session.get_bind().dialect.name)
         after = decode_cursor(page.cursor, sort_text, order.kind, order.nullable, ints)
+        carried = after.counted
         found = fetch_after(session, query, order, after, page.limit + 1)
     elif page.offset == 0:
         found = fetch_after(session, query, order, None, page.limit + 1)
@@ -159,9 +163,10 @@ def paginate_query(
         found = fetch_offset(session, query, order, page.offset, page.limit + 1)
     more = len(found) > page.limit
     found = found[: page.limit]
-    next_cursor = encode_cursor(sort_text, *_last(found)) if more else None
     offset = None if page.cursor is not None else page.offset
     exact = True
+    if total is None and carried is not None:
+        total, exact = carried  # as the first page counted it: not counted on every page
     if total is None and offset is not None and not more and (found or offset == 0):
         total = offset + len(found)  # the page reached the end: no count needed
     if total is None:
@@ -171,6 +176,7 @@ def paginate_query(
         exact = counted <= page.count_cap
         seen = (offset or 0) + len(found) + more  # rows this page shows exist
         total = counted if exact else max(page.count_cap, seen)
+    next_cursor = encode_cursor(sort_text, *_last(found), (total, exact)) if more else None
     rows = [f.item for f in found]
     return Window(rows, total, exact, page.limit, offset, next_cursor)
 

@@ -172,8 +172,8 @@ def test_a_malformed_or_tampered_cursor_is_a_problem_that_says_what_is_wrong(
     cases: list[tuple[dict[str, Any], str]] = [
         ({"cursor": "!!!"}, "base64"),
         ({"cursor": "bm90IGpzb24"}, "base64"),  # "not json"
-        ({"cursor": cursor_of({"a": 1})}, "[sort, value, id]"),
-        ({"cursor": cursor_of(["monthly_cost", 1.0, 1, 4])}, "[sort, value, id]"),
+        ({"cursor": cursor_of({"a": 1})}, "[sort, value, id, total, exact]"),
+        ({"cursor": cursor_of(["monthly_cost", 1.0, 1, 4])}, "[sort, value, id, total, exact]"),
         ({"cursor": cursor_of(["-id", 1, 1]), "sort": "id"}, "'-id', not 'id'"),
         ({"cursor": cursor_of(["monthly_cost", "x", 1]), "sort": "monthly_cost"}, "number"),
         ({"cursor": cursor_of(["monthly_cost", True, 1]), "sort": "monthly_cost"}, "number"),
@@ -242,3 +242,15 @@ def test_the_total_is_exact_up_to_the_cap_then_a_lower_bound(capped: Api) -> Non
     assert (summed.json()["total"], summed.json()["total_exact"]) == (5, True)
     plain = capped.get(f"{V1}/opportunities", params={"limit": 1}).json()
     assert (plain["total"], plain["total_exact"]) == (3, False)
+
+
+def test_pages_asked_by_cursor_repeat_the_first_pages_total(capped: Api) -> None:
+    for _ in range(2):
+        seed_action()
+    first = capped.get(f"{V1}/actions", params={"limit": 1}).json()
+    assert (first["total"], first["total_exact"]) == (2, True)
+    for _ in range(3):
+        seed_action()  # five now, past the cap of three: a count would say (3, False)
+    second = capped.get(f"{V1}/actions", params={"limit": 1, "cursor": first["next_cursor"]})
+    assert (second.json()["total"], second.json()["total_exact"]) == (2, True)
+    assert capped.get(f"{V1}/actions", params={"limit": 1}).json()["total_exact"] is False

@@ -46,3 +46,16 @@ def test_a_cursor_too_long_or_past_year_9999_in_utc_is_refused() -> None:
         decode_cursor("a" * (MAX_CURSOR + 1), "id", int, False)
     with pytest.raises(Problem, match="ISO 8601"):
         decode_cursor(encode_cursor("t", "9999-12-31T23:00:00-05:00", 1), "t", dt.datetime, False)
+
+
+def test_the_first_pages_count_rides_along_and_a_cursor_without_one_still_reads() -> None:
+    carried = decode_cursor(encode_cursor("id", 9, 9, (10_000, False)), "id", int, False)
+    assert (carried.key, carried.counted) == (9, (10_000, False))
+    assert decode_cursor(encode_cursor("id", 9, 9), "id", int, False).counted is None
+
+
+@pytest.mark.parametrize("counted", [(-1, True), (3, "yes"), (True, True), (2**63, False)])
+def test_a_carried_count_that_is_not_a_count_and_a_flag_is_refused(counted: Any) -> None:
+    with pytest.raises(Problem, match="total") as refused:
+        decode_cursor(encode_cursor("id", 9, 9, counted), "id", int, False)
+    assert refused.value.status == 422
