@@ -27,10 +27,11 @@ from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.execution_context import ExecutionContext
 from backend.core.models import ActionRow, ActionRunRow, ResourceRow
+from backend.core.repositories import active_actions
 from backend.core.runbook_output import echo
 from backend.core.safety_checker import SafetyChecker
 from backend.core.types import utcnow
-from backend.domain.lifecycle import ACTIVE, ActionState
+from backend.domain.lifecycle import ActionState
 from backend.domain.policy.model import PolicyPack
 from backend.domain.resources import ResourceKind
 from backend.domain.safety import BatchItem, FleetCounts
@@ -112,11 +113,6 @@ class ActionEngine:
 
         ensure_embedded_schema()
         with session_scope() as session:
-            rows = session.scalars(
-                select(ActionRow)
-                .where(ActionRow.state.in_(list(ACTIVE)))
-                .order_by(ActionRow.state.desc(), ActionRow.id)
-            ).all()
             active: list[dict[str, Any]] = [
                 {
                     "id": r.id,
@@ -127,7 +123,7 @@ class ActionEngine:
                     "claimed_by": r.claimed_by,
                     "deadline": r.deadline.isoformat() if r.deadline else None,
                 }
-                for r in rows
+                for r in active_actions(session)
             ]
         echo(f"{len(active)} active action(s)" + ("" if active else ": nothing executing"))
         for a in active:

@@ -33,12 +33,12 @@ from backend.core.remediation_reports import (
     EngineStatus,
     StopResult,
 )
-from backend.core.repositories import action_summary
+from backend.core.repositories import action_summary, active_actions
 from backend.core.runbook_output import echo
 from backend.core.safety_checker import SafetyChecker
 from backend.core.scan_service import ScanOutcome, ScanService
 from backend.core.types import utcnow
-from backend.domain.lifecycle import ACTIVE, ActionState
+from backend.domain.lifecycle import ActionState
 from backend.domain.policy.model import PolicyPack
 from backend.domain.policy.truth import Truth
 from backend.domain.resources import Resource, ResourceKind
@@ -170,8 +170,7 @@ class AutoRemediationEngine:
         notes.append(f"dispatcher: {self.dispatcher.halt()}")
         try:
             with session_scope() as session:
-                query = select(ActionRow).where(ActionRow.state.in_(list(ACTIVE)))
-                held = [action_summary(r) for r in session.scalars(query.order_by(ActionRow.id))]
+                held = [action_summary(r) for r in active_actions(session)]
         except Exception as exc:  # noqa: BLE001 - the stop holds; the listing is secondary
             held, notes = [], [*notes, f"active actions not listed: {_why(exc)}"]
         result = StopResult(state, held, was_engaged, notes)

@@ -23,6 +23,7 @@ from backend.core.models import (
 )
 from backend.core.types import utcnow
 from backend.core.upsert import upsert_rows
+from backend.domain.lifecycle import ACTIVE
 from backend.domain.resources import MetricSpec, Resource, ResourceKind
 
 T = TypeVar("T")
@@ -333,6 +334,18 @@ class ActionRepository(_Repository):
                 f"  -> retry: AutoRemediationEngine().retry_action({a['id']})"
             )
         return failed
+
+
+def active_actions(session: Session) -> list[ActionRow]:
+    """What is executing now, then what is approved to run next, each oldest first: what an
+    emergency stop holds, and what the runbook lists."""
+    return list(
+        session.scalars(
+            select(ActionRow)
+            .where(ActionRow.state.in_(list(ACTIVE)))
+            .order_by(ActionRow.state.desc(), ActionRow.id)
+        )
+    )
 
 
 def action_summary(row: ActionRow) -> dict[str, Any]:
