@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     dry_run: bool = True
     metrics_window_days: int = Field(default=14, ge=1, le=455)
     scan_concurrency: int = Field(default=8, ge=1, le=64)
-    # Requests in flight at once per AWS endpoint (a service in a region), per process.
+    # Requests in flight at once per AWS endpoint (a service in a region), per process: the
+    # threads of one process share it (a scan's discovery; a `--pool threads` worker).
     aws_requests_per_endpoint: int = Field(default=1, ge=1, le=64)
     price_overrides: Path | None = None
     secret_key: str = DEFAULT_SECRET
