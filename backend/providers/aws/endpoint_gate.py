@@ -18,8 +18,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-_HELD = "held"  # attribute of the thread-local: the gate this thread's request holds
-
 
 class EndpointGates:
     """One bounded semaphore per endpoint URL; `limit` None means no limit."""
@@ -31,14 +29,10 @@ class EndpointGates:
         self._gates: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
         # A request is sent, read and parsed on the caller's thread, so the thread knows
-        # which slot it holds between the events below.
+        # which slot it holds (`held`) between the events below.
         self._local = threading.local()
 
-    @property
-    def limit(self) -> int | None:
-        return self._limit
-
-    def gate(self, endpoint_url: str) -> threading.BoundedSemaphore | None:
+    def _gate(self, endpoint_url: str) -> threading.BoundedSemaphore | None:
         if self._limit is None:
             return None
         with self._lock:
@@ -49,21 +43,21 @@ class EndpointGates:
 
     def attach(self, client: Any) -> None:
         """Gate every HTTP request this botocore client sends."""
-        gate = self.gate(str(client.meta.endpoint_url))
+        gate = self._gate(str(client.meta.endpoint_url))
         if gate is None:
             return
         local = self._local
 
         def acquire(**_: Any) -> None:
             gate.acquire()
-            setattr(local, _HELD, gate)
+            local.held = gate
 
         def release(**_: Any) -> None:
             # before-parse comes once the body is read; needs-retry after every attempt,
             # answered or failed. Whichever comes first frees the slot.
-            held = getattr(local, _HELD, None)
+            held = getattr(local, "held", None)
             if held is not None:
-                setattr(local, _HELD, None)
+                local.held = None
                 held.release()
 
         client.meta.events.register("before-send", acquire)

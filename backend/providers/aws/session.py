@@ -63,10 +63,7 @@ class AwsClients:
     def breakers(self) -> BreakerRegistry:
         """The breakers: given, or built on first use (Redis-shared when REDIS_URL is set)."""
         with self._lock:
-            return self._registry()
-
-    def _registry(self) -> BreakerRegistry:
-        return self._hooks()[0]
+            return self._hooks()[0]
 
     def _hooks(self) -> tuple[BreakerRegistry, EndpointGates]:
         """What every client is attached to, given or built on first use. Settings are read

@@ -82,11 +82,11 @@ def servers(counter: Counter) -> Iterator[list[str]]:
         s.server_close()
 
 
-def _clients(url: str, limit: int | None) -> AwsClients:
+def _clients(url: str, gates: EndpointGates) -> AwsClients:
     session = boto3.session.Session(
         aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1"
     )
-    return AwsClients(url, session, breakers=BreakerRegistry(), gates=EndpointGates(limit))
+    return AwsClients(url, session, breakers=BreakerRegistry(), gates=gates)
 
 
 def _describe_from_threads(clients: list[AwsClients], threads: int) -> list[str]:
@@ -120,7 +120,7 @@ def _describe_from_threads(clients: list[AwsClients], threads: int) -> list[str]
 def test_one_endpoint_never_has_more_than_the_limit_in_flight(
     servers: list[str], counter: Counter, limit: int
 ) -> None:
-    outcomes = _describe_from_threads([_clients(servers[0], limit)], 6)
+    outcomes = _describe_from_threads([_clients(servers[0], EndpointGates(limit))], 6)
     assert outcomes == ["ok"] * 6
     assert counter.most == limit
 
@@ -128,19 +128,15 @@ def test_one_endpoint_never_has_more_than_the_limit_in_flight(
 def test_without_a_limit_every_thread_is_in_flight_at_once(
     servers: list[str], counter: Counter
 ) -> None:
-    _describe_from_threads([_clients(servers[0], None)], 4)
+    _describe_from_threads([_clients(servers[0], EndpointGates(None))], 4)
     assert counter.most == 4
 
 
 def test_different_endpoints_are_not_held_by_each_other(
     servers: list[str], counter: Counter
 ) -> None:
-    gates = EndpointGates(1)
-    session = boto3.session.Session(
-        aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1"
-    )
-    clients = [AwsClients(url, session, breakers=BreakerRegistry(), gates=gates) for url in servers]
-    _describe_from_threads(clients, 4)
+    gates = EndpointGates(1)  # one set of gates, as one process has
+    _describe_from_threads([_clients(url, gates) for url in servers], 4)
     assert counter.most == 2  # one at each of the two endpoints
 
 
@@ -148,7 +144,7 @@ def test_different_endpoints_are_not_held_by_each_other(
 def test_a_failed_request_frees_its_slot(
     servers: list[str], counter: Counter, mode: str, error: str
 ) -> None:
-    clients = _clients(servers[0], 1)
+    clients = _clients(servers[0], EndpointGates(1))
     counter.mode = mode
     outcomes = _describe_from_threads([clients], 3)  # would hang if a failure kept the slot
     assert all(o.startswith(error) for o in outcomes)
