@@ -97,9 +97,21 @@ def run_self_test(config: SafetyConfig, now: dt.datetime) -> list[tuple[str, boo
             config,
         ),
         (
+            f"{config.protected_tag_key.upper()}={prod} blocks (the key in any case)",
+            Rule.PROTECTED_TAG,
+            lambda: _facts({config.protected_tag_key.upper(): prod}),
+            config,
+        ),
+        (
             "the opt-out tag blocks",
             Rule.OPT_OUT,
             lambda: _facts({config.opt_out_tag: "true"}),
+            config,
+        ),
+        (
+            "the opt-out tag blocks in any case",
+            Rule.OPT_OUT,
+            lambda: _facts({config.opt_out_tag.upper() + " ": "true"}),
             config,
         ),
         (

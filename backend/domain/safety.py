@@ -252,18 +252,26 @@ def _notice(f: ActionFacts) -> Verdict:
     )
 
 
+def _tag_values(r: Resource, key: str) -> list[tuple[str, str]]:
+    """The (key, value) tags whose key is `key` up to case and surrounding spaces: an owner's
+    `Env` or `FinOps:Opt-Out ` protects as surely as the canonical spelling (fail closed)."""
+    wanted = key.strip().casefold()
+    return [(k, v) for k, v in r.tags.items() if k.strip().casefold() == wanted]
+
+
 def _protected(r: Resource, c: SafetyConfig) -> Verdict:
-    value = r.tags.get(c.protected_tag_key)
-    # tag values are compared without case: Prod and PRODUCTION are production too
+    # tag values are compared without case too: Prod and PRODUCTION are production
     protected = {v.casefold() for v in c.protected_tag_values}
-    if value is not None and value.strip().casefold() in protected:
-        return Verdict(Rule.PROTECTED_TAG, False, f"tagged {c.protected_tag_key}={value}")
+    for key, value in _tag_values(r, c.protected_tag_key):
+        if value is not None and value.strip().casefold() in protected:
+            return Verdict(Rule.PROTECTED_TAG, False, f"tagged {key}={value}")
     return Verdict(Rule.PROTECTED_TAG, True, "no protected tag")
 
 
 def _opt_out(r: Resource, c: SafetyConfig) -> Verdict:
-    if c.opt_out_tag in r.tags:
-        return Verdict(Rule.OPT_OUT, False, f"its owner opted out ({c.opt_out_tag})")
+    found = _tag_values(r, c.opt_out_tag)
+    if found:
+        return Verdict(Rule.OPT_OUT, False, f"its owner opted out ({found[0][0]})")
     return Verdict(Rule.OPT_OUT, True, "not opted out")
 
 

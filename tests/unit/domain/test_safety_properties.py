@@ -47,13 +47,14 @@ from tests.support.safety_cases import (
 
 @PROPS
 @given(data=st.data())
-def test_a_protected_tag_value_in_any_case_with_spaces_is_never_allowed(
+def test_a_protected_tag_in_any_case_with_spaces_is_never_allowed(
     data: st.DataObject,
 ) -> None:
     config = data.draw(configs.filter(lambda c: bool(c.protected_tag_values)))
     protected = data.draw(st.sampled_from(sorted(config.protected_tag_values)))
     value = apply_variant(protected, data.draw(variants))
-    case = data.draw(cases(config, tags={config.protected_tag_key: value}))
+    key = apply_variant(config.protected_tag_key, data.draw(variants))  # `Env`, ` ENV`
+    case = data.draw(cases(config, tags={key: value}))
     assert not allowed(case)
     if case.facts.resource is not None:
         assert verdict_ok(case, Rule.PROTECTED_TAG) is False, value
@@ -61,10 +62,11 @@ def test_a_protected_tag_value_in_any_case_with_spaces_is_never_allowed(
 
 @PROPS
 @given(data=st.data())
-def test_the_opt_out_tag_with_any_value_is_never_allowed(data: st.DataObject) -> None:
+def test_the_opt_out_tag_in_any_case_with_any_value_is_never_allowed(data: st.DataObject) -> None:
     config = data.draw(configs)
     value = data.draw(st.text(max_size=10))
-    case = data.draw(cases(config, tags={config.opt_out_tag: value}))
+    key = apply_variant(config.opt_out_tag, data.draw(variants))  # `FinOps:Opt-Out `
+    case = data.draw(cases(config, tags={key: value}))
     assert not allowed(case)
     if case.facts.resource is not None:
         assert verdict_ok(case, Rule.OPT_OUT) is False

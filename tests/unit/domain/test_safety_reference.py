@@ -47,6 +47,11 @@ def _reference_dependencies_ok(f: ActionFacts, d: Dependencies) -> bool:
     return not (f.kind is ResourceKind.ELASTIC_IP and action == "release" and d.associated_with)
 
 
+def _values(tags: dict[str, str], key: str) -> list[str]:
+    """The values of the tags whose key is `key` in any case, with spaces around it."""
+    return [v for k, v in tags.items() if k.strip().lower() == key.strip().lower()]
+
+
 def _reference_exempted(f: ActionFacts) -> bool:
     named = {"resource": f.resource_id, "account": f.account_id}
     active = [e for e in f.exemptions if e.until is None or e.until > NOW]  # not ended
@@ -66,11 +71,10 @@ def reference_allowed(case: Case) -> bool:
     r = f.resource
     if r is None:
         return False
-    value = r.tags.get(c.protected_tag_key)
     protected = {v.lower() for v in c.protected_tag_values}
-    if value is not None and value.strip().lower() in protected:
+    if any(v.strip().lower() in protected for v in _values(r.tags, c.protected_tag_key)):
         return False
-    if c.opt_out_tag in r.tags:
+    if _values(r.tags, c.opt_out_tag):
         return False
     action = ACTIONS.get(ALIASES.get(f.action, f.action))
     rule = action.rules.get(f.kind) if action else None
