@@ -85,9 +85,16 @@ def apply(
     action: Annotated[list[int] | None, typer.Option("--action", help="Only these ids.")] = None,
     policies: PolicyOption = None,
 ) -> None:
-    """Execute approved actions that are due. Dry-run unless --live."""
+    """Execute approved actions that are due. Dry-run unless --live.
+
+    A policy disabled, paused or overridden in the database runs nothing: its approved
+    actions wait, as under the engine and the workers.
+    """
+    _pack(policies)  # a refused pack says so before the database is touched
     ensure_schema()
-    engine = ActionEngine(pack=_pack(policies))
+    with session_scope() as session:
+        pack = PolicyManager(policies or None).effective_pack(session, utcnow())
+    engine = ActionEngine(pack=pack)
     report = engine.execute(action, dry_run=not live, triggered_by="cli")
     print_run(report)
     if report.stopped_by:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.config import Settings, get_settings
@@ -27,7 +27,7 @@ from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.execution_context import ExecutionContext
 from backend.core.models import ActionRow, ActionRunRow, ResourceRow
-from backend.core.repositories import active_actions
+from backend.core.repositories import active_actions, due_conditions, lock_runs
 from backend.core.runbook_output import echo
 from backend.core.safety_checker import SafetyChecker
 from backend.core.types import utcnow
@@ -60,15 +60,6 @@ class RunReport:
 
 
 STOP_BEFORE_CLAIM = "emergency stop before the claim: "
-
-
-def due_conditions(now: dt.datetime) -> tuple[ColumnElement[bool], ...]:
-    """Approved, past its notice period, approval not expired: what a run may claim."""
-    return (
-        ActionRow.state == S.APPROVED,
-        ActionRow.not_before.is_(None) | (ActionRow.not_before <= now),
-        ActionRow.approval_expires_at.is_(None) | (ActionRow.approval_expires_at > now),
-    )
 
 
 def worker_name() -> str:
@@ -175,6 +166,7 @@ class ActionEngine:
             return report
         now = self._clock()
         with session_scope() as session:
+            lock_runs(session)  # two runs starting at once must not both pass the limits
             due = self._due(session, action_ids, now)
             verdict = self._blast_radius(session, due, now)
             run = ActionRunRow(
@@ -202,6 +194,8 @@ class ActionEngine:
                 report.stopped_by = verdict.reason
                 return report
             report.batch = [a.id for a in due]
+            if not dry_run:
+                run.summary = {"admitted": report.batch}  # counted in the hour's limit
         return report
 
     def execute_one(self, action_id: int, run_id: int | None, *, dry_run: bool) -> ActionOutcome:
@@ -244,17 +238,37 @@ class ActionEngine:
                 .group_by(ResourceRow.kind)
             )
         }
-        last_hour = (
+        hour_ago = now - dt.timedelta(hours=1)
+        # Executed in the last hour, whatever became of it since (rolled back included)...
+        claimed = session.scalar(
+            select(func.count())
+            .select_from(ActionRow)
+            .where(
+                ActionRow.claimed_at >= hour_ago,
+                ActionRow.state.in_([S.EXECUTING, S.SUCCEEDED, S.FAILED, S.ROLLED_BACK]),
+            )
+        )
+        # ...and admitted by a live run in the last hour, still waiting for a worker: a
+        # dispatch tick must not pass the limit again before the last tick's tasks ran.
+        admitted = {
+            int(i)
+            for summary in session.scalars(
+                select(ActionRunRow.summary).where(
+                    ActionRunRow.started_at >= hour_ago, ActionRunRow.dry_run.is_(False)
+                )
+            )
+            for i in (summary or {}).get("admitted", [])
+        } - {a.id for a in due}
+        waiting = (
             session.scalar(
                 select(func.count())
                 .select_from(ActionRow)
-                .where(
-                    ActionRow.claimed_at >= now - dt.timedelta(hours=1),
-                    ActionRow.state.in_([S.EXECUTING, S.SUCCEEDED, S.FAILED]),
-                )
+                .where(ActionRow.id.in_(admitted), ActionRow.state == S.APPROVED)
             )
-            or 0
+            if admitted
+            else 0
         )
+        last_hour = int(claimed or 0) + int(waiting or 0)
         pack = self._context().pack()
         limits = {p.name: p.limits for p in pack.policies}
         batch = [

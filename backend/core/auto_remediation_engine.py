@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from backend.config import Settings, get_settings
-from backend.core.action_engine import ActionEngine, ActionOutcome, RunReport, due_conditions
+from backend.core.action_engine import ActionEngine, ActionOutcome, RunReport
 from backend.core.action_planner import ActionPlanner, PlanResult
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import check_database, database_url, redacted, session_scope
@@ -33,7 +33,7 @@ from backend.core.remediation_reports import (
     EngineStatus,
     StopResult,
 )
-from backend.core.repositories import action_summary, active_actions
+from backend.core.repositories import action_summary, active_actions, due_conditions
 from backend.core.runbook_output import echo
 from backend.core.safety_checker import SafetyChecker
 from backend.core.scan_service import ScanOutcome, ScanService

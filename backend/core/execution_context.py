@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
@@ -20,6 +20,8 @@ from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.models import ActionRow
+from backend.core.policy_manager import database_holds
+from backend.core.repositories import due_conditions
 from backend.core.stop_checked_client import StopCheckedClient
 from backend.domain.lifecycle import ActionState
 from backend.domain.policy.model import Policy, PolicyPack
@@ -27,6 +29,7 @@ from backend.domain.resources import Resource, ResourceKind
 from backend.providers.aws.describe import jsonable
 from backend.providers.aws.operations import (
     CannotUndo,
+    Operation,
     OperationContext,
     ResourceGone,
     operation_for,
@@ -187,9 +190,21 @@ class ExecutionContext:
         from backend.core.action_engine import ActionOutcome
 
         now = clock()
+        try:
+            with session_scope() as session:
+                held = _policy_held(session, action_id, now)
+        except Exception as exc:  # noqa: BLE001 - unknown is held (fail closed)
+            held = f"cannot read whether its policy is held: {describe_error(exc)}"
+        if held:
+            return ActionOutcome(action_id, "held", held)  # still approved: it waits
         with session_scope() as session:
             if not _claim(session, action_id, worker, now, self.settings):
-                return ActionOutcome(action_id, "skipped", "not approved, or claimed elsewhere")
+                return ActionOutcome(
+                    action_id,
+                    "skipped",
+                    "not due (not approved, approval expired, or in its notice period), "
+                    "or claimed elsewhere",
+                )
             row = _row(session, action_id)
             row.run_id = run_id
             audit.record(
@@ -218,6 +233,47 @@ class ExecutionContext:
         except Exception as exc:  # noqa: BLE001 - recorded as a failure, backup kept
             return self._fail(action_id, audit, worker, describe_error(exc))
 
+    def _judge(
+        self,
+        session: Session,
+        row: ActionRow,
+        op: Operation,
+        ctx: OperationContext,
+        safety: SafetyChecker,
+        audit: AuditLogger,
+        stage: str,
+    ) -> tuple[Resource | None, str]:
+        """Every rule on a fresh describe, recorded; blocked: the action moves to BLOCKED and
+        (None, why) comes back, else (the fresh resource, "")."""
+        judgement, fresh = safety.judge_before_execution(
+            session, row, self.policy(row.policy_name), op, ctx
+        )
+        row.safety_verdict = judgement.as_dict()
+        summary = judgement.summary()
+        allowed = judgement.allowed and fresh is not None
+        audit.record(
+            "safety_verdict",
+            subject_type="action",
+            subject_id=row.id,
+            actor="safety",
+            outcome="allowed" if allowed else "blocked",
+            details={"stage": stage, "summary": summary},
+            session=session,
+        )
+        if allowed:
+            return fresh, ""
+        why = summary if stage == "execute" else f"{stage}: {summary}"
+        transition(
+            session,
+            row,
+            S.BLOCKED,
+            actor="safety",
+            audit=audit,
+            event="safety_verdict",
+            details={"summary": why},
+        )
+        return None, why
+
     def _steps(
         self,
         action_id: int,
@@ -236,30 +292,9 @@ class ExecutionContext:
             # Once the change is made, reading it back cannot change anything and makes the
             # record true, so the verification runs even under a stop (changes refused).
             verify_ctx = self.op_context(row, refuse_changes)
-            judgement, fresh = safety.judge_before_execution(
-                session, row, self.policy(row.policy_name), op, ctx
-            )
-            row.safety_verdict = judgement.as_dict()
-            audit.record(
-                "safety_verdict",
-                subject_type="action",
-                subject_id=row.id,
-                actor="safety",
-                outcome="allowed" if judgement.allowed else "blocked",
-                details={"stage": "execute", "summary": judgement.summary()},
-                session=session,
-            )
-            if not judgement.allowed or fresh is None:
-                transition(
-                    session,
-                    row,
-                    S.BLOCKED,
-                    actor="safety",
-                    audit=audit,
-                    event="safety_verdict",
-                    details={"summary": judgement.summary()},
-                )
-                return ActionOutcome(action_id, "blocked", judgement.summary())
+            fresh, blocked = self._judge(session, row, op, ctx, safety, audit, "execute")
+            if fresh is None:
+                return ActionOutcome(action_id, "blocked", blocked)
             row.pre_state = resource_dict(fresh)
             params = dict(row.params or {})
             audit.record(
@@ -284,6 +319,17 @@ class ExecutionContext:
                 details={"backup": _short(backup)},
                 session=session,
             )
+            if backup is not None:
+                # A snapshot or an image can take many minutes, and an owner may tag the
+                # resource meanwhile: judged again on a fresh describe, just before the call.
+                fresh, blocked = self._judge(
+                    session, row, op, ctx, safety, audit, "after the backup"
+                )
+                if fresh is None:
+                    return ActionOutcome(
+                        action_id, "blocked", f"{blocked}; the backup {backup} is kept"
+                    )
+                row.pre_state = resource_dict(fresh)
         op.execute(ctx, fresh, params)
         with session_scope() as session:
             # Recorded before verifying: if the check fails, the record still says AWS changed.
@@ -421,12 +467,21 @@ class ExecutionContext:
         return ActionOutcome(action_id, "rolled_back", done)
 
 
+def _policy_held(session: Session, action_id: int, now: dt.datetime) -> str | None:
+    """Why the action's policy may not run now, from the database (None: it may)."""
+    name = session.scalar(select(ActionRow.policy_name).where(ActionRow.id == action_id))
+    why = database_holds(session, name, now) if name is not None else []
+    return f"policy {name} is held ({'; '.join(why)})" if why else None
+
+
 def _claim(session: Any, action_id: int, worker: str, now: dt.datetime, settings: Settings) -> bool:
-    """Atomic: one UPDATE moves an approved action to executing; only one claimant wins."""
+    """Atomic: one UPDATE moves a due action to executing; only one claimant wins. Due is
+    asked again here, not only when the run admitted it: a task queued before its approval
+    expired may be consumed after."""
     deadline = now + dt.timedelta(minutes=settings.action_deadline_minutes)
     result = session.execute(
         update(ActionRow)
-        .where(ActionRow.id == action_id, ActionRow.state == S.APPROVED)
+        .where(ActionRow.id == action_id, *due_conditions(now))
         .values(
             state=S.EXECUTING.value,
             claimed_by=worker,

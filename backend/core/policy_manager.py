@@ -84,11 +84,7 @@ class PolicyStatus:
     @property
     def blocked_by(self) -> list[str]:
         why = [] if self.policy.enabled else ["disabled in its file"]
-        if not self.db_enabled:
-            why.append("disabled")
-        if self.paused_until is not None and self.paused_until > self.now:
-            why.append(f"paused until {self.paused_until:%Y-%m-%d %H:%M}Z")
-        return why + [f"override: {o}" for o in self.overrides]
+        return why + _holds(self.db_enabled, self.paused_until, self.overrides, self.now)
 
     @property
     def enabled(self) -> bool:
@@ -362,13 +358,36 @@ def _statuses(session: Session, pack: PolicyPack, now: dt.datetime) -> list[Poli
     ]
 
 
-def _active_overrides(session: Session, now: dt.datetime) -> dict[str, list[OverrideRow]]:
+def database_holds(session: Session, name: str, now: dt.datetime) -> list[str]:
+    """Why the database holds policy `name` now (disabled, paused, an override), read fresh.
+    Asked before each action is claimed: the pack an engine was handed may be a file's, or
+    read before a pause that came in the middle of the run."""
+    row = session.scalar(select(PolicyRow).where(PolicyRow.name == name))
+    overrides = tuple(_describe(o) for o in _active_overrides(session, now, name).get(name, []))
+    enabled = row.enabled if row is not None else True
+    return _holds(enabled, row.paused_until if row is not None else None, overrides, now)
+
+
+def _holds(
+    enabled: bool, paused_until: dt.datetime | None, overrides: Sequence[str], now: dt.datetime
+) -> list[str]:
+    why = [] if enabled else ["disabled"]
+    if paused_until is not None and paused_until > now:
+        why.append(f"paused until {paused_until:%Y-%m-%d %H:%M}Z")
+    return why + [f"override: {o}" for o in overrides]
+
+
+def _active_overrides(
+    session: Session, now: dt.datetime, name: str | None = None
+) -> dict[str, list[OverrideRow]]:
     query = (
         select(OverrideRow)
         .where(OverrideRow.scope == "policy")
         .where(or_(OverrideRow.expires_at.is_(None), OverrideRow.expires_at > now))
         .order_by(OverrideRow.id)
     )
+    if name is not None:
+        query = query.where(OverrideRow.target == name)
     found: dict[str, list[OverrideRow]] = {}
     for row in session.scalars(query):
         found.setdefault(row.target, []).append(row)

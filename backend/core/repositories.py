@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, and_, func, or_, select, text, update
+from sqlalchemy import ColumnElement, CursorResult, and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from backend.core.models import (
@@ -23,7 +23,7 @@ from backend.core.models import (
 )
 from backend.core.types import utcnow
 from backend.core.upsert import upsert_rows
-from backend.domain.lifecycle import ACTIVE
+from backend.domain.lifecycle import ACTIVE, ActionState
 from backend.domain.resources import MetricSpec, Resource, ResourceKind
 
 T = TypeVar("T")
@@ -334,6 +334,23 @@ class ActionRepository(_Repository):
                 f"  -> retry: AutoRemediationEngine().retry_action({a['id']})"
             )
         return failed
+
+
+def lock_runs(session: Session) -> None:
+    """One run starting at a time until commit (PostgreSQL): each counts what the others
+    admitted before it judges its blast radius."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE action_runs IN SHARE ROW EXCLUSIVE MODE"))
+
+
+def due_conditions(now: dt.datetime) -> tuple[ColumnElement[bool], ...]:
+    """Approved, past its notice period, approval not expired: what a run may admit, and
+    what an executor may claim (the claim asks again: a queued task may arrive late)."""
+    return (
+        ActionRow.state == ActionState.APPROVED,
+        ActionRow.not_before.is_(None) | (ActionRow.not_before <= now),
+        ActionRow.approval_expires_at.is_(None) | (ActionRow.approval_expires_at > now),
+    )
 
 
 def active_actions(session: Session) -> list[ActionRow]:

@@ -97,9 +97,9 @@ def facts_for(
     **kw: Any,
 ) -> ActionFacts:
     """`exemptions` is required: forgetting to read the overrides must not let an action by."""
-    approved = row.approved_by is not None and (
-        row.approval_expires_at is None or row.approval_expires_at > now
-    )
+    # An expired approval approves nothing, an automatic policy's included.
+    expired = row.approval_expires_at is not None and row.approval_expires_at <= now
+    approved = (row.approved_by is not None or row.mode == "auto") and not expired
     return ActionFacts(
         action=row.action,
         kind=ResourceKind(row.kind),
@@ -107,7 +107,7 @@ def facts_for(
         region=row.region,
         resource_id=row.resource_id,
         resource=resource,
-        approved=approved or row.mode == "auto",
+        approved=approved,
         risk=row.risk,
         mode=row.mode,
         exemptions=exemptions,

@@ -15,9 +15,10 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
-from backend.core.action_engine import ActionEngine, RunReport, due_conditions
+from backend.core.action_engine import ActionEngine, RunReport
 from backend.core.database import session_scope
 from backend.core.models import ActionRow
+from backend.core.repositories import due_conditions
 from backend.core.types import utcnow
 from backend.runtime.celery_app import ACTIONS, app
 from backend.runtime.services import WorkerServices, services

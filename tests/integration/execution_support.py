@@ -6,11 +6,14 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
+
 from backend.config import get_settings
 from backend.core.action_engine import ActionEngine
 from backend.core.action_planner import ActionPlanner, PlanResult
 from backend.core.database import session_scope
 from backend.core.migrations import upgrade
+from backend.core.models import ActionRow
 from backend.core.scan_service import ScanService
 from backend.domain.policy import load_text
 from backend.domain.policy.model import PolicyPack
@@ -118,6 +121,12 @@ def scan_and_plan(requested_by: str = "planner") -> PlanResult:
     ScanService(get_settings()).run(pack=pack(), regions=["us-east-1"])
     with session_scope() as session:
         return ActionPlanner().plan(session, pack(), requested_by=requested_by)
+
+
+def actions() -> dict[str, ActionRow]:
+    """Every action, by the id of the resource it acts on."""
+    with session_scope() as session:
+        return {r.resource_id: r for r in session.scalars(select(ActionRow))}
 
 
 def engine(**kw: Any) -> ActionEngine:

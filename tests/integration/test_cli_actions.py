@@ -177,3 +177,43 @@ def test_rollback_of_nothing_says_so(any_database: str) -> None:
     done = finops("actions", "rollback", "--run", "999")
     assert done.exit_code == 0, done.output
     assert "nothing to roll back: no succeeded action in run 999" in done.output
+
+
+# -- finops apply (moto_server) ----------------------------------------------------------------
+
+
+@pytest.mark.moto_server
+@pytest.mark.parametrize("hold", ["pause", "disable", "override"])
+def test_apply_holds_a_policy_the_database_holds(account: Account, hold: str) -> None:
+    """The files say enabled; the database says no: `apply --live` runs nothing of it."""
+    scan_and_plan()
+    with session_scope() as session:
+        row = session.scalars(select(ActionRow).where(ActionRow.resource_id == account.idle)).one()
+        action = row.id
+        assert row.state == "approved"
+    manager = PolicyManager()
+    if hold == "pause":
+        manager.pause("stop-idle", utcnow() + dt.timedelta(hours=1), "oncall", "INC-1")
+    elif hold == "disable":
+        manager.set_enabled("stop-idle", False, "oncall", "INC-1")
+    else:
+        with session_scope() as session:
+            session.add(
+                OverrideRow(
+                    scope="policy",
+                    target="stop-idle",
+                    reason="INC-1",
+                    created_by="oncall",
+                    created_at=utcnow(),
+                )
+            )
+    held = finops("apply", "--live")
+    assert held.exit_code == 0, held.output
+    assert account.instance_state(account.idle) == "running"
+    assert state_of(action) == "approved"  # waiting, not blocked
+    if hold == "pause":
+        manager.resume("stop-idle", "oncall")
+        ran = finops("apply", "--live")
+        assert ran.exit_code == 0, ran.output
+        assert account.instance_state(account.idle) == "stopped"
+

@@ -6,7 +6,6 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from backend.config import reset_settings_cache
 from backend.core.action_engine import ActionEngine
@@ -14,17 +13,18 @@ from backend.core.action_planner import ActionPlanner, ApprovalError
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
-from backend.core.models import ActionRow
 from backend.core.policy_manager import PolicyManager
 from backend.core.safety_checker import SafetyChecker
-from tests.integration.execution_support import PACK, Account, engine, scan_and_plan, seed
+from tests.integration.execution_support import (
+    PACK,
+    Account,
+    actions,
+    engine,
+    scan_and_plan,
+    seed,
+)
 
 pytestmark = pytest.mark.moto_server
-
-
-def actions() -> dict[str, ActionRow]:
-    with session_scope() as session:
-        return {r.resource_id: r for r in session.scalars(select(ActionRow))}
 
 
 @pytest.fixture

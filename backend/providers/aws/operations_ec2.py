@@ -220,6 +220,11 @@ class TerminateInstance(BaseOperation):
         existing = _find_instance(ctx, mark)
         if existing is not None:
             return f"already relaunched {old} as {existing} (a new instance id)"
+        # A terminate that failed or was interrupted may never have been made: launching
+        # the image then would run the workload twice.
+        still = fresh_or_none(ctx, EC2, old)
+        if still is not None and still.state not in _LEAVING:
+            return f"{old} was never terminated (it is {still.state}): nothing to restore"
         if not backup_ref or not backup_ref.startswith("ami-"):
             raise CannotUndo(f"no image was taken of {old}; it cannot be launched again")
         try:

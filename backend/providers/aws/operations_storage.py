@@ -93,6 +93,10 @@ class DeleteVolume(BaseOperation):
         existing = read(ctx, "ec2", "describe_volumes", Filters=tag_filters(mark))["Volumes"]
         if existing:
             return f"already restored {old} from {backup_ref} as {existing[0]['VolumeId']}"
+        # A delete that failed or was interrupted may never have been made: a restored
+        # copy beside the original would be a second volume to pay for, and to confuse.
+        if fresh_or_none(ctx, EBS, old) is not None:
+            return f"{old} was never deleted: nothing to restore"
         if not backup_ref or not backup_ref.startswith("snap-"):
             raise CannotUndo(f"no snapshot was taken of {old}; it cannot be restored")
         if fresh_or_none(ctx, SNAPSHOT, backup_ref) is None:

@@ -1,0 +1,209 @@
+"""The gates an action passes between approval and the AWS call, each held on every path:
+an expired approval, a policy paused or disabled in the database, a tag added while the
+backup was taken, the hourly limit across runs, and a rollback of what never changed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend.config import get_settings, reset_settings_cache
+from backend.core.action_engine import ActionEngine
+from backend.core.action_planner import ActionPlanner
+from backend.core.database import session_scope
+from backend.core.emergency_stop import EmergencyStop
+from backend.core.migrations import upgrade
+from backend.core.policy_manager import PolicyManager
+from backend.core.scan_service import ScanService
+from backend.domain.policy import load_text
+from backend.providers.aws import operations_ec2, operations_storage
+from tests.integration.execution_fleet import Fleet, seed_fleet
+from tests.integration.execution_support import (
+    PACK,
+    Account,
+    actions,
+    engine,
+    scan_and_plan,
+    seed,
+)
+
+pytestmark = pytest.mark.moto_server
+
+
+@pytest.fixture
+def account(moto_url: str, any_database: str, monkeypatch: pytest.MonkeyPatch) -> Account:
+    monkeypatch.setenv("FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN", "50")
+    reset_settings_cache()
+    return seed(moto_url)
+
+
+def test_an_expired_approval_is_not_claimed_even_by_id(account: Account) -> None:
+    """A worker's task (execute_one by id) may arrive after the approval expired: the claim
+    asks whether the action is due, as the run that admitted it did."""
+    scan_and_plan(requested_by="planner")
+    rows = actions()
+    stop, delete = rows[account.idle], rows[account.loose_volume]
+    with session_scope() as session:
+        ActionPlanner().approve(session, delete.id, "alice")
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)  # past every approval's expiry
+    late = engine(clock=lambda: later)
+    assert late.start_run(dry_run=False).batch == []
+    for action_id in (stop.id, delete.id):
+        outcome = late.execute_one(action_id, None, dry_run=False)
+        assert outcome.result == "skipped", outcome
+        assert "approval expired" in outcome.detail
+    assert account.instance_state(account.idle) == "running"
+    assert account.volume_exists(account.loose_volume)
+    assert {actions()[r].state for r in (account.idle, account.loose_volume)} == {"approved"}
+    # within the approval, the same call runs it
+    assert engine().execute_one(stop.id, None, dry_run=False).result == "succeeded"
+
+
+def test_a_policy_paused_after_the_run_read_its_pack_holds_the_rest(
+    account: Account, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The engine was handed its pack before the pause (a cycle in progress, a file's pack):
+    each action asks the database before it is claimed, and waits, still approved."""
+    (tmp_path / "pack.yml").write_text(PACK)
+    monkeypatch.setenv("FINOPS_POLICY_PATHS", str(tmp_path / "pack.yml"))
+    reset_settings_cache()
+    scan_and_plan()
+    stop = actions()[account.idle]
+    stale = engine()  # its pack: the files', enabled
+    PolicyManager().pause(
+        "stop-idle", dt.datetime.now(dt.UTC) + dt.timedelta(hours=1), "oncall", "INC-1"
+    )
+    held = stale.execute_one(stop.id, None, dry_run=False)
+    assert held.result == "held" and "paused until" in held.detail, held
+    assert actions()[account.idle].state == "approved"
+    assert account.instance_state(account.idle) == "running"
+    PolicyManager().resume("stop-idle", "oncall")
+    assert stale.execute_one(stop.id, None, dry_run=False).result == "succeeded"
+
+
+@pytest.mark.parametrize("tag", [("finops:opt-out", "yes"), ("Env", "prod")])
+def test_a_tag_added_while_the_backup_was_taken_stops_the_delete(
+    account: Account, monkeypatch: pytest.MonkeyPatch, tag: tuple[str, str]
+) -> None:
+    """The snapshot takes minutes; the owner tags the volume meanwhile: judged again just
+    before the delete, the action is blocked and the snapshot kept."""
+    scan_and_plan(requested_by="planner")
+    delete = actions()[account.loose_volume]
+    with session_scope() as session:
+        ActionPlanner().approve(session, delete.id, "alice")
+    snapshot = operations_storage.DeleteVolume.backup
+
+    def owner_tags_during_the_backup(self: Any, ctx: Any, resource: Any) -> str | None:
+        account.ec2().create_tags(
+            Resources=[resource.resource_id], Tags=[{"Key": tag[0], "Value": tag[1]}]
+        )
+        return snapshot(self, ctx, resource)
+
+    monkeypatch.setattr(operations_storage.DeleteVolume, "backup", owner_tags_during_the_backup)
+    outcome = engine().execute_one(delete.id, None, dry_run=False)
+    assert outcome.result == "blocked", outcome
+    assert "after the backup" in outcome.detail and "is kept" in outcome.detail
+    assert account.volume_exists(account.loose_volume)
+    row = actions()[account.loose_volume]
+    assert row.state == "blocked" and row.backup_ref
+    snapshots = account.ec2().describe_snapshots(SnapshotIds=[row.backup_ref])["Snapshots"]
+    assert [s["VolumeId"] for s in snapshots] == [account.loose_volume]
+
+
+TERMINATE = """
+policies:
+  - name: terminate-idle
+    resource: ec2
+    filters:
+      - "State.Name": running
+      - {type: metrics, name: CPUUtilization, statistic: Average, days: 14, op: lt, value: 5}
+    action: terminate
+    mode: approval
+"""
+
+
+def _running(account: Account) -> list[str]:
+    reservations = account.ec2().describe_instances()["Reservations"]
+    up = ("pending", "running")
+    return sorted(
+        i["InstanceId"] for r in reservations for i in r["Instances"] if i["State"]["Name"] in up
+    )
+
+
+def test_rolling_back_a_terminate_that_never_happened_launches_nothing(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop came between the image and the terminate: the action failed with its backup
+    kept. Its rollback finds the instance still there and launches no second copy."""
+    pack = load_text(TERMINATE, "terminate.yml")
+    upgrade()
+    ScanService(get_settings()).run(pack=pack, regions=["us-east-1"])
+    with session_scope() as session:
+        ActionPlanner().plan(session, pack, requested_by="planner")
+    terminate = actions()[account.idle]
+    with session_scope() as session:
+        ActionPlanner().approve(session, terminate.id, "alice")
+    image = operations_ec2.TerminateInstance.backup
+
+    def stop_after_the_image(self: Any, ctx: Any, resource: Any) -> str | None:
+        made = image(self, ctx, resource)
+        EmergencyStop().engage("operator: something looks wrong", "oncall")
+        return made
+
+    monkeypatch.setattr(operations_ec2.TerminateInstance, "backup", stop_after_the_image)
+    failed = ActionEngine(pack=pack).execute_one(terminate.id, None, dry_run=False)
+    assert failed.result != "succeeded", failed
+    assert account.instance_state(account.idle) == "running"
+    before = _running(account)
+    EmergencyStop().release("admin", is_admin=True)
+    undone = ActionEngine(pack=pack).rollback(terminate.id, "oncall")
+    assert "nothing to restore" in undone.detail, undone
+    assert _running(account) == before
+
+
+@pytest.fixture
+def fleet(moto_url: str, any_database: str, monkeypatch: pytest.MonkeyPatch) -> Fleet:
+    monkeypatch.setenv("FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN", "100")
+    monkeypatch.setenv("FINOPS_MAX_ACTIONS_PER_HOUR", "2")
+    reset_settings_cache()
+    return seed_fleet(moto_url, idle=4)
+
+
+def _stopped(fleet: Fleet) -> list[str]:
+    return [i for i in fleet.idle_ids if fleet.instance_state(i) in ("stopped", "stopping")]
+
+
+def test_the_hourly_limit_counts_what_earlier_runs_admitted_and_no_worker_ran_yet(
+    fleet: Fleet,
+) -> None:
+    """Dispatch ticks admit runs before the workers claim their actions: the second tick
+    sees the first one's actions waiting and is stopped."""
+    scan_and_plan()
+    ids = sorted(actions()[i].id for i in fleet.idle_ids)
+    first = engine().start_run(ids[:2], dry_run=False)
+    assert first.batch == ids[:2] and not first.stopped_by
+    second = engine().start_run(ids[2:], dry_run=False)
+    assert second.batch == [] and "hour" in str(second.stopped_by), second
+    for action_id in first.batch:
+        assert engine().execute_one(action_id, first.run_id, dry_run=False).result == "succeeded"
+    assert len(_stopped(fleet)) == 2
+    # a dry run is judged by the same limit: the hour is full
+    assert engine().start_run(ids[2:], dry_run=True).stopped_by is not None
+    again = engine().start_run(ids[:2], dry_run=False)  # already run: nothing due
+    assert again.batch == []
+
+
+def test_a_rolled_back_action_still_counts_in_its_hour(fleet: Fleet) -> None:
+    scan_and_plan()
+    a, b, c = sorted(actions()[i].id for i in fleet.idle_ids)[:3]
+    assert [o.result for o in engine().execute([a, b], dry_run=False).outcomes] == [
+        "succeeded",
+        "succeeded",
+    ]
+    assert engine().rollback(a, "owner").result == "rolled_back"
+    refused = engine().execute([c], dry_run=False)
+    assert refused.outcomes == [] and "hour" in str(refused.stopped_by), refused
+    assert fleet.instance_state(fleet.idle_ids[2]) == "running"
