@@ -295,7 +295,9 @@ def _to_state(row: EngineStateRow) -> EngineState:
 
 
 def _required(value: str, name: str) -> str:
-    value = (value or "").strip()
+    # PostgreSQL text refuses NUL: replaced, as the audit log does, so that no character in
+    # a reason typed in a hurry can keep the brake off.
+    value = (value or "").replace("\x00", "\ufffd").strip()
     if not value:
         raise ValueError(f"{name} is required")
     if name == "actor" and len(value) > 128:

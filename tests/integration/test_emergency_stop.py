@@ -85,6 +85,15 @@ def test_engage_persists_across_instances_and_engines(db: str) -> None:
     assert "already engaged since" in notifier.texts[1]
 
 
+def test_a_nul_in_the_reason_never_keeps_the_brake_off(db: str) -> None:
+    """PostgreSQL text refuses NUL; the stop engages with it replaced, audited."""
+    engaged = EmergencyStop(notifier=RecordingNotifier()).engage("disk filling\x00", "oncall")
+    assert engaged.engaged and engaged.reason == "disk filling\ufffd"
+    assert engaged.audit_error is None
+    assert EmergencyStop().is_engaged()
+    assert AuditLogger().verify().ok
+
+
 def test_check_raises_with_reason_who_and_when(db: str) -> None:
     stop = EmergencyStop(notifier=RecordingNotifier())
     stop.check("claim 1")  # not engaged: passes
