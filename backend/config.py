@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     @field_validator("regions")
     @classmethod
     def _regions(cls, value: list[str]) -> list[str]:
-        bad = [r for r in value if not REGION_PATTERN.match(r)]
+        bad = [r for r in value if not REGION_PATTERN.fullmatch(r)]
         if bad:
             raise ValueError(f"not an AWS region name: {', '.join(bad)} (e.g. us-east-1)")
         if not value:
@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     @field_validator("accounts", "protected_accounts")
     @classmethod
     def _accounts(cls, value: list[str]) -> list[str]:
-        bad = [a for a in value if not ACCOUNT_PATTERN.match(a)]
+        bad = [a for a in value if not ACCOUNT_PATTERN.fullmatch(a)]
         if bad:
             raise ValueError(f"not a 12-digit AWS account id: {', '.join(bad)}")
         return value
@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     @field_validator("cost_optimization_role_arn")
     @classmethod
     def _role_arn(cls, value: str | None) -> str | None:
-        if value and not ROLE_ARN_PATTERN.match(value):
+        if value and not ROLE_ARN_PATTERN.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"
             )

@@ -45,7 +45,7 @@ def reason_of(error: str | None) -> str:
     if error.startswith("interrupted by the emergency stop"):
         return "emergency-stop"
     head = error.split(":", 1)[0].strip()
-    return head if _CODE.match(head) else "other"
+    return head if _CODE.fullmatch(head) else "other"
 
 
 def rules_of(details: dict[str, Any]) -> list[str]:

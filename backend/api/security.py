@@ -77,7 +77,7 @@ def verify_password(password: str, stored: str | None) -> bool:
 
 def check_username(name: str) -> str:
     name = name.strip()
-    if not USERNAME.match(name):
+    if not USERNAME.fullmatch(name):
         raise ValueError(
             f"{name!r} is not a valid user name: 2-64 characters, lower-case letters, digits, "
             "'.', '_' or '-', starting with a letter"

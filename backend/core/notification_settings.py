@@ -53,7 +53,7 @@ _SECRET_FIELDS = ("smtp_password", "slack_webhook_url", "webhook_url", "channels
 
 
 def is_email(value: str) -> bool:
-    return bool(_EMAIL.match(value.strip()))
+    return bool(_EMAIL.fullmatch(value.strip()))
 
 
 def split_addresses(value: str) -> list[str]:
@@ -80,7 +80,7 @@ class ChannelConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise ValueError("lower-case letters, digits, '_', '.', '-' (at most 64)")
         if value in RESERVED_NAMES:
             raise ValueError(f"{value!r} is reserved")

@@ -149,7 +149,7 @@ def end_override(
 def _check_target(session: Session, context: ApiContext, scope: Scope, target: str) -> None:
     if scope is Scope.POLICY:
         _check_policy(session, context, target)
-    elif scope is Scope.ACCOUNT and not (target.isascii() and ACCOUNT_PATTERN.match(target)):
+    elif scope is Scope.ACCOUNT and not (target.isascii() and ACCOUNT_PATTERN.fullmatch(target)):
         raise Problem(
             422,
             f"account {target!r} is not a 12-digit AWS account id",

@@ -194,7 +194,7 @@ def _policy(node: Any, line: int | None, file: str, problems: list[PolicyProblem
     spec.require("name", "a policy")
     spec.require("resource", "a policy")
     name = spec.text("name")
-    if name is not None and not NAME.match(name):
+    if name is not None and not NAME.fullmatch(name):
         sink.add(
             f"policy name {name!r} must be letters, digits, '-', '_' or '.', at most 128",
             spec.line_for("name"),

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from backend.domain.policy.actions import ActionSpec, iam_permissions_for
 from backend.domain.policy.filters import Filter
@@ -56,6 +56,12 @@ class Schedule:
                 f"bad cron expression {self.cron!r}; expected five fields: "
                 "minute hour day-of-month month day-of-week, e.g. '0 19 * * 1-5'"
             )
+        try:
+            # Valid fields can still name no moment (31 February): beat would retry it
+            # every five minutes, forever.
+            croniter(self.cron, dt.datetime(2000, 1, 1)).get_next(dt.datetime)
+        except CroniterBadDateError:
+            raise ValueError(f"bad cron expression {self.cron!r}: it never fires") from None
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):

@@ -52,6 +52,9 @@ class YMap(dict[Any, Any]):
         self.key_lines: dict[Any, int] = {}
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class YList(list[Any]):
     """A YAML sequence that remembers its line and the line of each item."""
 
@@ -64,21 +67,27 @@ class YList(list[Any]):
 
 
 def _construct_map(loader: yaml.SafeLoader, node: MappingNode) -> YMap:
-    loader.flatten_mapping(node)  # resolve `<<:` merge keys
+    own_count = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
+    loader.flatten_mapping(node)  # resolve `<<:` merge keys: theirs first, then our own
+    merged = len(node.value) - own_count
     result = YMap(node.start_mark.line + 1)
-    for key_node, value_node in node.value:
+    own: set[Any] = set()
+    for index, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         try:
-            duplicate = key in result
+            duplicate = key in own
         except TypeError:
             raise yaml.constructor.ConstructorError(
                 None, None, "a mapping key must be text", key_node.start_mark
             ) from None
         if duplicate:
-            # PyYAML silently keeps the last one; a policy author never means that.
+            # PyYAML silently keeps the last one; a policy author never means that. A key
+            # that overrides one merged in with `<<:` is what merging is for.
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
             )
+        if index >= merged:
+            own.add(key)
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = key_node.start_mark.line + 1
     return result
@@ -185,6 +194,8 @@ def describe(value: Any) -> str:
         return "nothing (null)"
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return f"{value} (not a finite number)"  # YAML's .nan and .inf
     if isinstance(value, int | float):
         return f"a number ({value})"
     if isinstance(value, str):

@@ -267,9 +267,15 @@ def _value_error(op: str, value: Any) -> str | None:
             re.compile(value)
         except re.error as exc:
             return f"bad regex {value!r}: {exc}"
+        except (OverflowError, RecursionError):  # a repeat count or a nesting past Python's
+            return f"bad regex {_short(value)}: too large or nested too deeply to compile"
         return None
     if op in ORDERING and (not scalar or isinstance(value, bool)):
         return f"op '{op}' needs a number or a text, got {describe(value)}"
     if not scalar:
         return f"op '{op}' needs a single text, number or boolean, got {describe(value)}"
     return None
+
+
+def _short(pattern: str) -> str:
+    return repr(pattern) if len(pattern) <= 60 else repr(pattern[:57] + "...")

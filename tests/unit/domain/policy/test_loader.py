@@ -273,3 +273,44 @@ def test_rollback_section_errors(section: str, expected: str) -> None:
         load_text(text, "r.yml")
     assert expected in str(caught.value)
     assert "r.yml" in str(caught.value) and ":5" in str(caught.value)
+
+
+def test_a_name_with_a_final_newline_is_refused() -> None:
+    """`$` would let "gp2-to-gp3\\n" by: a look-alike that pausing gp2-to-gp3 leaves running."""
+    problem = only("""\
+        policies:
+          - name: "gp2-to-gp3\\n"
+            resource: ebs
+    """)
+    assert "policy name 'gp2-to-gp3\\n' must be letters, digits" in problem.message
+
+
+@pytest.mark.parametrize("pattern", ["a{99999999999}", "(" * 3000 + ")" * 3000])
+def test_a_regex_python_cannot_compile_is_a_problem_not_a_crash(pattern: str) -> None:
+    problem = only(f"""\
+        policies:
+          - name: odd-volumes
+            resource: ebs
+            filters: [{{type: value, key: VolumeType, op: regex, value: '{pattern}'}}]
+    """)
+    assert problem.policy == "odd-volumes" and problem.line == 4
+    assert "too large or nested too deeply to compile" in problem.message
+
+
+def test_a_key_may_override_one_merged_in_but_not_repeat_its_own() -> None:
+    body = """\
+        policies:
+          - &base {name: loose-volumes, resource: ebs, filters: [unattached], mode: approval,
+                   action: {type: delete, backup: true}}
+          - <<: *base
+            name: loose-volumes-report
+            mode: report
+    """
+    assert problems_in(body) == []
+    pack = load_text(textwrap.dedent(body), "pack.yml")
+    assert [(p.name, p.mode.value) for p in pack] == [
+        ("loose-volumes", "approval"),
+        ("loose-volumes-report", "report"),
+    ]
+    repeated = body.rstrip(" ") + "            mode: auto\n"
+    assert only(repeated).message == "malformed YAML: duplicate key 'mode'"

@@ -52,6 +52,7 @@ def test_schedule_due() -> None:
         ("0 25 * * *", "UTC", "bad cron expression"),
         ("0 19 * * 1-5 2024", "UTC", "five fields"),
         ("every day", "UTC", "bad cron"),
+        ("0 0 31 2 *", "UTC", "it never fires"),  # valid fields, no 31 February
         ("0 19 * * 1-5", "Mars/Olympus", "unknown time zone"),
         ("0 19 * * 1-5", "../etc/passwd", "unknown time zone"),
     ],
