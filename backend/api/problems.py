@@ -19,7 +19,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.core.database import DatabaseUnavailableError
@@ -164,17 +164,41 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(DatabaseUnavailableError, _database)
     app.add_exception_handler(DBAPIError, _database_or_unexpected)
+    app.add_exception_handler(StatementError, _statement_error)
     app.add_exception_handler(OverflowError, _out_of_range)
     app.add_exception_handler(Exception, _unexpected)
     _document_problems(app)
 
 
 async def _database_or_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # A lost or refused connection is an outage (503); any other driver error is a bug (500).
+    # A lost or refused connection is an outage (503); a value the database cannot hold is
+    # the request's (422); any other driver error is a bug (500).
     assert isinstance(exc, DBAPIError)
     if exc.connection_invalidated or type(exc).__name__ in ("OperationalError", "InterfaceError"):
         return await _database(request, exc)
+    if type(exc).__name__ == "DataError":
+        return await _not_storable(request, exc)
     return await _unexpected(request, exc)
+
+
+async def _statement_error(request: Request, exc: Exception) -> JSONResponse:
+    # SQLAlchemy wraps what failed while it bound a parameter (a date past year 9999 once
+    # converted to UTC is an OverflowError inside)
+    if isinstance(getattr(exc, "orig", None), OverflowError):
+        return await _out_of_range(request, exc)
+    return await _unexpected(request, exc)
+
+
+async def _not_storable(request: Request, exc: Exception) -> JSONResponse:
+    # A NUL in a text, an id past the column's range: PostgreSQL refuses the value itself.
+    log.info("request value refused by the database", path=request.url.path, error=_first_line(exc))
+    return problem_response(
+        request,
+        422,
+        f"a value in the request cannot be stored or compared: {_first_line(exc)}",
+        kind="invalid-value",
+        title="Invalid request",
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from backend.core.database import database_url, get_engine
+from backend.core.database import check_database, database_url, get_engine
 
 
 def _project_root() -> Path:
@@ -55,6 +55,7 @@ def ensure_schema(url: str | None = None) -> None:
     if url.startswith("sqlite"):
         upgrade(url)
         return
+    check_database(url)  # down or refused: said plainly, before alembic's own error
     current, head = current_revision(url), head_revision()
     if current != head:
         raise SchemaOutOfDateError(

@@ -328,3 +328,25 @@ def test_audit_query_and_verify(api: Api) -> None:
     export = api.get(f"{V1}/audit/export", params={"since": since})
     assert export.headers["content-type"].startswith("application/x-ndjson")
     assert len(export.text.splitlines()) == verified["checked"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kw"),
+    [
+        ("get", f"{V1}/actions", {"params": {"requested_by": "a\x00b"}}),
+        ("get", f"{V1}/inventory", {"params": {"tag": "env=\x00"}}),
+        ("get", f"{V1}/audit/events", {"params": {"actor": "\x00"}}),
+        ("get", f"{V1}/actions/2147483648", {}),
+        ("get", f"{V1}/audit/events", {"params": {"since": "0001-01-01T00:00:00+14:00"}}),
+        ("post", f"{V1}/actions/2147483648/approve", {"json": {}}),
+    ],
+)
+def test_values_the_database_cannot_hold_are_the_request_s_fault(
+    api: Api, method: str, path: str, kw: dict[str, Any]
+) -> None:
+    """A NUL in a text (PostgreSQL refuses it, SQLite stores it), an id past a 32-bit
+    column, a date that leaves the calendar once in UTC: never a 500."""
+    answer = api.call(method.upper(), path, user="ada", **kw)
+    assert answer.status_code in (200, 404, 422), (path, answer.status_code, answer.text)
+    if answer.status_code != 200:
+        is_problem(answer, answer.status_code)

@@ -217,3 +217,34 @@ def test_apply_holds_a_policy_the_database_holds(account: Account, hold: str) ->
         assert ran.exit_code == 0, ran.output
         assert account.instance_state(account.idle) == "stopped"
 
+
+@pytest.mark.parametrize("command", [["actions", "list"], ["status"], ["audit", "verify"]])
+def test_a_dead_database_is_named_not_a_traceback(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import backend.cli.audit  # noqa: F401 - registers `audit`
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    reset_settings_cache()
+    result = finops(*command)
+    assert result.exit_code == 3, (result.output, result.exception)
+    assert "database error" in result.output and "Connection refused" in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["actions", "approve", "2147483648", "--as", "abe"],
+        ["policy", "pause", "gp2-to-gp3", "--until", "999999999w", "--reason", "x"],
+        ["policy", "pause", "gp2-to-gp3", "--until", "9999-12-31T23:59:59-14:00", "--reason", "x"],
+    ],
+)
+def test_values_out_of_range_are_an_error_not_a_traceback(
+    any_database: str, command: list[str]
+) -> None:
+    import backend.cli.policy  # noqa: F401 - registers `policy`
+
+    migrations.upgrade()
+    result = finops(*command)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit) and "error" in result.output.lower()
