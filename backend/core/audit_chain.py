@@ -150,8 +150,20 @@ def event_hash(
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def storable(text: str) -> str:
+    """`text` as every database stores it: NUL (PostgreSQL text refuses it) and lone
+    surrogates (what Python makes of bytes a terminal sent in another encoding; no UTF-8
+    holds them) become U+FFFD."""
+    text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def clean_text(value: object, field: str) -> str:
-    text = str(value).replace("\x00", "\ufffd")  # PostgreSQL text refuses NUL
+    text = storable(str(value))
     limit = FIELD_LIMITS[field]
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -159,11 +171,12 @@ def clean_text(value: object, field: str) -> str:
 def sanitize_details(value: Any) -> Any:
     """Make details survive a JSON/JSONB round trip unchanged, so stored hashes re-verify.
 
-    JSONB rewrites 1e100 as an integer and -0.0 as 0, refuses NaN and NUL; datetimes and
-    other objects are not JSON at all. Each becomes the value the database will give back.
+    JSONB rewrites 1e100 as an integer and -0.0 as 0, refuses NaN, NUL and lone surrogates;
+    datetimes and other objects are not JSON at all. Each becomes the value the database will
+    give back.
     """
     if isinstance(value, Mapping):
-        return {str(k).replace("\x00", "\ufffd"): sanitize_details(v) for k, v in value.items()}
+        return {storable(str(k)): sanitize_details(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
         return [sanitize_details(v) for v in items]
@@ -176,10 +189,10 @@ def sanitize_details(value: Any) -> Any:
             return 0.0
         return int(value) if abs(value) >= 1e16 else value
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        return storable(value)
     if isinstance(value, dt.datetime):
         return iso(value)
-    return str(value)
+    return storable(str(value))
 
 
 @dataclass(frozen=True)
@@ -210,13 +223,18 @@ class Anchor:
 
 
 def verify_events(
-    events: Iterable[AuditEvent], *, from_start: bool = True, anchor: Anchor | None = None
+    events: Iterable[AuditEvent],
+    *,
+    from_start: bool = True,
+    anchor: Anchor | None = None,
+    first_id: int | None = None,
 ) -> ChainReport:
     """Check ids, links and hashes in id order.
 
     from_start=False checks a window (the last N events): the first event's own prev_hash
-    is trusted, everything after it is checked. The link check runs before the content
-    check so that rows swapped into each other's places read as reordered, not edited.
+    is trusted, everything after it is checked, and the window must begin at `first_id`
+    (a deleted first event is a gap too). The link check runs before the content check so
+    that rows swapped into each other's places read as reordered, not edited.
     """
     prev: AuditEvent | None = None
     checked = 0
@@ -232,6 +250,9 @@ def verify_events(
                 return broken(event.id, f"id gap after 0 (row deleted): {_missing(0, event.id)}")
             if event.prev_hash != GENESIS_HASH:
                 return broken(event.id, "first event's prev_hash is not the genesis value")
+        if prev is None and not from_start and first_id is not None and event.id != first_id:
+            gap = f"id gap after {first_id - 1} (row deleted): {_missing(first_id - 1, event.id)}"
+            return broken(event.id, gap)
         if prev is not None:
             if event.id != prev.id + 1:
                 reason = f"id gap after {prev.id} (row deleted): {_missing(prev.id, event.id)}"

@@ -189,7 +189,10 @@ class AuditLogger:
             )
             anchor = self._anchor_store().get(key)
             report = verify_events(
-                (to_event(row) for row in rows), from_start=last is None, anchor=anchor
+                (to_event(row) for row in rows),
+                from_start=last is None,
+                anchor=anchor,
+                first_id=start,
             )
         if report.ok and report.head_id is not None and report.head_hash is not None:
             self._anchor_store().advance(key, Anchor(report.head_id, report.head_hash))

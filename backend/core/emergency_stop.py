@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from backend.core import database
-from backend.core.audit_chain import EventType
+from backend.core.audit_chain import EventType, storable
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.models import EngineStateRow
 from backend.core.types import utcnow
@@ -295,9 +295,9 @@ def _to_state(row: EngineStateRow) -> EngineState:
 
 
 def _required(value: str, name: str) -> str:
-    # PostgreSQL text refuses NUL: replaced, as the audit log does, so that no character in
-    # a reason typed in a hurry can keep the brake off.
-    value = (value or "").replace("\x00", "\ufffd").strip()
+    # NUL and undecodable bytes replaced, as the audit log does: no character in a reason
+    # typed in a hurry, in whatever terminal encoding, can keep the brake off.
+    value = storable(value or "").strip()
     if not value:
         raise ValueError(f"{name} is required")
     if name == "actor" and len(value) > 128:

@@ -86,6 +86,16 @@ def test_deleted_middle_row_is_named(logger: AuditLogger) -> None:
     assert "event 5 missing" in report.reason
 
 
+def test_a_window_notices_its_own_first_event_deleted(logger: AuditLogger) -> None:
+    """verify(last=3) over events 8..10 (the runbook's probe checks the last 100)."""
+    write(logger, 10)
+    sql(delete(AuditEventRow).where(AuditEventRow.id == 8))
+    report = logger.verify(last=3)
+    assert not report.ok
+    assert report.reason is not None and "event 8 missing" in report.reason
+    assert logger.verify(last=2).ok  # 9..10 are intact
+
+
 @pytest.mark.parametrize("how", ["log", "record"])
 def test_deleted_last_row_is_named(logger: AuditLogger, how: str) -> None:
     if how == "log":

@@ -85,11 +85,17 @@ def test_engage_persists_across_instances_and_engines(db: str) -> None:
     assert "already engaged since" in notifier.texts[1]
 
 
-def test_a_nul_in_the_reason_never_keeps_the_brake_off(db: str) -> None:
-    """PostgreSQL text refuses NUL; the stop engages with it replaced, audited."""
-    engaged = EmergencyStop(notifier=RecordingNotifier()).engage("disk filling\x00", "oncall")
-    assert engaged.engaged and engaged.reason == "disk filling\ufffd"
-    assert engaged.audit_error is None
+@pytest.mark.parametrize(
+    "reason",
+    ["disk filling\x00", "caf\udce9 outage"],  # NUL; a Latin-1 terminal's byte, undecoded
+)
+def test_no_character_in_the_reason_keeps_the_brake_off(db: str, reason: str) -> None:
+    """PostgreSQL text refuses NUL, and no UTF-8 holds a lone surrogate: the stop engages
+    with each replaced by U+FFFD, audited, and the alert goes out."""
+    notifier = RecordingNotifier()
+    engaged = EmergencyStop(notifier=notifier).engage(reason, "oncall")
+    assert engaged.engaged and "\ufffd" in str(engaged.reason)
+    assert engaged.audit_error is None and len(notifier.texts) == 1
     assert EmergencyStop().is_engaged()
     assert AuditLogger().verify().ok
 
