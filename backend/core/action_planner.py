@@ -182,8 +182,12 @@ class ActionPlanner:
                 requested_by,
                 now,
             )
-            if policy.notice.notify and action.not_before is None:
-                action.not_before = now + dt.timedelta(days=policy.notice.grace_days)
+            if policy.notice.notify and (action.not_before is None or action.state == S.BLOCKED):
+                # The grace period runs from the notice the owner gets now: a blocked action
+                # (its notice failed, or a rule said no) planned again later must not come
+                # due the minute its owner is first told.
+                grace = now + dt.timedelta(days=policy.notice.grace_days)
+                action.not_before = max(action.not_before or grace, grace)
             self._decide(session, action, to_resource(resource), out, now)
             if policy.notice.notify and action.state != S.BLOCKED:
                 to_notice.append(action)

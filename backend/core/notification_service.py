@@ -135,7 +135,11 @@ class NotificationService:
         message = Message("P2", "owner_notice", subject, body, recipient=route.recipient)
         if route.channel is None:
             return [self._no_recipient(message, route.note or "no owner")]
-        return [replace(r, note=route.note) for r in self._dispatch(message, [route.channel])]
+        # Not retried later on its own: a failed notice blocks its action, and planning it
+        # again gives a new notice (with a new date); a late copy of this one would be a
+        # second notice, with a date that no longer holds.
+        sent = self._dispatch(message, [route.channel], retry_later=False)
+        return [replace(r, note=route.note) for r in sent]
 
     def send_run_report(self, summary: RunReport | Mapping[str, Any]) -> list[DeliveryResult]:
         """What a run did, saved and blocked; P1 when most of its actions failed."""

@@ -17,6 +17,7 @@ from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.migrations import upgrade
 from backend.core.models import ActionRow, NotificationRow
+from backend.core.notification_service import NotificationService
 from backend.core.notification_settings import reset_notification_settings_cache
 from backend.core.owner_notice import NO_OWNER, NOT_NOTIFIED, SCHEDULED_TAG, OwnerNotice
 from backend.core.scan_service import ScanService
@@ -270,6 +271,21 @@ def test_a_failed_notice_holds_the_action(
     assert result.unmarked == [row.id]
     assert SCHEDULED_TAG not in tags_of(moto_url, vid)
     assert unmark() == []
+    # the failed notice is not sent later on its own (planning again gives a new one)
+    assert NotificationService(clock=t0.days(0.1)).retry_pending() == []
+
+    # Mail works again; planned again a week later, the owner is told now, and the grace
+    # period runs from now: not from the first, failed, notice.
+    monkeypatch.setenv("FINOPS_NOTIFY_SMTP_PORT", str(smtp.port))
+    reset_notification_settings_cache()
+    t8 = t0.days(8)
+    plan(t8, notify_owners=True)
+    row = actions()[vid]
+    assert row.state == "awaiting_approval" and len(smtp.mail) == 1
+    assert row.not_before == t8.now + dt.timedelta(days=7)
+    approve(t8, row.id)
+    early = ActionEngine(pack=pack(), clock=t8).execute(dry_run=False)
+    assert early.outcomes == [] and exists(moto_url, vid)
 
 
 def test_dry_run_records_and_changes_nothing(moto_url: str, sqlite: str, smtp: SmtpPeer) -> None:
