@@ -60,17 +60,12 @@ def worker(
 def scheduler(loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO") -> None:
     """Run Celery beat: each policy's cron starts its cycle; the reconciler ticks."""
     _runtime_settings()
-    from backend.core.database import session_scope
     from backend.core.migrations import ensure_schema
-    from backend.core.policy_manager import PolicyManager
-    from backend.core.types import utcnow
-    from backend.runtime.beat import FileScheduler, beat_schedule
+    from backend.runtime.beat import FileScheduler, scheduled_entries
     from backend.runtime.celery_app import app as celery
 
     ensure_schema()
-    with session_scope() as session:
-        pack = PolicyManager().effective_pack(session, utcnow())
-    entries = beat_schedule(pack, settings())
+    entries = scheduled_entries(settings())
     celery.conf.beat_schedule = entries
     path = settings().beat_schedule_path
     console.print(f"{len(entries)} schedule entries; schedule file {path}", highlight=False)

@@ -57,6 +57,15 @@ class PolicyCron(BaseSchedule):
         return f"<PolicyCron {self.cron.cron} {self.cron.timezone}>"
 
 
+def scheduled_entries(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Beat's entries from the policy files, not from the database's state of them: a
+    policy paused when beat starts must run again when its pause ends, without a restart.
+    Each cycle asks the database when it starts (start_cycle skips a held policy)."""
+    from backend.core.policy_manager import PolicyManager
+
+    return beat_schedule(PolicyManager().load(), settings)
+
+
 def beat_schedule(pack: PolicyPack, settings: Settings) -> dict[str, dict[str, Any]]:
     groups: dict[Schedule, list[str]] = {}
     for policy in pack.enabled():

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import structlog
 
@@ -22,11 +25,32 @@ log = structlog.get_logger(__name__)
 _started: dict[int, threading.Event] = {}  # per process id: forks start their own
 # The actions this process is executing now, in its heartbeat: an action past its deadline
 # that its (live) worker no longer lists was abandoned (say, its record could not be written).
-EXECUTING: set[int] = set()
+# Counted, not a set: under a thread pool a redelivered copy of a task runs beside the first
+# and, finding it claimed, returns at once; it must not take the first one off the list.
+_executing: Counter[int] = Counter()
+_executing_lock = threading.Lock()
+
+
+@contextmanager
+def executing(action_id: int) -> Iterator[None]:
+    with _executing_lock:
+        _executing[action_id] += 1
+    try:
+        yield
+    finally:
+        with _executing_lock:
+            _executing[action_id] -= 1
+            if _executing[action_id] <= 0:
+                del _executing[action_id]
+
+
+def executing_now() -> list[int]:
+    with _executing_lock:
+        return sorted(_executing)
 
 
 def beat_once(queues: list[str]) -> None:
-    details = {"queues": queues, "executing": sorted(EXECUTING)}
+    details = {"queues": queues, "executing": executing_now()}
     row = {"worker": worker_name(), "last_seen": utcnow(), "details": details}
     with session_scope() as session:
         upsert_rows(

@@ -56,9 +56,14 @@ def start_cycle(
     timezone: str = "UTC",
     slot: str | None = None,
 ) -> int | None:
-    """Open the cycle for this slot (once) and queue its scan parts."""
+    """Open the cycle for this slot (once) and queue its scan parts; nothing when every
+    policy of the cycle is disabled, paused or overridden now."""
     svc = services()
     now = utcnow()
+    runnable = {p.name for p in svc.pack().enabled()}
+    if policies and not runnable.intersection(policies):
+        log.info("cycle skipped: its policies are held", policies=policies)
+        return None
     if slot is None:
         slot = (
             Schedule(cron, timezone).latest_at_or_before(now).isoformat()
@@ -107,11 +112,10 @@ def dispatch_due(triggered_by: str = "scheduler") -> list[int]:
 def execute_action(action_id: int, run_id: int | None, dry_run: bool) -> dict[str, Any]:
     svc = services()
     engine = svc.engine()
-    heartbeat.EXECUTING.add(action_id)
     try:
-        outcome = engine.execute_one(action_id, run_id, dry_run=dry_run)
+        with heartbeat.executing(action_id):
+            outcome = engine.execute_one(action_id, run_id, dry_run=dry_run)
     finally:
-        heartbeat.EXECUTING.discard(action_id)
         forget_queued(svc, action_id)
     log.info("action done", action=action_id, result=outcome.result)
     return {"action_id": outcome.action_id, "result": outcome.result, "detail": outcome.detail}

@@ -351,3 +351,17 @@ def test_cli(db: str, pack_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 2 and "policy pack refused" in result.output
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(AuditEventRow)) == 7
+
+
+def test_beat_keeps_the_cron_of_a_policy_paused_when_it_starts(db: str) -> None:
+    """Beat builds its entries once; a pause then must not drop the policy for good."""
+    from backend.config import Settings
+    from backend.runtime.beat import scheduled_entries
+
+    PolicyManager().pause("offhours-nonprod", utcnow() + dt.timedelta(hours=1), "bob", "freeze")
+    cycles = [
+        e["kwargs"]["policies"]
+        for n, e in scheduled_entries(Settings()).items()
+        if n != "reconcile"
+    ]
+    assert ["offhours-nonprod"] in cycles
