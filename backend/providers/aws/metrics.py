@@ -6,6 +6,8 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import structlog
+
 from backend.domain.resources import (
     KIND_METRICS,
     MetricSpec,
@@ -14,6 +16,8 @@ from backend.domain.resources import (
     metric_namespace,
 )
 from backend.providers.aws.retry import call
+
+log = structlog.get_logger(__name__)
 
 BATCH = 500  # GetMetricData's limit on queries per call
 DAY = 86400
@@ -38,7 +42,8 @@ def fetch_metric_summaries(
     *,
     now: dt.datetime | None = None,
 ) -> dict[tuple[str, MetricSpec], float | None]:
-    """Summaries for (resource, spec) pairs; None where CloudWatch has no datapoints.
+    """Summaries for (resource, spec) pairs; None where CloudWatch has no datapoints, no
+    entry where it could not read the series (unknown, not idle).
 
     The period is the whole window, so CloudWatch does the aggregation and answers one
     datapoint a series.
@@ -81,6 +86,8 @@ def _fetch_batch(
             }
         )
     values: dict[str, list[float]] = {}
+    status: dict[str, str] = {}
+    messages: list[str] = []
     kwargs: dict[str, Any] = {
         "MetricDataQueries": queries,
         "StartTime": end - dt.timedelta(days=days),
@@ -90,11 +97,25 @@ def _fetch_batch(
         page = call(cloudwatch.get_metric_data, **kwargs)
         for result in page["MetricDataResults"]:
             values.setdefault(result["Id"], []).extend(float(v) for v in result.get("Values", []))
+            status[result["Id"]] = str(result.get("StatusCode", ""))
+        messages += [f"{m.get('Code')}: {m.get('Value')}" for m in page.get("Messages", [])]
         token = page.get("NextToken")
         if not token:
             break
         kwargs["NextToken"] = token
+    # A series CloudWatch could not read completely (InternalError, Forbidden, PartialData)
+    # is not "no datapoints": left out, its filters are unknown and select nothing, where
+    # a policy's missing-value would have taken the silence for idleness.
+    incomplete = [f"q{n}" for n in range(len(pairs)) if status.get(f"q{n}") != "Complete"]
+    if incomplete:
+        log.warning(
+            "metric series not read completely",
+            series=len(incomplete),
+            status=sorted({status.get(q, "missing") for q in incomplete}),
+            messages=messages[:3],
+        )
     return {
         (resource.resource_id, spec): _combine(spec.statistic, values.get(f"q{n}", []))
         for n, (resource, spec) in enumerate(pairs)
+        if status.get(f"q{n}") == "Complete"
     }
