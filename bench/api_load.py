@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from load_drivers import Endpoint, Result, run_httpx, run_wrk, wrk_path  # noqa: E402
-from stored_evaluation import FILL, METRICS, _twenty_policies  # noqa: E402
+from stored_evaluation import FILL, LISTED, METRICS, _twenty_policies  # noqa: E402
 
 from tests.support.servers import free_port, wait_http  # noqa: E402
 
@@ -68,6 +68,7 @@ def prepare(admin_url: str, count: int) -> tuple[str, str]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(FILL, {"n": count})
         conn.execute(METRICS.replace("%%", "%"))
+        conn.execute(LISTED)
         conn.execute("VACUUM ANALYZE")
     with session_scope(url) as session:
         StoredPolicyEvaluator(session).run(_twenty_policies(load_pack))

@@ -91,6 +91,18 @@ CROSS JOIN LATERAL (VALUES
 WHERE resources.kind = m.k AND resources.state IN ('running', 'active', 'available')
 """
 
+# What a scan that listed every region whole records (migration 0006): without it the
+# snapshot relations are unknown and select nothing.
+LISTED = """
+WITH scan AS (
+  INSERT INTO scan_runs (started_at, finished_at, status, accounts, regions, counts, failures)
+  VALUES (now(), now(), 'complete', '{}', '{}', '{}', '{}') RETURNING id)
+INSERT INTO inventory_parts (account_id, region, kind, scan_id, completed_at)
+SELECT pairs.account_id, pairs.region, kinds.kind, (SELECT id FROM scan), now()
+FROM (SELECT DISTINCT account_id, region FROM resources) AS pairs
+CROSS JOIN (VALUES ('ebs'), ('ami')) AS kinds(kind)
+"""
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -142,6 +154,7 @@ def run(url: str, count: int, runs: int, *, fill: bool) -> None:
         if fill:
             conn.execute(FILL, {"n": count})
             conn.execute(METRICS.replace("%%", "%"))
+            conn.execute(LISTED)
         else:  # a first run again: no opportunity known yet
             conn.execute("TRUNCATE opportunities CASCADE")
         conn.execute("VACUUM ANALYZE")

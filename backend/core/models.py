@@ -101,6 +101,19 @@ class MetricSummaryRow(Base):
     collected_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class InventoryPartRow(Base):
+    """A part of the inventory (account, region, kind) that a scan has listed completely:
+    until one has, "no volume with that id" says nothing about a snapshot (migration 0006)."""
+
+    __tablename__ = "inventory_parts"
+
+    account_id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    region: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scan_runs.id"))
+    completed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class ScanRunRow(Base):
     """One inventory scan and what it could and could not see."""
 

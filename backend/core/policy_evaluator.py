@@ -82,6 +82,7 @@ _PRICES = Table(
     Column("state", String),
     Column("sig", String),
     Column("usd", Float),
+    Column("why", String),  # why usd is unknown, if it is
     prefixes=["TEMPORARY"],
 )
 # One join of what was found with the table: the new are inserted, the known updated in
@@ -92,12 +93,12 @@ _MERGE = """
 MERGE INTO opportunities AS o USING ({found}) AS f
 ON o.policy_name = f.policy_name AND o.resource_pk = f.resource_pk
 WHEN MATCHED THEN UPDATE SET action = f.action, params = f.params, evidence = f.evidence,
-    estimated_monthly_savings = f.saving, savings_unknown = NULL, status = 'open',
+    estimated_monthly_savings = f.saving, savings_unknown = f.unknown, status = 'open',
     last_seen = :now, resolved_at = NULL
 WHEN NOT MATCHED THEN INSERT (policy_name, resource_pk, action, params, evidence,
-    estimated_monthly_savings, status, first_found, last_seen)
-    VALUES (f.policy_name, f.resource_pk, f.action, f.params, f.evidence, f.saving, 'open',
-    :now, :now)
+    estimated_monthly_savings, savings_unknown, status, first_found, last_seen)
+    VALUES (f.policy_name, f.resource_pk, f.action, f.params, f.evidence, f.saving, f.unknown,
+    'open', :now, :now)
 """
 
 
@@ -177,7 +178,9 @@ class StoredPolicyEvaluator:
                 if policy.name in in_sql:
                     engines[policy.name] = "sql"
                 else:
-                    counts[policy.name] = evaluate_in_python(self._session, policy, self._now)
+                    counts[policy.name] = evaluate_in_python(
+                        self._session, policy, self._now, saves_cost=self._saves_cost(policy)
+                    )
                     engines[policy.name] = "python"
             out.seconds_by_step[f"select {kind.value}"] = time.perf_counter() - t0
         if self._found:
@@ -273,6 +276,7 @@ class StoredPolicyEvaluator:
             select(
                 r.id.label("rid"),
                 r.monthly_cost.label("cost"),
+                r.cost_unknown.label("cost_unknown"),
                 r.region.label("region"),
                 r.state.label("state"),
                 *([r.attributes.label("attributes")] if not self._all_save_cost(policies) else []),
@@ -330,6 +334,7 @@ class StoredPolicyEvaluator:
                 "evidence"
             ),
             each(dict.fromkeys(by_cost, hits.c.cost), Float).label("saving"),
+            each(dict.fromkeys(by_cost, hits.c.cost_unknown), String).label("unknown"),
             hits.c.region,
             hits.c.state,
             each(dict.fromkeys(by_price, sig), String).label("sig"),
@@ -362,7 +367,7 @@ class StoredPolicyEvaluator:
             usd = estimate_savings(p.action.name, stub, self._prices, dict(p.action.params))
             rows.append(
                 {"policy_name": name, "region": region, "state": state, "sig": sig}
-                | {"usd": usd.monthly_usd}
+                | {"usd": usd.monthly_usd, "why": usd.unknown}
             )
         if rows:
             connection.execute(_PRICES.insert(), rows)
@@ -381,6 +386,7 @@ class StoredPolicyEvaluator:
             f.params,
             f.evidence,
             case((f.sig.is_(None), f.saving), else_=p.usd).label("saving"),
+            case((f.sig.is_(None), f.unknown), else_=p.why).label("unknown"),
         ]
         joined = found.outerjoin(
             _PRICES,
@@ -402,8 +408,9 @@ class StoredPolicyEvaluator:
             connection.execute(text(_MERGE.format(found=source)).bindparams(now))
             return
         names = ["policy_name", "resource_pk", "action", "params", "evidence"]
+        names += ["estimated_monthly_savings", "savings_unknown"]
         stmt = sqlite.insert(OpportunityRow).from_select(
-            [*names, "estimated_monthly_savings", "status", "first_found", "last_seen"],
+            [*names, "status", "first_found", "last_seen"],
             select(
                 *columns,
                 literal("open"),
@@ -416,11 +423,9 @@ class StoredPolicyEvaluator:
         stmt = stmt.on_conflict_do_update(
             index_elements=["policy_name", "resource_pk"],
             set_={
-                name: stmt.excluded[name]
-                for name in UPDATED_ON_CONFLICT
-                if name not in ("savings_unknown", "resolved_at")
+                name: stmt.excluded[name] for name in UPDATED_ON_CONFLICT if name != "resolved_at"
             }
-            | {"resolved_at": None, "savings_unknown": None},
+            | {"resolved_at": None},
         )
         connection.execute(stmt)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import typing
+from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import (
@@ -23,12 +24,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from backend.core.models import MetricSummaryRow, OpportunityRow, ResourceRow
-from backend.core.repositories import to_resource
+from backend.core.repositories import relations_inventoried, to_resource
 from backend.core.upsert import upsert_rows
 from backend.domain.policy.evaluate import EvaluationContext, evaluate
 from backend.domain.policy.model import Policy, PolicyPack
 from backend.domain.pricing import PRICING_FIELDS, PriceTable, estimate_savings, pricing_stub
-from backend.domain.resources import MetricSpec, ResourceKind
+from backend.domain.resources import MetricSpec, Resource, ResourceKind
 
 UPDATED_ON_CONFLICT = (
     "action",
@@ -42,9 +43,16 @@ UPDATED_ON_CONFLICT = (
 )
 
 
-def evaluate_in_python(session: Session, policy: Policy, now: dt.datetime) -> int:
+def evaluate_in_python(
+    session: Session, policy: Policy, now: dt.datetime, *, saves_cost: bool = False
+) -> int:
     """Evaluate `policy` on the live inventory (with the volumes and AMIs its relations
-    read) and upsert its opportunities; savings are priced afterwards by the caller."""
+    read) and upsert its opportunities. With `saves_cost` the saving is the resource's
+    monthly cost (or why it is unknown), else the caller prices them afterwards.
+
+    Each (account, region) is evaluated on its own metrics and relations, as a scan does:
+    ids repeat across regions and accounts (an RDS identifier is a name), so one map keyed
+    by id alone would judge a database on another's connections."""
     rows = list(
         session.scalars(
             select(ResourceRow).where(
@@ -55,35 +63,47 @@ def evaluate_in_python(session: Session, policy: Policy, now: dt.datetime) -> in
             )
         )
     )
-    resources = [to_resource(row) for row in rows]
     pk_of = {(row.account_id, row.region, row.kind, row.resource_id): row.id for row in rows}
-    metrics: dict[tuple[str, MetricSpec], float | None] = {}
+    cost_of = {row.id: (row.monthly_cost, row.cost_unknown) for row in rows}
+    groups: dict[tuple[str, str], list[Resource]] = defaultdict(list)
+    for row in rows:
+        groups[(row.account_id, row.region)].append(to_resource(row))
+    metrics: dict[tuple[str, str], dict[tuple[str, MetricSpec], float | None]] = defaultdict(dict)
     if policy.metric_specs:
-        resource_id = {row.id: row.resource_id for row in rows if row.kind == policy.kind.value}
+        mine = {row.id: row for row in rows if row.kind == policy.kind.value}
         for m in session.scalars(
-            select(MetricSummaryRow).where(MetricSummaryRow.resource_pk.in_(list(resource_id)))
+            select(MetricSummaryRow).where(MetricSummaryRow.resource_pk.in_(list(mine)))
         ):
+            row = mine[m.resource_pk]
             spec = MetricSpec(m.namespace, m.metric, m.statistic, m.days)
-            metrics[(resource_id[m.resource_pk], spec)] = m.value
-    ctx = EvaluationContext.from_resources(resources, now=now, metrics=metrics)
-    found = [
-        {
-            "policy_name": policy.name,
-            "resource_pk": pk_of[m.resource.key],
-            "action": policy.action.name,
-            "params": dict(policy.action.params),
-            "evidence": m.evidence,
-            "estimated_monthly_savings": None,
-            "savings_unknown": None,
-            "status": "open",
-            "first_found": now,
-            "last_seen": now,
-            "resolved_at": None,
-        }
-        for m in evaluate(
-            PolicyPack((policy,)), [r for r in resources if r.kind is policy.kind], ctx
+            metrics[(row.account_id, row.region)][(row.resource_id, spec)] = m.value
+    complete = relations_inventoried(session)
+    found = []
+    for pair, resources in sorted(groups.items()):
+        ctx = EvaluationContext.from_resources(
+            resources,
+            now=now,
+            metrics=metrics.get(pair, {}),
+            inventoried=[pair] if pair in complete else [],
         )
-    ]
+        selected = [r for r in resources if r.kind is policy.kind]
+        found += [
+            {
+                "policy_name": policy.name,
+                "resource_pk": pk_of[m.resource.key],
+                "action": policy.action.name,
+                "params": dict(policy.action.params),
+                "evidence": m.evidence,
+                "estimated_monthly_savings": cost[0] if saves_cost else None,
+                "savings_unknown": cost[1] if saves_cost else None,
+                "status": "open",
+                "first_found": now,
+                "last_seen": now,
+                "resolved_at": None,
+            }
+            for m in evaluate(PolicyPack((policy,)), selected, ctx)
+            for cost in [cost_of[pk_of[m.resource.key]]]
+        ]
     upsert_rows(
         session,
         OpportunityRow,

@@ -7,7 +7,7 @@ repository made without one opens a short read-only session per call.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from backend.core.models import (
     ActionRow,
+    InventoryPartRow,
     MetricSummaryRow,
     OpportunityRow,
     ResourceRow,
@@ -27,6 +28,8 @@ from backend.domain.lifecycle import ACTIVE, ActionState
 from backend.domain.resources import MetricSpec, Resource, ResourceKind
 
 T = TypeVar("T")
+# The kinds whose complete listing makes a region's snapshot relations knowable.
+RELATION_KINDS = frozenset({ResourceKind.EBS_VOLUME.value, ResourceKind.AMI.value})
 PartKey = tuple[str, str, str]  # (account, region, kind)
 
 
@@ -132,6 +135,22 @@ class ResourceRepository(_Repository):
                 ),
             )
             return int(result.rowcount or 0)
+
+    def mark_complete(self, parts: Iterable[PartKey], *, scan_id: int, at: dt.datetime) -> None:
+        """Record the parts this scan listed completely (relations read them, 0006)."""
+        rows = [
+            {"account_id": a, "region": r, "kind": k, "scan_id": scan_id, "completed_at": at}
+            for a, r, k in parts
+        ]
+        if rows:
+            with self._use() as session:
+                upsert_rows(
+                    session,
+                    InventoryPartRow,
+                    rows,
+                    conflict_columns=("account_id", "region", "kind"),
+                    update_columns=("scan_id", "completed_at"),
+                )
 
     def primary_keys(self, scan_id: int) -> dict[tuple[str, str, str, str], int]:
         with self._use() as session:
@@ -243,11 +262,13 @@ class OpportunityRepository(_Repository):
         policies: Sequence[str],
         at: dt.datetime,
         scan_id: int,
+        undecided: Collection[tuple[str, int]] = (),
     ) -> tuple[int, int]:
         """Upsert what the policies found now; resolve their open ones not found again.
 
         Only opportunities on resources this scan saw (or found gone) are resolved: a part
-        that failed to scan says nothing about its resources.
+        that failed to scan says nothing about its resources, and a (policy, resource pk)
+        in `undecided` (its metrics or relations could not be read) is not resolved either.
 
         `found` rows hold policy_name, resource_pk, action, params, evidence, savings.
         Returns (open now, resolved now).
@@ -275,25 +296,34 @@ class OpportunityRepository(_Repository):
                         "resolved_at",
                     ),
                 )
-            resolved = cast(
-                CursorResult[Any],
-                session.execute(
-                    update(OpportunityRow)
-                    .where(
-                        OpportunityRow.policy_name.in_(policies),
-                        OpportunityRow.status == "open",
-                        OpportunityRow.last_seen < at,
-                        # a scan of one region (or a worker's one part) says nothing of others
-                        OpportunityRow.resource_pk.in_(
-                            select(ResourceRow.id).where(
-                                or_(ResourceRow.last_scan_id == scan_id, ResourceRow.gone_at == at)
-                            )
-                        ),
-                    )
-                    .values(status="resolved", resolved_at=at)
-                ),
-            )
-            return len(rows), int(resolved.rowcount or 0)
+            stale = session.execute(
+                select(
+                    OpportunityRow.id, OpportunityRow.policy_name, OpportunityRow.resource_pk
+                ).where(
+                    OpportunityRow.policy_name.in_(policies),
+                    OpportunityRow.status == "open",
+                    OpportunityRow.last_seen < at,
+                    # a scan of one region (or a worker's one part) says nothing of others
+                    OpportunityRow.resource_pk.in_(
+                        select(ResourceRow.id).where(
+                            or_(ResourceRow.last_scan_id == scan_id, ResourceRow.gone_at == at)
+                        )
+                    ),
+                )
+            ).all()
+            ids = [i for i, name, pk in stale if (name, pk) not in undecided]
+            resolved = 0
+            for i in range(0, len(ids), 2000):
+                result = cast(
+                    CursorResult[Any],
+                    session.execute(
+                        update(OpportunityRow)
+                        .where(OpportunityRow.id.in_(ids[i : i + 2000]))
+                        .values(status="resolved", resolved_at=at)
+                    ),
+                )
+                resolved += int(result.rowcount or 0)
+            return len(rows), resolved
 
     def open_summary(self) -> list[tuple[str, int, float]]:
         with self._use() as session:
@@ -334,6 +364,18 @@ class ActionRepository(_Repository):
                 f"  -> retry: AutoRemediationEngine().retry_action({a['id']})"
             )
         return failed
+
+
+def relations_inventoried(session: Session) -> set[tuple[str, str]]:
+    """The (account, region) pairs whose volumes and AMIs a scan has listed completely:
+    where "orphaned" and "backs-ami" can be known."""
+    rows = session.execute(
+        select(InventoryPartRow.account_id, InventoryPartRow.region, InventoryPartRow.kind)
+    )
+    kinds: dict[tuple[str, str], set[str]] = {}
+    for account, region, kind in rows:
+        kinds.setdefault((account, region), set()).add(kind)
+    return {pair for pair, found in kinds.items() if found >= RELATION_KINDS}
 
 
 def lock_runs(session: Session) -> None:

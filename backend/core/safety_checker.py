@@ -27,7 +27,7 @@ from backend.core.models import (
     OverrideRow,
     ResourceRow,
 )
-from backend.core.repositories import to_resource
+from backend.core.repositories import relations_inventoried, to_resource
 from backend.core.types import utcnow
 from backend.domain.policy.evaluate import EvaluationContext
 from backend.domain.policy.model import Policy
@@ -300,7 +300,14 @@ class SafetyChecker:
                 m.value
             )
         others = [r for r in neighbours if r.key != fresh.key]
-        ctx = EvaluationContext.from_resources([*others, fresh], now=now, metrics=metrics)
+        pair = (fresh.account_id, fresh.region)
+        ctx = EvaluationContext.from_resources(
+            [*others, fresh],
+            now=now,
+            metrics=metrics,
+            # relations are known only where a scan listed the volumes and AMIs whole
+            inventoried=[pair] if pair in relations_inventoried(session) else [],
+        )
         return policy.filters.evaluate(fresh, ctx, {})
 
     def check_batch(

@@ -84,6 +84,9 @@ class ScanOutcome:
     metrics_fetched: int = 0
     metric_failures: dict[str, str] = field(default_factory=dict)
     opportunities: list[Opportunity] = field(default_factory=list)
+    # (policy, resource) this scan could not decide (metrics or relations missing): their
+    # open opportunities stay open, neither found again nor resolved
+    undecided: list[tuple[str, Resource]] = field(default_factory=list)
     gone: int = 0
     seconds: float = 0.0
     costs: list[tuple[Resource, float | None]] = field(default_factory=list)
@@ -232,7 +235,7 @@ class ScanService:
             metric_failures=metric_failures,
         )
         if pack is not None:
-            outcome.opportunities = self._evaluate(pack, discovery, metrics, now)
+            outcome.opportunities = self._evaluate(pack, discovery, metrics, now, outcome.undecided)
         for resource in discovery.resources:
             cost = monthly_cost(resource, self._prices)
             outcome.costs.append((resource, cost.monthly_usd))
@@ -261,6 +264,7 @@ class ScanService:
         discovery: Discovery,
         metrics: dict[tuple[str, str], dict[tuple[str, MetricSpec], float | None]],
         now: dt.datetime,
+        undecided: list[tuple[str, Resource]],
     ) -> list[Opportunity]:
         """Evaluate each (account, region) on its own metrics and relation indexes.
 
@@ -291,7 +295,7 @@ class ScanService:
                     m.resource,
                     m.evidence,
                 )
-                for m in evaluate(pack, resources, ctx)
+                for m in evaluate(pack, resources, ctx, undecided)
             )
         return found
 
@@ -354,6 +358,7 @@ class ScanService:
                 resources.mark_gone(part, scan_id=outcome.scan_id, at=now)
                 for part in discovery.complete_parts
             )
+            resources.mark_complete(discovery.complete_parts, scan_id=outcome.scan_id, at=now)
             keys = resources.primary_keys(outcome.scan_id)
             MetricRepository(session).upsert_many(
                 (
@@ -393,7 +398,11 @@ class ScanService:
                     for o in outcome.opportunities
                 ]
                 OpportunityRepository(session).record(
-                    found, policies=policies, at=now, scan_id=outcome.scan_id
+                    found,
+                    policies=policies,
+                    at=now,
+                    scan_id=outcome.scan_id,
+                    undecided={(name, keys[r.key]) for name, r in outcome.undecided},
                 )
                 summary = opportunity_summary(session, policies, now, found, was_open)
                 audit.write(session, EventType.OPPORTUNITY, "found", summary)

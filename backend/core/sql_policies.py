@@ -39,7 +39,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import aliased
 
-from backend.core.models import MetricSummaryRow, ResourceRow
+from backend.core.models import InventoryPartRow, MetricSummaryRow, ResourceRow
+from backend.core.repositories import RELATION_KINDS
 from backend.domain.policy.filters import And, Filter, Not, Or
 from backend.domain.policy.measures import AgeFilter, MetricsFilter
 from backend.domain.policy.relations import (
@@ -49,11 +50,10 @@ from backend.domain.policy.relations import (
     Unassociated,
     Unattached,
 )
-from backend.domain.policy.values import RECORD_FIELDS, ValueFilter
+from backend.domain.policy.values import DECIMAL_TEXT, RECORD_FIELDS, ValueFilter
 from backend.domain.resources import MetricSpec, ResourceKind
 
 Predicate = ColumnElement[bool]
-_DECIMAL = r"^\s*[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
 _NUMERIC_TEXT = re.compile(r"^\s*[-+]?(\d|\.\d|inf|nan)", re.IGNORECASE)
 # Regexes that mean the same in Python's re and PostgreSQL's ARE.
 _PORTABLE_REGEX = re.compile(r"^[\w\s^$.*+?()|\[\]\\\-:/,{}=@#%&!<>']*$")
@@ -73,6 +73,18 @@ _OPS = {"gt": "__gt__", "ge": "__ge__", "lt": "__lt__", "le": "__le__", "eq": "_
 
 class NotCompilableError(Exception):
     """This filter has no exact SQL form here; evaluate its policy in Python."""
+
+
+def _portable(pattern: str) -> bool:
+    """Means the same in Python's re and PostgreSQL's ARE: no flags, no bracket classes
+    ([[:digit:]] is a class there, a set here), and no escape but \\d \\s \\w (and their
+    negations) or an escaped punctuation mark (\\b is a word boundary here, a backspace
+    there)."""
+    if not _PORTABLE_REGEX.match(pattern) or "(?" in pattern:
+        return False
+    if any(x in pattern for x in ("[[:", "[=", "[.")):
+        return False
+    return all(c in "dDsSwW" or not c.isalnum() for c in re.findall(r"\\(.)", pattern))
 
 
 def _text_like(value: Any) -> bool:
@@ -209,9 +221,9 @@ class SqlCompiler:
         """JSON numbers, and text that is a plain decimal (Python compares it as a number)."""
         compared = getattr(cast(text, Float), _OPS[op])(float(value))
         if self.dialect == "postgresql":
-            decimal_text: Predicate = text.op("~")(_DECIMAL)
+            decimal_text: Predicate = text.op("~")(DECIMAL_TEXT)
         else:
-            decimal_text = func.finops_regex_match(_DECIMAL, text, 0) == 1
+            decimal_text = func.finops_regex_match(DECIMAL_TEXT, text, 0) == 1
         is_text = (
             decimal_text if json_type is None else and_(json_type == self.string_type, decimal_text)
         )
@@ -228,7 +240,7 @@ class SqlCompiler:
         pattern: str,
     ) -> Predicate:
         if self.dialect == "postgresql":
-            if not _PORTABLE_REGEX.match(pattern) or "(?" in pattern:
+            if not _portable(pattern):
                 raise NotCompilableError("regex outside the portable subset")
             # Python's re.match anchors at the start only.
             matched: Predicate = text.op("~*" if ignore_case else "~")(f"^(?:{pattern})")
@@ -300,14 +312,33 @@ class SqlCompiler:
             gone = ~exists().where(
                 v.kind == ResourceKind.EBS_VOLUME.value,
                 v.gone_at.is_(None),
+                v.state != "deleted",  # as the Python index: a deleted volume is gone
                 v.account_id == ResourceRow.account_id,
                 v.region == ResourceRow.region,
                 v.resource_id == volume_id,
             )
-            return case((func.coalesce(volume_id, "") == "", false()), else_=gone)
+            return case(
+                (~self._relations_known(), null()),
+                (func.coalesce(volume_id, "") == "", false()),
+                else_=gone,
+            )
         if isinstance(node, BacksAmi):
-            return self._backs_ami()
+            return case((~self._relations_known(), null()), else_=self._backs_ami())
         raise NotCompilableError(type(node).__name__)
+
+    def _relations_known(self) -> Predicate:
+        """A scan has listed the row's region's volumes and AMIs completely (as the Python
+        evaluator's `inventoried`): else "no such volume" is not knowledge, and the
+        relation is unknown (NULL)."""
+        listed = [
+            exists().where(
+                InventoryPartRow.account_id == ResourceRow.account_id,
+                InventoryPartRow.region == ResourceRow.region,
+                InventoryPartRow.kind == kind,
+            )
+            for kind in sorted(RELATION_KINDS)
+        ]
+        return and_(*listed)
 
     def _backs_ami(self) -> Predicate:
         """The snapshot's key among every AMI's snapshot keys: uncorrelated, so the database

@@ -88,6 +88,8 @@ PRICING_FIELDS: dict[ResourceKind, tuple[str, ...]] = {
     ),
 }
 
+BOOLEAN_FIELDS = frozenset({"MultiAZ"})
+
 
 def pricing_stub(kind: ResourceKind, region: str, state: str, values: Sequence[Any]) -> Resource:
     """A resource holding only the pricing fields (`values` in PRICING_FIELDS order)."""
@@ -96,6 +98,8 @@ def pricing_stub(kind: ResourceKind, region: str, state: str, values: Sequence[A
         if value is None:
             continue
         *parents, leaf = path.split(".")
+        if path in BOOLEAN_FIELDS and isinstance(value, int):
+            value = bool(value)  # SQLite's json_extract reads JSON true as 1
         node = attributes
         for part in parents:
             node = node.setdefault(part, {})

@@ -8,17 +8,24 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from backend.core.database import session_scope
 from backend.core.migrations import upgrade
-from backend.core.models import MetricSummaryRow, OpportunityRow, ResourceRow
+from backend.core.models import (
+    InventoryPartRow,
+    MetricSummaryRow,
+    OpportunityRow,
+    ResourceRow,
+    ScanRunRow,
+)
 from backend.core.policy_evaluator import StoredPolicyEvaluator
+from backend.core.repositories import RELATION_KINDS
 from backend.core.sql_policies import SqlCompiler
 from backend.core.upsert import upsert_rows
 from backend.domain.policy import evaluate, load_text
 from backend.domain.policy.evaluate import EvaluationContext
-from backend.domain.resources import MetricSpec, Resource
+from backend.domain.resources import MetricSpec, Resource, ResourceKind
 from tests.unit.domain.policy.test_properties import inventories, metric_filters, pack_text
 from tests.unit.domain.policy.test_properties import value_filters as leaf_values
 
@@ -79,6 +86,29 @@ def store(resources: list[Resource], metrics: dict[Any, float | None]) -> None:
             )
             for (rid, spec), value in metrics.items()
         )
+        # As a scan that listed every region's volumes and AMIs whole (Python's default).
+        mark_listed({(r.account_id, r.region) for r in resources}, session)
+
+
+def mark_listed(pairs: set[tuple[str, str]], session: Any) -> None:
+    """Only these (account, region) have their volumes and AMIs listed completely."""
+    session.execute(delete(InventoryPartRow))
+    scan = ScanRunRow(status="complete")
+    session.add(scan)
+    session.flush()
+    session.add_all(
+        InventoryPartRow(account_id=a, region=r, kind=k, scan_id=scan.id, completed_at=NOW)
+        for a, r in sorted(pairs)
+        for k in sorted(RELATION_KINDS)
+    )
+
+
+def _one(
+    kind: ResourceKind, rid: str, state: str, tags: dict[str, str] | None = None, **attrs: Any
+) -> Resource:
+    """One resource in 111111111111/us-east-1."""
+    account, region = "111111111111", "us-east-1"
+    return Resource(kind, rid, account, region, state, tags=tags or {}, attributes=attrs)
 
 
 def stored_selection(pack: Any) -> dict[str, set[str]]:
@@ -329,3 +359,100 @@ def test_an_opportunity_found_again_is_reopened_with_its_history(migrated: str) 
     assert vol_1() == ("open", days[0], days[2], None)
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(OpportunityRow)) == 2
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["sql", "python"])
+def test_relations_are_unknown_where_the_volumes_were_never_listed(
+    migrated: str, compiled: bool
+) -> None:
+    """A snapshot whose volume has no row is an orphan only where a scan listed the
+    region's volumes and AMIs whole (AccessDenied on DescribeVolumes lists nothing)."""
+    snapshot = _one(ResourceKind.EBS_SNAPSHOT, "snap-1", "completed", VolumeId="vol-live")
+    # `case: insensitive` does not compile: the policy then runs in Python
+    extra = '      - {type: value, key: "tag:team", op: ne, value: X, case: insensitive}\n'
+    pack = load_text(
+        "policies:\n  - name: orphans\n    resource: ebs-snapshot\n    filters:\n"
+        + "      - orphaned\n      - not: [backs-ami]\n"
+        + ("" if compiled else extra)
+        + "    action: {type: delete, backup: false}\n",
+        "p.yml",
+    )
+    store([snapshot], {})
+    with session_scope() as session:
+        mark_listed(set(), session)
+    assert stored_selection(pack) == {}
+    with session_scope() as session:
+        mark_listed({("111111111111", "us-east-1")}, session)
+    assert stored_selection(pack) == {"orphans": {"snap-1"}}
+    with session_scope() as session:
+        engines = {
+            o.policy: o.engine for o in StoredPolicyEvaluator(session, now=NOW).run(pack).outcomes
+        }
+    assert engines == {"orphans": "sql" if compiled else "python"}
+
+
+def _ec2(tags: dict[str, str]) -> Resource:
+    return _one(ResourceKind.EC2_INSTANCE, "i-1", "running", tags, InstanceType="m5.large")
+
+
+@pytest.mark.parametrize(
+    ("leaf", "tags"),
+    [
+        ('{type: value, key: "tag:cores", op: gt, value: 2}', {"cores": "1e400"}),
+        ('{type: value, key: "tag:cores", op: gt, value: 2}', {"cores": "1_000"}),
+        ('{type: value, key: "tag:cores", op: gt, value: 2}', {"cores": "\u0663"}),
+        ('{type: value, key: "tag:cores", op: gt, value: 2}', {"cores": "infinity"}),
+        ('{type: value, key: "tag:cores", op: gt, value: 2}', {"cores": " 3.5 "}),
+        ("{type: value, key: \"tag:team\", op: regex, value: 'dev\\b'}", {"team": "dev-1"}),
+        ("{type: value, key: \"tag:team\", op: regex, value: '[[:digit:]]+x'}", {"team": "12x"}),
+    ],
+)
+def test_sql_and_python_agree_on_odd_numbers_and_regexes(
+    migrated: str, leaf: str, tags: dict[str, str]
+) -> None:
+    """Text Python's float() reads but a database does not (or overflows on), and regex
+    escapes that mean something else in PostgreSQL: one verdict on both paths, no error."""
+    pack = load_text(
+        f"policies:\n  - name: p\n    resource: ec2\n    filters:\n      - {leaf}\n", "p.yml"
+    )
+    resources = [_ec2(tags)]
+    store(resources, {})
+    ctx = EvaluationContext.from_resources(resources, now=NOW)
+    python = {m.policy.name: {m.resource.resource_id} for m in evaluate(pack, resources, ctx)}
+    assert stored_selection(pack) == python
+
+
+def test_a_snapshot_of_a_deleted_volume_is_an_orphan_in_sql_too(migrated: str) -> None:
+    volume = _one(ResourceKind.EBS_VOLUME, "vol-1", "deleted", VolumeType="gp3", Size=8)
+    snapshot = _one(ResourceKind.EBS_SNAPSHOT, "snap-1", "completed", VolumeId="vol-1")
+    pack = load_text(
+        "policies:\n  - {name: o, resource: ebs-snapshot, filters: [orphaned], action: report}\n",
+        "p.yml",
+    )
+    store([volume, snapshot], {})
+    assert stored_selection(pack) == {"o": {"snap-1"}}
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["sql", "python"])
+def test_a_stop_saves_the_resource_s_cost_or_says_why_it_is_unknown(
+    migrated: str, compiled: bool
+) -> None:
+    """The saving of a stop is the instance's monthly cost; an instance the price table
+    cannot price (Windows) carries the reason, on both paths."""
+    leaf = '{type: value, key: "tag:env", op: ne, value: PROD'
+    leaf += "}" if compiled else ", case: insensitive}"
+    text = f"policies:\n  - name: s\n    resource: ec2\n    filters: [{leaf}]\n    action: stop\n"
+    pack = load_text(text, "p.yml")
+    store([_ec2({"env": "dev"})], {})
+    saving = select(OpportunityRow.estimated_monthly_savings, OpportunityRow.savings_unknown)
+    with session_scope() as session:
+        outcomes = StoredPolicyEvaluator(session, now=NOW).run(pack).outcomes
+        assert [o.engine for o in outcomes] == ["sql" if compiled else "python"]
+    with session_scope() as session:
+        assert session.execute(saving).tuples().all() == [(10.0, None)]
+        why = "no price for Windows instances (the table is Linux/UNIX)"
+        session.execute(update(ResourceRow).values(monthly_cost=None, cost_unknown=why))
+    with session_scope() as session:
+        StoredPolicyEvaluator(session, now=NOW).run(pack)
+    with session_scope() as session:
+        assert session.execute(saving).tuples().all() == [(None, why)]

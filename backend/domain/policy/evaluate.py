@@ -66,9 +66,13 @@ def metric_requests(
 
 
 def evaluate(
-    pack: PolicyPack, resources: Sequence[Resource], ctx: EvaluationContext
+    pack: PolicyPack,
+    resources: Sequence[Resource],
+    ctx: EvaluationContext,
+    undecided: list[tuple[str, Resource]] | None = None,
 ) -> list[Match]:
-    """Every (policy, resource) whose filters are TRUE, in pack order then inventory order."""
+    """Every (policy, resource) whose filters are TRUE, in pack order then inventory order;
+    those that came out UNKNOWN (missing metrics or relations) are added to `undecided`."""
     policies = _policies_by_kind(pack)
     found: dict[str, list[Match]] = {p.name: [] for p in pack.enabled()}
     for kind, group in _by_kind(resources).items():
@@ -76,6 +80,9 @@ def evaluate(
             matches = found[policy.name]
             for resource in group:
                 evidence: dict[str, Any] = {}
-                if policy.filters.evaluate(resource, ctx, evidence) is Truth.TRUE:
+                truth = policy.filters.evaluate(resource, ctx, evidence)
+                if truth is Truth.TRUE:
                     matches.append(Match(policy, resource, evidence))
+                elif truth is Truth.UNKNOWN and undecided is not None:
+                    undecided.append((policy.name, resource))
     return [m for name in found for m in found[name]]

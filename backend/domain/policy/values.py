@@ -73,12 +73,18 @@ def _align(actual: Any, expected: Any) -> tuple[Any, Any]:
     return actual, expected
 
 
+# Text read as a number: a plain ASCII decimal, small enough that every database reads it
+# as a double too (no '1_000', '٣', 'inf', 'nan' or '1e400', which Python's float() takes).
+# The SQL evaluator tests the same pattern, so both agree on what is a number.
+DECIMAL_TEXT = (
+    r"^[ \t\n\r\f\v]*[-+]?([0-9]{1,200}(\.[0-9]{0,200})?|\.[0-9]{1,200})"
+    r"([eE][-+]?[0-9]{1,2})?[ \t\n\r\f\v]*$"
+)
+_DECIMAL = re.compile(DECIMAL_TEXT)
+
+
 def _to_number(text: str) -> Any:
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    return text if number != number else number  # 'nan' stays text
+    return float(text) if _DECIMAL.match(text) else text
 
 
 def _equal(actual: Any, expected: Any) -> bool:

@@ -411,3 +411,17 @@ def test_prices_read_only_the_declared_pricing_fields() -> None:
             assert estimate_savings(action, full, TABLE, params) == estimate_savings(
                 action, stub, TABLE, params
             ), action
+
+
+def test_a_multi_az_read_back_by_sqlite_as_1_still_costs_twice() -> None:
+    from backend.domain.pricing import pricing_stub
+
+    values = ["db.t3.medium", "mysql", True, 20, "gp2", None, None]
+    as_json = pricing_stub(ResourceKind.RDS_INSTANCE, "us-east-1", "available", values)
+    values[2] = 1  # SQLite's json_extract of JSON true
+    as_sqlite = pricing_stub(ResourceKind.RDS_INSTANCE, "us-east-1", "available", values)
+    assert monthly_cost(as_sqlite, TABLE) == monthly_cost(as_json, TABLE)
+    single = pricing_stub(
+        ResourceKind.RDS_INSTANCE, "us-east-1", "available", [*values[:2], 0, *values[3:]]
+    )
+    assert monthly_cost(as_sqlite, TABLE).monthly_usd == 2 * monthly_cost(single, TABLE).monthly_usd
