@@ -49,22 +49,22 @@ class PlanResult:
 
 
 def idempotency_key(
-    policy: str, row: ResourceRow, action: str, params: dict[str, Any], found: dt.datetime
+    policy: str,
+    row: ResourceRow,
+    action: str,
+    params: dict[str, Any],
+    found: dt.datetime,
+    slot: str | None = None,
 ) -> str:
-    """The same opportunity always plans to the same action, so a re-plan adds nothing."""
-    text = json.dumps(
-        [
-            policy,
-            row.account_id,
-            row.region,
-            row.kind,
-            row.resource_id,
-            action,
-            params,
-            found.isoformat(),
-        ],
-        sort_keys=True,
-    )
+    """The same opportunity always plans to the same action, so a re-plan adds nothing.
+
+    A scheduled policy's `slot` (its run's local time) is part of it: the off-hours stop
+    of tonight is not yesterday's, though the instance's opportunity is the same one."""
+    parts = [policy, row.account_id, row.region, row.kind, row.resource_id, action, params]
+    parts.append(found.isoformat())
+    if slot is not None:
+        parts.append(slot)
+    text = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
@@ -164,7 +164,10 @@ class ActionPlanner:
         )
         for opp, resource in rows:
             policy = acting[opp.policy_name]
-            key = idempotency_key(policy.name, resource, opp.action, opp.params, opp.first_found)
+            slot = policy.schedule.slot(now) if policy.schedule is not None else None
+            key = idempotency_key(
+                policy.name, resource, opp.action, opp.params, opp.first_found, slot
+            )
             existing = session.scalars(
                 select(ActionRow).where(ActionRow.idempotency_key == key)
             ).first()

@@ -179,10 +179,10 @@ class RollbackTriggers:
             elif state:
                 needed.append((c, state))
         done = {c.id for c, _ in needed}
-        results.extend(self._alarm_rollbacks(ctx, [c for c in candidates if c.id not in done]))
-        if needed:
+        if needed:  # recorded first: an alarm's undo below must not cost us these
             with session_scope() if session is None else nullcontext(session) as s:
                 results.extend(self._mark_needed(s, needed, now))
+        results.extend(self._alarm_rollbacks(ctx, [c for c in candidates if c.id not in done]))
         return results
 
     def _candidates(self, session: Session, now: dt.datetime) -> list[_Candidate]:
@@ -304,9 +304,8 @@ class RollbackTriggers:
             AlarmNames=names, StateValue="ALARM"
         ):
             for alarm in page.get("MetricAlarms", []) + page.get("CompositeAlarms", []):
-                since = alarm.get("StateUpdatedTimestamp")
-                if isinstance(since, dt.datetime):
-                    since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
+                since = alarm_since(alarm)
+                if since is not None:
                     found.append(
                         {
                             "name": alarm["AlarmName"],
@@ -364,7 +363,18 @@ class RollbackTriggers:
             outcome = self._engine.rollback(action_id, fired_by)
         except EmergencyStopEngaged as exc:
             return TriggerResult(action_id, trigger, "stopped", str(exc), fired_by)
+        except Exception as exc:  # noqa: BLE001 - one undo's failure is this trigger's only
+            return TriggerResult(action_id, trigger, "error", describe_error(exc), fired_by)
         return TriggerResult(action_id, trigger, outcome.result, outcome.detail, fired_by)
+
+
+def alarm_since(alarm: dict[str, Any]) -> dt.datetime | None:
+    """When the alarm went INTO its state: StateUpdatedTimestamp also moves when only the
+    reason of an alarm firing since before the action changes (moto sends only that)."""
+    since = alarm.get("StateTransitionedTimestamp") or alarm.get("StateUpdatedTimestamp")
+    if not isinstance(since, dt.datetime):
+        return None
+    return since if since.tzinfo else since.replace(tzinfo=dt.UTC)
 
 
 def _row_view(c: _Candidate) -> ActionRow:

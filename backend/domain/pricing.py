@@ -52,6 +52,16 @@ _EC2_NOT_BILLED: Final = frozenset({"stopping", "stopped", "shutting-down", "ter
 _RDS_STOPPED: Final = frozenset({"stopping", "stopped"})
 _GP3_FREE_IOPS: Final = 3000
 _GP3_FREE_MBPS: Final = 125
+
+
+def gp2_baseline_on_gp3(size_gib: Any) -> tuple[int, int]:
+    """The gp3 IOPS and MB/s that keep a gp2 volume's baseline: gp2 gives 3 IOPS per GiB
+    (up to 16,000) and up to 250 MB/s above 170 GiB; gp3 includes 3,000 and 125."""
+    size = size_gib if isinstance(size_gib, int | float) else 0
+    iops = max(_GP3_FREE_IOPS, min(16000, 3 * int(size)))
+    return iops, (250 if size > 170 else _GP3_FREE_MBPS)
+
+
 # Provisioned IOPS: (tier ceiling, price field); io2 gets cheaper per tier.
 _IOPS_TIERS: Final[Mapping[str, tuple[tuple[int | None, str], ...]]] = {
     "io1": ((None, "iops_month"),),
@@ -379,8 +389,12 @@ def _modify_volume(r: Resource, t: PriceTable, p: Mapping[str, Any]) -> tuple[fl
         raise PriceNotFound("modify-volume needs the parameter volume-type (e.g. gp3)")
     iops, mbps = p.get("iops"), p.get("throughput")
     current_type = _attr(r, "VolumeType")
-    if target == "gp3" and current_type != "gp3":
-        # gp3's free baseline; a big gp2 (over 1000 GB) had more IOPS than that
+    if target == "gp3" and current_type == "gp2":
+        # what the change provisions: the gp2 volume's own baseline (more than gp3's free
+        # 3,000 IOPS above 1,000 GiB, more MB/s above 170 GiB), priced as such
+        keep_iops, keep_mbps = gp2_baseline_on_gp3(r.attributes.get("Size"))
+        iops, mbps = iops or keep_iops, mbps or keep_mbps
+    elif target == "gp3" and current_type != "gp3":
         iops, mbps = iops or _GP3_FREE_IOPS, mbps or _GP3_FREE_MBPS
     now = _volume_monthly(r, t)
     then = _volume_monthly(r, t, target, iops, mbps)

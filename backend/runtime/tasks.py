@@ -65,11 +65,7 @@ def start_cycle(
         log.info("cycle skipped: its policies are held", policies=policies)
         return None
     if slot is None:
-        slot = (
-            Schedule(cron, timezone).latest_at_or_before(now).isoformat()
-            if cron
-            else f"manual:{uuid.uuid4()}"
-        )
+        slot = Schedule(cron, timezone).slot(now) if cron else f"manual:{uuid.uuid4()}"
     parts = cycles.parts_for(svc.settings)
     with session_scope() as session:
         cycle_id = cycles.open_cycle(session, list(policies or []), slot, parts, now)

@@ -207,3 +207,38 @@ def test_a_rolled_back_action_still_counts_in_its_hour(fleet: Fleet) -> None:
     refused = engine().execute([c], dry_run=False)
     assert refused.outcomes == [] and "hour" in str(refused.stopped_by), refused
     assert fleet.instance_state(fleet.idle_ids[2]) == "running"
+
+
+OFFHOURS = """
+policies:
+  - name: offhours
+    resource: ec2
+    filters:
+      - "State.Name": running
+      - "tag:env": dev
+    action: stop
+    mode: auto
+    schedule: {cron: "0 19 * * *", timezone: UTC}
+"""
+
+
+def test_an_off_hours_stop_stops_again_each_evening(account: Account) -> None:
+    """The owner starts the instance in the morning; the next evening's run stops it again
+    (one action per scheduled run, not one per opportunity for ever)."""
+    pack = load_text(OFFHOURS, "offhours.yml")
+    upgrade()
+    today = dt.datetime.now(dt.UTC).replace(hour=19, minute=5, second=0, microsecond=0)
+
+    def evening(at: dt.datetime) -> list[str]:
+        ScanService(get_settings()).run(pack=pack, regions=["us-east-1"])
+        with session_scope() as session:
+            ActionPlanner(clock=lambda: at).plan(session, pack, requested_by="scheduler")
+        ran = ActionEngine(pack=pack).execute(dry_run=False)
+        return [o.result for o in ran.outcomes]
+
+    assert "succeeded" in evening(today)
+    assert account.instance_state(account.idle) == "stopped"
+    account.ec2().start_instances(InstanceIds=[account.idle])  # the next morning
+    assert "succeeded" in evening(today + dt.timedelta(days=1))
+    assert account.instance_state(account.idle) == "stopped"
+    assert evening(today + dt.timedelta(days=1, minutes=20)) == []  # same evening: nothing new

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from backend.domain.policy.actions import ACTIONS
 from backend.domain.resources import Resource, ResourceKind
@@ -262,6 +263,39 @@ def test_resize_stops_changes_starts_and_undoes(moto_url: str, ec2: Any) -> None
     assert (now["InstanceType"], now["State"]["Name"]) == ("m5.xlarge", "running")
 
 
+def test_undo_of_a_resize_leaves_a_type_someone_set_since(moto_url: str, ec2: Any) -> None:
+    iid = launch(ec2, type_="m5.xlarge")
+    ctx = make_ctx(moto_url)
+    op = operation_for("rightsize", K.EC2_INSTANCE)
+    before = op.describe(ctx, iid)
+    params = {"instance_type": "m5.large"}
+    op.execute(ctx, before, params)
+    op.verify(ctx, iid, params)
+    ec2.stop_instances(InstanceIds=[iid])  # the owner's own resize
+    ec2.modify_instance_attribute(InstanceId=iid, InstanceType={"Value": "c5.2xlarge"})
+    ec2.start_instances(InstanceIds=[iid])
+    with pytest.raises(CannotUndo, match="changed since"):
+        op.undo(ctx, before, None, params)
+    now = instance(ec2, iid)
+    assert (now["InstanceType"], now["State"]["Name"]) == ("c5.2xlarge", "running")
+
+
+def test_a_refused_resize_starts_the_instance_again(moto_url: str, ec2: Any) -> None:
+    """Stopped for the change, the change refused: it goes back up before the error."""
+    iid = launch(ec2, type_="m5.xlarge")
+    proxy = FaultProxy(upstream=moto_url).start()
+    try:
+        proxy.faults.append(Fault(service="ec2", action="ModifyInstanceAttribute"))
+        ctx = make_ctx(proxy.url)
+        op = operation_for("rightsize", K.EC2_INSTANCE)
+        with pytest.raises(ClientError, match="UnauthorizedOperation"):
+            op.execute(ctx, op.describe(ctx, iid), {"instance_type": "m5.large"})
+    finally:
+        proxy.stop()
+    now = instance(ec2, iid)
+    assert (now["InstanceType"], now["State"]["Name"]) == ("m5.xlarge", "running")
+
+
 def test_resizing_a_stopped_instance_leaves_it_stopped(moto_url: str, ec2: Any) -> None:
     iid = launch(ec2)
     ec2.stop_instances(InstanceIds=[iid])
@@ -407,6 +441,31 @@ def test_modify_volume_and_back(moto_url: str, ec2: Any) -> None:
     assert after is not None and after.attributes["VolumeType"] == "gp3"
     assert op.undo(ctx, before, op.backup(ctx, before), params) == f"modified {vid} back to gp2"
     assert ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]["VolumeType"] == "gp2"
+
+
+def test_undo_of_a_volume_change_leaves_a_type_someone_set_since(moto_url: str, ec2: Any) -> None:
+    vid = volume(ec2, {"owner": "x"}, VolumeType="gp2", Size=100)
+    ctx = make_ctx(moto_url)
+    op = operation_for("modify", K.EBS_VOLUME)
+    before = op.describe(ctx, vid)
+    params = {"volume_type": "gp3"}
+    op.execute(ctx, before, params)
+    op.verify(ctx, vid, params)
+    ec2.modify_volume(VolumeId=vid, VolumeType="io2", Iops=20000)
+    with pytest.raises(CannotUndo, match="changed since"):
+        op.undo(ctx, before, op.backup(ctx, before), params)
+    assert ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]["VolumeType"] == "io2"
+
+
+def test_a_big_gp2_keeps_its_baseline_on_gp3(moto_url: str, ec2: Any) -> None:
+    """gp3 asked for without numbers gets 3,000 IOPS and 125 MB/s; a 2,000 GiB gp2 had
+    6,000 and 250: the change asks for those."""
+    vid = volume(ec2, {"owner": "x"}, VolumeType="gp2", Size=2000)
+    ctx = make_ctx(moto_url)
+    op = operation_for("modify", K.EBS_VOLUME)
+    op.execute(ctx, op.describe(ctx, vid), {"volume_type": "gp3"})
+    after = ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
+    assert (after["VolumeType"], after["Iops"], after["Throughput"]) == ("gp3", 6000, 250)
 
 
 # --- snapshots and images ---

@@ -136,6 +136,25 @@ def test_alarm_rolls_back_the_policy(account: Account) -> None:
     assert event["alarm"] == "api-5xx"
 
 
+def test_an_undo_that_fails_is_its_trigger_s_error_and_the_others_still_count(
+    account: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alarm's undo fails (AWS refuses): that trigger says so; the restarted instance's
+    stop is still recorded as needed again, and check() returns."""
+    account.ec2().start_instances(InstanceIds=[account.idle])  # the stop: needed again
+    alarm(account, "orders-5xx")  # the volume delete's alarm: its undo will fail
+    volume = actions()[account.loose_volume]
+
+    def refused(self: object, action_id: int, actor: str) -> object:
+        raise RuntimeError("AWS said no")
+
+    monkeypatch.setattr("backend.core.action_engine.ActionEngine.rollback", refused)
+    results = RollbackTriggers(alarms={"delete-unattached": ["orders-5xx"]}).check()
+    outcomes = {(r.action_id, r.trigger, r.result) for r in results}
+    assert (volume.id, CLOUDWATCH_ALARM, "error") in outcomes
+    assert actions()[account.idle].state == "rolled_back"  # recorded, no AWS call needed
+
+
 def test_outside_the_window_nothing_fires(
     account: Account, monkeypatch: pytest.MonkeyPatch
 ) -> None:

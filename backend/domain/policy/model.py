@@ -93,6 +93,13 @@ class Schedule:
         result: dt.datetime = croniter(self.cron, local).get_prev(dt.datetime)
         return result
 
+    def slot(self, moment: dt.datetime) -> str:
+        """The name of the run `moment` belongs to: the local wall-clock time and the zone.
+        In the hour that autumn repeats, 01:30 comes twice (two offsets) but is one slot,
+        as cron runs it once."""
+        wall = self.latest_at_or_before(moment).replace(tzinfo=None, fold=0)
+        return f"{wall.isoformat()} {self.timezone}"
+
     def is_due(self, last_run: dt.datetime, now: dt.datetime) -> bool:
         """Whether a run fell due after `last_run`, up to and including `now`."""
         return self.next_after(last_run) <= now

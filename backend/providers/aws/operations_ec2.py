@@ -113,13 +113,21 @@ def _resize(ctx: OperationContext, instance_id: str, new_type: str, run_after: b
         if now.state not in _DOWN:
             act(ctx, "ec2", "stop_instances", InstanceIds=[instance_id])
         _stopped(ctx, instance_id)
-        act(
-            ctx,
-            "ec2",
-            "modify_instance_attribute",
-            InstanceId=instance_id,
-            InstanceType={"Value": new_type},
-        )
+        try:
+            act(
+                ctx,
+                "ec2",
+                "modify_instance_attribute",
+                InstanceId=instance_id,
+                InstanceType={"Value": new_type},
+            )
+        except Exception:
+            # Refused (capacity, permissions, a type the AMI cannot run): the instance was
+            # stopped only for the change, so it goes back up before the failure is told.
+            if run_after:
+                _start(ctx, instance_id)
+                _running(ctx, instance_id)
+            raise
         changed = True
     if run_after:
         _start(ctx, instance_id)
@@ -153,6 +161,15 @@ class ResizeInstance(BaseOperation):
         old_type = pre_state.attributes.get("InstanceType")
         if not old_type:
             raise CannotUndo(f"the pre-state of {pre_state.resource_id} has no InstanceType")
+        ours = params.get("instance_type")
+        with undo_needs(EC2, pre_state.resource_id):
+            current = fresh(ctx, EC2, pre_state.resource_id).attributes.get("InstanceType")
+        if current not in (old_type, ours):
+            # resized again by someone since: undoing would stop it and overwrite that
+            raise CannotUndo(
+                f"{pre_state.resource_id} is {current} now, not the {ours} this action set: "
+                "changed since; left as it is"
+            )
         was_up = pre_state.state in _UP
         with undo_needs(EC2, pre_state.resource_id):
             _resize(ctx, pre_state.resource_id, str(old_type), run_after=was_up)

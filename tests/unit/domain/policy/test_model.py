@@ -99,3 +99,12 @@ def test_pack() -> None:
     with pytest.raises(ValueError, match="duplicate"):
         PolicyPack((a, a))
     assert hash(a) == hash(make("a", ResourceKind.EBS_VOLUME, delete, mode=Mode.APPROVAL))
+
+
+def test_the_repeated_autumn_hour_is_one_slot() -> None:
+    """01:30 comes twice in New York on 2025-11-02 (EDT, then EST): one run, as cron."""
+    schedule = Schedule("30 1 * * *", "America/New_York")
+    first = schedule.slot(dt.datetime(2025, 11, 2, 5, 30, tzinfo=dt.UTC))  # 01:30 EDT
+    second = schedule.slot(dt.datetime(2025, 11, 2, 6, 30, tzinfo=dt.UTC))  # 01:30 EST
+    assert first == second == "2025-11-02T01:30:00 America/New_York"
+    assert schedule.slot(dt.datetime(2025, 11, 3, 6, 30, tzinfo=dt.UTC)) != first
