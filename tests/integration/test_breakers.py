@@ -49,9 +49,13 @@ def proxy(moto_url: str) -> Iterator[FaultProxy]:
     fault_proxy.stop()
 
 
-def clients_for(proxy: FaultProxy, shared_redis: redis.Redis, min_calls: int = 5) -> AwsClients:
+def clients_for(
+    proxy: FaultProxy, shared_redis: redis.Redis, min_calls: int = 5, reset_timeout: float = 2.0
+) -> AwsClients:
     """A stand-in for one worker process: its own clients and registry, the shared Redis."""
-    registry = BreakerRegistry(redis_client=shared_redis, reset_timeout=2.0, min_calls=min_calls)
+    registry = BreakerRegistry(
+        redis_client=shared_redis, reset_timeout=reset_timeout, min_calls=min_calls
+    )
     return AwsClients(endpoint_url=proxy.url, breakers=registry)
 
 
@@ -126,8 +130,9 @@ def test_sustained_5xx_opens_it_calls_fail_fast_then_a_trial_closes_it(
 def test_the_open_state_is_shared_with_other_instances_and_processes(
     proxy: FaultProxy, shared_redis: redis.Redis, tmp_path: Path
 ) -> None:
-    open_with_5xx(proxy, clients_for(proxy, shared_redis))
-    other = clients_for(proxy, shared_redis)  # a second instance, its own registry
+    # Open long enough for a process to start on a loaded machine (2 s was not, in CI).
+    open_with_5xx(proxy, clients_for(proxy, shared_redis, reset_timeout=120.0))
+    other = clients_for(proxy, shared_redis, reset_timeout=120.0)  # its own registry
     with pytest.raises(CircuitOpenError):
         ec2_of(other).describe_vpcs()
     # A separate process, wired the default way: REDIS_URL is all it is told.

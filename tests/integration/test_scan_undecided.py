@@ -57,7 +57,7 @@ def statuses() -> dict[str, str]:
                 ResourceRow, ResourceRow.id == OpportunityRow.resource_pk
             )
         )
-        return dict(rows.tuples().all())
+        return {rid: status for rid, status in rows}
 
 
 def scan(pack: str) -> str:
