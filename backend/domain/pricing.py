@@ -56,10 +56,11 @@ _GP3_FREE_MBPS: Final = 125
 
 def gp2_baseline_on_gp3(size_gib: Any) -> tuple[int, int]:
     """The gp3 IOPS and MB/s that keep a gp2 volume's baseline: gp2 gives 3 IOPS per GiB
-    (up to 16,000) and up to 250 MB/s above 170 GiB; gp3 includes 3,000 and 125."""
+    (up to 16,000), and 250 MB/s sustained from 334 GiB (between 170 and 334 only while
+    burst credits last); gp3 includes 3,000 and 125."""
     size = size_gib if isinstance(size_gib, int | float) else 0
     iops = max(_GP3_FREE_IOPS, min(16000, 3 * int(size)))
-    return iops, (250 if size > 170 else _GP3_FREE_MBPS)
+    return iops, (250 if size >= 334 else _GP3_FREE_MBPS)
 
 
 # Provisioned IOPS: (tier ceiling, price field); io2 gets cheaper per tier.

@@ -235,7 +235,7 @@ class ModifyVolume(BaseOperation):
         target = _target(params, self.action)
         attrs = resource.attributes
         if target["volume_type"] == "gp3" and attrs.get("VolumeType") == "gp2":
-            # gp3 without numbers gets 3,000 IOPS and 125 MB/s: less than a big gp2 had
+            # gp3 without numbers gets 3,000 IOPS and 125 MB/s: less than a big gp2 has
             iops, mbps = gp2_baseline_on_gp3(attrs.get("Size"))
             if target["iops"] is None and iops > 3000:
                 target["iops"] = iops

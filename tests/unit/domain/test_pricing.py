@@ -184,11 +184,23 @@ def test_rds_single_az_multi_az_and_stopped() -> None:
 
 
 def test_gp2_to_gp3_saves_the_price_difference_times_size() -> None:
-    savings = estimate_savings("modify-volume", volume("gp2", 500), TABLE, {"volume_type": "gp3"})
-    assert savings.monthly_usd == pytest.approx((0.10 - 0.08) * 500)
+    savings = estimate_savings("modify-volume", volume("gp2", 300), TABLE, {"volume_type": "gp3"})
+    assert savings.monthly_usd == pytest.approx((0.10 - 0.08) * 300)
     assert savings.monthly_usd is not None
     assert savings.monthly_usd > 0
     assert "gp3" in savings.explanation
+
+
+def test_gp2_to_gp3_keeps_a_big_volume_s_baseline_and_prices_it() -> None:
+    """From 334 GiB gp2 sustains 250 MB/s, and from 1,000 GiB more than 3,000 IOPS: the
+    change provisions them on gp3 (see the executor), so the estimate pays for them."""
+    at_500 = estimate_savings("modify-volume", volume("gp2", 500), TABLE, {"volume_type": "gp3"})
+    throughput = (250 - 125) * TABLE.price("us-east-1", "ebs", "gp3", "mbps_month")
+    assert at_500.monthly_usd == pytest.approx((0.10 - 0.08) * 500 - throughput)
+    at_2000 = estimate_savings("modify-volume", volume("gp2", 2000), TABLE, {"volume_type": "gp3"})
+    iops = (6000 - 3000) * TABLE.price("us-east-1", "ebs", "gp3", "iops_month")
+    assert at_2000.monthly_usd == pytest.approx((0.10 - 0.08) * 2000 - throughput - iops)
+    assert "6000 IOPS" in at_2000.explanation
 
 
 def test_delete_volume_nets_off_the_backup_snapshot() -> None:
