@@ -63,8 +63,7 @@ def evaluate_in_python(
             )
         )
     )
-    pk_of = {(row.account_id, row.region, row.kind, row.resource_id): row.id for row in rows}
-    cost_of = {row.id: (row.monthly_cost, row.cost_unknown) for row in rows}
+    row_of = {(row.account_id, row.region, row.kind, row.resource_id): row for row in rows}
     groups: dict[tuple[str, str], list[Resource]] = defaultdict(list)
     for row in rows:
         groups[(row.account_id, row.region)].append(to_resource(row))
@@ -78,7 +77,7 @@ def evaluate_in_python(
             spec = MetricSpec(m.namespace, m.metric, m.statistic, m.days)
             metrics[(row.account_id, row.region)][(row.resource_id, spec)] = m.value
     complete = relations_inventoried(session)
-    found = []
+    found: list[dict[str, Any]] = []
     for pair, resources in sorted(groups.items()):
         ctx = EvaluationContext.from_resources(
             resources,
@@ -87,23 +86,23 @@ def evaluate_in_python(
             inventoried=[pair] if pair in complete else [],
         )
         selected = [r for r in resources if r.kind is policy.kind]
-        found += [
-            {
-                "policy_name": policy.name,
-                "resource_pk": pk_of[m.resource.key],
-                "action": policy.action.name,
-                "params": dict(policy.action.params),
-                "evidence": m.evidence,
-                "estimated_monthly_savings": cost[0] if saves_cost else None,
-                "savings_unknown": cost[1] if saves_cost else None,
-                "status": "open",
-                "first_found": now,
-                "last_seen": now,
-                "resolved_at": None,
-            }
-            for m in evaluate(PolicyPack((policy,)), selected, ctx)
-            for cost in [cost_of[pk_of[m.resource.key]]]
-        ]
+        for match in evaluate(PolicyPack((policy,)), selected, ctx):
+            row = row_of[match.resource.key]
+            found.append(
+                {
+                    "policy_name": policy.name,
+                    "resource_pk": row.id,
+                    "action": policy.action.name,
+                    "params": dict(policy.action.params),
+                    "evidence": match.evidence,
+                    "estimated_monthly_savings": row.monthly_cost if saves_cost else None,
+                    "savings_unknown": row.cost_unknown if saves_cost else None,
+                    "status": "open",
+                    "first_found": now,
+                    "last_seen": now,
+                    "resolved_at": None,
+                }
+            )
     upsert_rows(
         session,
         OpportunityRow,

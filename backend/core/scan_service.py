@@ -29,6 +29,7 @@ from backend.core.database import session_scope
 from backend.core.discovery import Discoverer, Discovery, PartCallback
 from backend.core.models import OpportunityRow, ScanRunRow
 from backend.core.repositories import (
+    RELATION_KINDS,
     MetricRepository,
     OpportunityRepository,
     ResourceRepository,
@@ -277,10 +278,7 @@ class ScanService:
             groups.setdefault((resource.account_id, resource.region), []).append(resource)
         found: list[Opportunity] = []
         for (account, region), resources in sorted(groups.items()):
-            relations_known = all(
-                (account, region, kind.value) in complete
-                for kind in (ResourceKind.EBS_VOLUME, ResourceKind.AMI)
-            )
+            relations_known = all((account, region, kind) in complete for kind in RELATION_KINDS)
             ctx = EvaluationContext.from_resources(
                 resources,
                 now=now,
