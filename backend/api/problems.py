@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.core.database import DatabaseUnavailableError
+from backend.core.database import DatabaseUnavailableError, error_cause
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +123,7 @@ def _error(error: Mapping[str, Any]) -> dict[str, str]:
 
 
 async def _database(request: Request, exc: Exception) -> JSONResponse:
-    log.error("database unavailable", path=request.url.path, error=_first_line(exc))
+    log.error("database unavailable", path=request.url.path, error=error_cause(exc))
     return problem_response(
         request,
         503,
@@ -136,7 +136,7 @@ async def _database(request: Request, exc: Exception) -> JSONResponse:
 async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
     # A number from the request that the database or a date cannot hold (an id past 2**63 on
     # SQLite, a duration of a billion days): no row can match it, so it is the request's fault.
-    log.info("request value out of range", path=request.url.path, error=_first_line(exc))
+    log.info("request value out of range", path=request.url.path, error=error_cause(exc))
     return problem_response(
         request,
         422,
@@ -191,19 +191,14 @@ async def _statement_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _not_storable(request: Request, exc: Exception) -> JSONResponse:
     # A NUL in a text, an id past the column's range: PostgreSQL refuses the value itself.
-    log.info("request value refused by the database", path=request.url.path, error=_first_line(exc))
+    log.info("request value refused by the database", path=request.url.path, error=error_cause(exc))
     return problem_response(
         request,
         422,
-        f"a value in the request cannot be stored or compared: {_first_line(exc)}",
+        f"a value in the request cannot be stored or compared: {error_cause(exc)}",
         kind="invalid-value",
         title="Invalid request",
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    return (str(original).strip().splitlines() or [type(original).__name__])[0]
 
 
 # -- the OpenAPI document -------------------------------------------------------------------

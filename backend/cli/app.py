@@ -43,7 +43,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Known failures print what is wrong and how to fix it, never a traceback."""
     from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
-    from backend.core.database import DatabaseUnavailableError
+    from backend.core.database import DatabaseUnavailableError, error_cause
     from backend.core.migrations import SchemaOutOfDateError
 
     @functools.wraps(func)
@@ -57,14 +57,13 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             err.print(f"[red]database error:[/red] {exc}", highlight=False)
             raise typer.Exit(3) from None
         except (OperationalError, InterfaceError) as exc:  # the connection, mid-command
-            cause = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
-            err.print(f"[red]database error:[/red] {cause}", highlight=False)
+            err.print(f"[red]database error:[/red] {error_cause(exc)}", highlight=False)
             raise typer.Exit(3) from None
         except CommandError as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(exc.code) from None
         except DataError as exc:  # an id past the column's range, a NUL: the input's fault
-            cause = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+            cause = error_cause(exc)
             err.print(f"[red]error:[/red] the database refused a value given: {cause}")
             raise typer.Exit(2) from None
         except OverflowError as exc:  # a date or a duration past what can be computed

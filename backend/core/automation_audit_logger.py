@@ -110,7 +110,9 @@ class AuditLogger:
             fields["hash"] = event_hash(**fields)
             session.execute(insert(AuditEventRow).values(**fields))
         except SQLAlchemyError as exc:
-            raise AuditLogError(f"audit event not written ({event_type}): {_cause(exc)}") from exc
+            raise AuditLogError(
+                f"audit event not written ({event_type}): {database.error_cause(exc)}"
+            ) from exc
         event = AuditEvent(**fields)
         self._track(session, event)
         return event
@@ -223,8 +225,8 @@ class AuditLogger:
         try:
             found = self.events(since, event_types=ACTION_EVENT_TYPES)
         except SQLAlchemyError as exc:
-            echo(f"audit log unreadable: {_cause(exc)}")
-            raise AuditLogError(f"audit log unreadable: {_cause(exc)}") from exc
+            echo(f"audit log unreadable: {database.error_cause(exc)}")
+            raise AuditLogError(f"audit log unreadable: {database.error_cause(exc)}") from exc
         if not found:
             echo(f"no action events in the last {label}")
             return []
@@ -266,7 +268,7 @@ class AuditLogger:
                 where = _database_key(session)
                 has_table = inspect(session.connection()).has_table(TABLE)
         except SQLAlchemyError as exc:
-            raise AuditLogError(f"database unreachable: {_cause(exc)}") from exc
+            raise AuditLogError(f"database unreachable: {database.error_cause(exc)}") from exc
         if not has_table:
             raise AuditLogError(f"table {TABLE} missing in {where} (run `finops db upgrade`)")
         written = self.log(
@@ -362,11 +364,6 @@ def _moment(value: TimeSpec, now: dt.datetime) -> dt.datetime:
 
 def _database_key(session: Session) -> str:
     return session.get_bind(AuditEventRow).engine.url.render_as_string(hide_password=True)
-
-
-def _cause(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    return (str(original).strip().splitlines() or [type(original).__name__])[0]
 
 
 def _actor() -> str:

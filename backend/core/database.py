@@ -112,9 +112,15 @@ def check_database(url: str | None = None) -> None:
         with get_engine(url).connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
-        original = getattr(exc, "orig", None) or exc
-        cause = (str(original).strip().splitlines() or [type(original).__name__])[0]
+        cause = error_cause(exc)
         raise DatabaseUnavailableError(f"cannot use database {redacted(url)}: {cause}") from exc
+
+
+def error_cause(exc: BaseException) -> str:
+    """The driver's own first line for a database error (SQLAlchemy's wrapper adds the SQL
+    and a link), or the error's type when it says nothing."""
+    original = getattr(exc, "orig", None) or exc
+    return (str(original).strip().splitlines() or [type(original).__name__])[0]
 
 
 def get_db(url: str | None = None) -> Session | None:

@@ -132,8 +132,9 @@ class EmergencyStop:
                     state = _to_state(row)
             except SQLAlchemyError as db_exc:
                 self._alert(f"Emergency stop by {actor} could NOT be persisted: {reason}")
+                cause = database.error_cause(db_exc)
                 raise database.DatabaseUnavailableError(
-                    f"emergency stop not persisted: {_cause(db_exc)} (audit: {audit_error})"
+                    f"emergency stop not persisted: {cause} (audit: {audit_error})"
                 ) from db_exc
         text = f"Emergency stop engaged by {actor}: {reason}"
         if was_engaged:
@@ -181,7 +182,7 @@ class EmergencyStop:
                 return _to_state(found) if found is not None else EngineState(engaged=False)
         except SQLAlchemyError as exc:
             raise database.DatabaseUnavailableError(
-                f"emergency stop state unreadable: {_cause(exc)}"
+                f"emergency stop state unreadable: {database.error_cause(exc)}"
             ) from exc
 
     def is_engaged(self) -> bool:
@@ -307,8 +308,3 @@ def _required(value: str, name: str) -> str:
 
 def _when(moment: dt.datetime | None) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment else "?"
-
-
-def _cause(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    return (str(original).strip().splitlines() or [type(original).__name__])[0]

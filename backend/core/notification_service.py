@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from backend.core.database import session_factory
+from backend.core.database import error_cause, session_factory
 from backend.core.models import NotificationRow
 from backend.core.notification_channels import (
     DeliveryError,
@@ -412,7 +412,6 @@ def _first_line(text: str, limit: int = 120) -> str:
 
 
 def _db_cause(exc: SQLAlchemyError) -> str:
-    original = getattr(exc, "orig", None) or exc
-    cause = (str(original).strip().splitlines() or [type(original).__name__])[0]
+    cause = error_cause(exc)
     missing = "no such table" in cause or "does not exist" in cause
     return cause + ("; run `finops db upgrade`" if missing else "")

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from backend.config import SettingsError, get_settings
 from backend.core.audit_chain import EventType, iso, sanitize_details
 from backend.core.automation_audit_logger import AuditLogger
-from backend.core.database import DatabaseUnavailableError, session_scope
+from backend.core.database import DatabaseUnavailableError, error_cause, session_scope
 from backend.core.models import OverrideRow, PolicyRow
 from backend.core.runbook_output import echo
 from backend.core.types import utcnow
@@ -145,7 +145,7 @@ class PolicyManager:
                     stale, unknown, notes = _compare(session, pack, utcnow())
                 lines, checked = lines + notes, True
             except DB_ERRORS as exc:  # the files were checked; say what was not
-                lines.append(f"database not checked (the files were): {_cause(exc)}")
+                lines.append(f"database not checked (the files were): {error_cause(exc)}")
         return PolicyValidationReport(
             True, len(pack), files, [], shown, (*stale,), (*unknown,), checked, (*lines,)
         )
@@ -443,8 +443,3 @@ def _definitions(pack: PolicyPack) -> dict[str, dict[str, Any]]:
             }
         result[p.name] = sanitize_details(raw)
     return result
-
-
-def _cause(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    return (str(original).strip().splitlines() or [type(original).__name__])[0]
