@@ -11,17 +11,15 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
+from backend.core.action_claim import claim, why_held
 from backend.core.action_planner import transition
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.models import ActionRow
-from backend.core.policy_manager import database_holds
-from backend.core.repositories import due_conditions
 from backend.core.stop_checked_client import StopCheckedClient
 from backend.domain.lifecycle import ActionState
 from backend.domain.policy.model import Policy, PolicyPack
@@ -190,15 +188,11 @@ class ExecutionContext:
         from backend.core.action_engine import ActionOutcome
 
         now = clock()
-        try:
-            with session_scope() as session:
-                held = _policy_held(session, action_id, now)
-        except Exception as exc:  # noqa: BLE001 - unknown is held (fail closed)
-            held = f"cannot read whether its policy is held: {describe_error(exc)}"
+        held = why_held(action_id, now)
         if held:
             return ActionOutcome(action_id, "held", held)  # still approved: it waits
         with session_scope() as session:
-            if not _claim(session, action_id, worker, now, self.settings):
+            if not claim(session, action_id, worker, now, self.settings):
                 return ActionOutcome(
                     action_id,
                     "skipped",
@@ -465,34 +459,6 @@ class ExecutionContext:
                 details={"done": done},
             )
         return ActionOutcome(action_id, "rolled_back", done)
-
-
-def _policy_held(session: Session, action_id: int, now: dt.datetime) -> str | None:
-    """Why the action's policy may not run now, from the database (None: it may)."""
-    name = session.scalar(select(ActionRow.policy_name).where(ActionRow.id == action_id))
-    why = database_holds(session, name, now) if name is not None else []
-    return f"policy {name} is held ({'; '.join(why)})" if why else None
-
-
-def _claim(session: Any, action_id: int, worker: str, now: dt.datetime, settings: Settings) -> bool:
-    """Atomic: one UPDATE moves a due action to executing; only one claimant wins. Due is
-    asked again here, not only when the run admitted it: a task queued before its approval
-    expired may be consumed after."""
-    deadline = now + dt.timedelta(minutes=settings.action_deadline_minutes)
-    result = session.execute(
-        update(ActionRow)
-        .where(ActionRow.id == action_id, *due_conditions(now))
-        .values(
-            state=S.EXECUTING.value,
-            claimed_by=worker,
-            claimed_at=now,
-            deadline=deadline,
-            attempts=ActionRow.attempts + 1,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return bool(getattr(result, "rowcount", 0) == 1)
 
 
 def _row(session: Session, action_id: int) -> ActionRow:
