@@ -114,8 +114,8 @@ class AuditCounts:
             self.results[outcome] += 1
             if outcome == "failed":
                 self.failures[reason_of(details.get("error"))] += 1
-        elif kind == "rollback" and outcome == "impossible":
-            self.failures["rollback-impossible"] += 1
+        elif kind == "rollback" and outcome in ("impossible", "failed"):
+            self.failures[f"rollback-{outcome}"] += 1
             self.rollback_failures += 1
 
     def _check_chain(self, session: Session, head: int) -> None:

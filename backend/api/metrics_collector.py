@@ -191,7 +191,7 @@ class FinOpsCollector:
         c = self._counts
         failures = CounterMetricFamily(
             "finops_action_failures",
-            "Failed executions and impossible rollbacks, by reason",
+            "Failed executions and failed or impossible rollbacks, by reason",
             labels=["reason"],
         )
         for reason, n in sorted(c.failures.items()):
@@ -217,7 +217,7 @@ class FinOpsCollector:
             results.add_metric([result], float(c.results[result]))
         rollbacks = CounterMetricFamily(
             "finops_rollback_failures",
-            "Rollbacks that could not undo their action (audited as impossible)",
+            "Rollbacks that could not undo their action (audited as impossible or failed)",
             value=float(c.rollback_failures),
         )
         chain = _gauge(

@@ -15,6 +15,7 @@ from backend.core.action_engine import ActionEngine, RunReport
 from backend.core.action_planner import ActionPlanner, ApprovalError
 from backend.core.auto_remediation_engine import AutoRemediationEngine
 from backend.core.database import session_scope
+from backend.core.emergency_stop import EmergencyStopEngaged
 from backend.core.migrations import ensure_schema
 from backend.core.models import ActionRow
 from backend.core.policy_evaluator import StoredPolicyEvaluator
@@ -97,8 +98,8 @@ def apply(
     engine = ActionEngine(pack=pack)
     report = engine.execute(action, dry_run=not live, triggered_by="cli")
     print_run(report)
-    if report.stopped_by:
-        raise typer.Exit(1)
+    if report.stopped_by or report.count("failed"):
+        raise typer.Exit(1)  # a script that wraps apply learns that something failed
 
 
 def print_run(report: RunReport) -> None:
@@ -218,9 +219,15 @@ def rollback(
     actor: Annotated[str, typer.Option("--as")] = "cli",
 ) -> None:
     """Undo from the recorded pre-state; what cannot be undone says why."""
+    ensure_schema()
     engine = ActionEngine()
     if action_id is not None:
-        outcomes = [engine.rollback(action_id, actor)]
+        try:
+            outcomes = [engine.rollback(action_id, actor)]
+        except EmergencyStopEngaged as exc:
+            raise CommandError(f"{exc}; release it first (`finops resume`)", code=1) from None
+        except LookupError as exc:
+            raise CommandError(str(exc), code=2) from None
     elif run is not None:
         outcomes = engine.rollback_run(run, actor)
     elif policy and since:
@@ -237,7 +244,7 @@ def rollback(
         console.print(f"nothing to roll back: no succeeded action in {what}", highlight=False)
     for o in outcomes:
         console.print(f"action {o.action_id}: {o.result} {o.detail}", highlight=False)
-    if any(o.result == "failed" for o in outcomes):
+    if any(o.result in ("failed", "stopped") for o in outcomes):
         raise typer.Exit(1)
 
 

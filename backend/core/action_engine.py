@@ -296,7 +296,7 @@ class ActionEngine:
                     )
                 )
             ]
-        return [self.rollback(i, actor) for i in reversed(ids)]
+        return self._rollback_each(list(reversed(ids)), actor)
 
     def rollback_policy(self, policy: str, since: dt.datetime, actor: str) -> list[ActionOutcome]:
         with session_scope() as session:
@@ -310,7 +310,20 @@ class ActionEngine:
                     )
                 )
             ]
-        return [self.rollback(i, actor) for i in reversed(ids)]
+        return self._rollback_each(list(reversed(ids)), actor)
+
+    def _rollback_each(self, ids: list[int], actor: str) -> list[ActionOutcome]:
+        """One failure does not end the others' rollbacks; the emergency stop does."""
+        outcomes: list[ActionOutcome] = []
+        for action_id in ids:
+            try:
+                outcome = self.rollback(action_id, actor)
+            except EmergencyStopEngaged as exc:
+                outcome = ActionOutcome(action_id, "stopped", str(exc))
+            outcomes.append(outcome)
+            if outcome.result == "stopped":
+                break
+        return outcomes
 
     def retry(self, action_id: int, actor: str) -> ActionOutcome:
         """A failed action goes back to approved, then runs again through every check."""

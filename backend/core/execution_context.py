@@ -25,13 +25,7 @@ from backend.domain.lifecycle import ActionState
 from backend.domain.policy.model import Policy, PolicyPack
 from backend.domain.resources import Resource, ResourceKind
 from backend.providers.aws.describe import jsonable
-from backend.providers.aws.operations import (
-    CannotUndo,
-    Operation,
-    OperationContext,
-    ResourceGone,
-    operation_for,
-)
+from backend.providers.aws.operations import Operation, OperationContext, operation_for
 from backend.providers.aws.retry import describe_error
 from backend.providers.aws.session import AccountTarget, AwsClients
 
@@ -68,16 +62,21 @@ class ChangeUnverifiedError(RuntimeError):
     """The change was made in AWS, but reading it back failed."""
 
 
-class _Guard:
-    """Checked before every changing AWS call; counts the calls that went through."""
+class Guard:
+    """Checked before every changing AWS call; counts the calls that went through (sent),
+    and those AWS answered with success (made)."""
 
     def __init__(self, emergency: EmergencyStop) -> None:
         self.emergency = emergency
         self.changes = 0
+        self.made = 0
 
     def __call__(self, call: str) -> None:
         self.emergency.check(call)
         self.changes += 1
+
+    def note_made(self, call: str) -> None:
+        self.made += 1
 
 
 class ExecutionContext:
@@ -128,6 +127,7 @@ class ExecutionContext:
             region=row.region,
             idempotency_key=row.idempotency_key,
             guard=guard,
+            made=guard.note_made if isinstance(guard, Guard) else None,
         )
 
     def _target(self, account: str) -> AccountTarget:
@@ -210,7 +210,7 @@ class ExecutionContext:
                 details={"run": run_id},
                 session=session,
             )
-        guard = _Guard(self.emergency)
+        guard = Guard(self.emergency)
         try:
             return self._steps(action_id, safety, audit, worker, clock, guard)
         except EmergencyStopEngaged as exc:
@@ -225,7 +225,13 @@ class ExecutionContext:
                 changed=True,
             )
         except Exception as exc:  # noqa: BLE001 - recorded as a failure, backup kept
-            return self._fail(action_id, audit, worker, describe_error(exc))
+            why = describe_error(exc)
+            if guard.made:  # counted from the change's first call: a backup is no change
+                why += (
+                    f" (after {guard.made} change(s) AWS made: the resource is partly "
+                    "changed; the pre-state and backup are kept, retry resumes, roll back undoes)"
+                )
+            return self._fail(action_id, audit, worker, why, changed=guard.made > 0)
 
     def _judge(
         self,
@@ -275,7 +281,7 @@ class ExecutionContext:
         audit: AuditLogger,
         worker: str,
         clock: Clock,
-        guard: _Guard,
+        guard: Guard,
     ) -> ActionOutcome:
         from backend.core.action_engine import ActionOutcome
 
@@ -289,21 +295,27 @@ class ExecutionContext:
             fresh, blocked = self._judge(session, row, op, ctx, safety, audit, "execute")
             if fresh is None:
                 return ActionOutcome(action_id, "blocked", blocked)
-            row.pre_state = resource_dict(fresh)
+            # A retry after an attempt that began its change resumes that change: the first
+            # attempt's pre-state and backup stay what a rollback restores (a resize that
+            # failed to start again leaves a stopped instance of the new type: not "before").
+            resumed = bool(row.pre_state) and _change_started(row.post_state)
+            if not resumed:
+                row.pre_state = resource_dict(fresh)
             params = dict(row.params or {})
             audit.record(
                 "execution",
                 subject_type="action",
                 subject_id=row.id,
                 actor=worker,
-                outcome="pre-state recorded",
+                outcome="pre-state kept" if resumed else "pre-state recorded",  # 32 at most
                 details={"state": fresh.state},
                 session=session,
             )
         backup = op.backup(ctx, fresh)
         with session_scope() as session:
             row = _row(session, action_id)
-            row.backup_ref = backup
+            if not (resumed and row.backup_ref):
+                row.backup_ref = backup
             audit.record(
                 "execution",
                 subject_type="action",
@@ -323,12 +335,17 @@ class ExecutionContext:
                     return ActionOutcome(
                         action_id, "blocked", f"{blocked}; the backup {backup} is kept"
                     )
-                row.pre_state = resource_dict(fresh)
-        op.execute(ctx, fresh, params)
+                if not resumed:
+                    row.pre_state = resource_dict(fresh)
+            # Committed before the first changing call: a retry then knows to resume.
+            row.post_state = {"change_started": True, "verified": False}
+            original = resource_from(row.pre_state) if resumed and row.pre_state else fresh
+        guard.made = 0
+        op.execute(ctx, original, params)
         with session_scope() as session:
             # Recorded before verifying: if the check fails, the record still says AWS changed.
             row = _row(session, action_id)
-            row.post_state = {"change_made": True, "verified": False}
+            row.post_state = {"change_started": True, "change_made": True, "verified": False}
             audit.record(
                 "execution",
                 subject_type="action",
@@ -359,7 +376,7 @@ class ExecutionContext:
         return ActionOutcome(action_id, "succeeded", f"{row.action} {row.resource_id}")
 
     def _interrupted(
-        self, action_id: int, audit: AuditLogger, worker: str, guard: _Guard, why: str
+        self, action_id: int, audit: AuditLogger, worker: str, guard: Guard, why: str
     ) -> ActionOutcome:
         from backend.core.action_engine import ActionOutcome
 
@@ -416,49 +433,13 @@ class ExecutionContext:
     def rollback_one(
         self, action_id: int, actor: str, audit: AuditLogger, clock: Clock
     ) -> ActionOutcome:
-        from backend.core.action_engine import ActionOutcome
+        from backend.core.action_undo import rollback_one
 
-        self.emergency.check("a rollback")
-        with session_scope() as session:
-            row = session.get(ActionRow, action_id)
-            if row is None:
-                raise LookupError(f"no action {action_id}")
-            if row.state not in (S.SUCCEEDED, S.FAILED) or not row.pre_state:
-                return ActionOutcome(
-                    action_id,
-                    "skipped",
-                    f"{row.state}: only a succeeded or failed action with a "
-                    "recorded pre-state can be rolled back",
-                )
-            op = operation_for(row.action, ResourceKind(row.kind))
-            ctx = self.op_context(row, _Guard(self.emergency), check_stop=True)
-            pre, backup, params = resource_from(row.pre_state), row.backup_ref, dict(row.params)
-        try:
-            done = op.undo(ctx, pre, backup, params)
-        except (CannotUndo, ResourceGone) as exc:
-            with session_scope() as session:
-                audit.record(
-                    "rollback",
-                    subject_type="action",
-                    subject_id=action_id,
-                    actor=actor,
-                    outcome="impossible",
-                    details={"why": str(exc)},
-                    session=session,
-                )
-            return ActionOutcome(action_id, "failed", f"cannot undo: {exc}")
-        with session_scope() as session:
-            row = _row(session, action_id)
-            transition(
-                session,
-                row,
-                S.ROLLED_BACK,
-                actor=actor,
-                audit=audit,
-                event="rollback",
-                details={"done": done},
-            )
-        return ActionOutcome(action_id, "rolled_back", done)
+        return rollback_one(self, action_id, actor, audit)
+
+
+def _change_started(post_state: dict[str, Any] | None) -> bool:
+    return bool(post_state and post_state.get("change_started"))
 
 
 def _row(session: Session, action_id: int) -> ActionRow:

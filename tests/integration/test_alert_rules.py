@@ -380,6 +380,10 @@ def test_rollback_failures_count_impossible_undos_and_5xx_answers(any_api: Api) 
     assert value(after, "finops_action_failures_total", reason="rollback-impossible") == 1.0
     audit("rollback", "rolled_back", **{"from": "succeeded"})  # a rollback that worked
     assert value(scrape(any_api.client), "finops_rollback_failures_total") == 1.0
+    audit("rollback", "failed", error="AccessDenied: StartInstances", changes=1)  # half-way
+    last = scrape(any_api.client)
+    assert value(last, "finops_rollback_failures_total") == 2.0
+    assert value(last, "finops_action_failures_total", reason="rollback-failed") == 1.0
 
 
 def test_failed_notifications_of_the_last_day_are_reported_per_channel(any_api: Api) -> None:

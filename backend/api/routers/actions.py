@@ -172,6 +172,8 @@ def rollback(action_id: int, context: ContextDep, user: Approver) -> OutcomeOut:
         raise Problem(409, str(exc), kind="emergency-stop-engaged") from None
     if outcome.result == "skipped":
         raise Problem(409, outcome.detail, kind="invalid-state")
+    if outcome.result == "stopped":  # the stop engaged half-way through the undo
+        raise Problem(409, outcome.detail, kind="emergency-stop-engaged", action_id=action_id)
     if outcome.result == "failed":
         raise Problem(502, outcome.detail, kind="rollback-failed", action_id=action_id)
     return OutcomeOut.of(outcome)

@@ -91,6 +91,8 @@ class OperationContext:
     # Called with "service:Operation" before every changing AWS call; raising stops the step
     # (the emergency stop is checked before every AWS call, not only before the claim).
     guard: Callable[[str], None] | None = None
+    # Called with "service:Operation" once AWS has answered a changing call with success.
+    made: Callable[[str], None] | None = None
     wait_timeout: float = 1800.0  # AMIs of big instances take a while on AWS
     poll_interval: float = 5.0
 
@@ -196,7 +198,9 @@ def fresh_or_none(ctx: OperationContext, kind: ResourceKind, resource_id: str) -
 def act(ctx: OperationContext, service: str, operation: str, /, **kwargs: Any) -> Any:
     """A changing call that is safe to repeat (stop, delete, tag): full retries."""
     _check_guard(ctx, service, operation)
-    return call(getattr(ctx.client_for(service), operation), **kwargs)
+    answer = call(getattr(ctx.client_for(service), operation), **kwargs)
+    _note_made(ctx, service, operation)
+    return answer
 
 
 def remove(ctx: OperationContext, service: str, operation: str, /, **kwargs: Any) -> None:
@@ -220,7 +224,9 @@ def create(ctx: OperationContext, service: str, operation: str, /, **kwargs: Any
         wait=wait_random_exponential(multiplier=0.2, max=8.0),
         reraise=True,
     )
-    return throttled_only(method)(**kwargs)
+    answer = throttled_only(method)(**kwargs)
+    _note_made(ctx, service, operation)
+    return answer
 
 
 def read(ctx: OperationContext, service: str, operation: str, /, **kwargs: Any) -> Any:
@@ -230,6 +236,11 @@ def read(ctx: OperationContext, service: str, operation: str, /, **kwargs: Any) 
 def _check_guard(ctx: OperationContext, service: str, operation: str) -> None:
     if ctx.guard is not None:
         ctx.guard(f"{service}:{operation}")
+
+
+def _note_made(ctx: OperationContext, service: str, operation: str) -> None:
+    if ctx.made is not None:
+        ctx.made(f"{service}:{operation}")
 
 
 # --- waiting ---

@@ -172,12 +172,13 @@ class ResizeInstance(BaseOperation):
             )
         was_up = pre_state.state in _UP
         with undo_needs(EC2, pre_state.resource_id):
-            _resize(ctx, pre_state.resource_id, str(old_type), run_after=was_up)
+            changed = _resize(ctx, pre_state.resource_id, str(old_type), run_after=was_up)
         if was_up:
             _running(ctx, pre_state.resource_id)
-        return f"resized {pre_state.resource_id} back to {old_type}" + (
-            " and started it" if was_up else ""
-        )
+        started = " and started it" if was_up else ""
+        if not changed:  # the resize was refused, or never made
+            return f"{pre_state.resource_id} was still {old_type}: type unchanged{started}"
+        return f"resized {pre_state.resource_id} back to {old_type}{started}"
 
 
 class TerminateInstance(BaseOperation):

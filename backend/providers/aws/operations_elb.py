@@ -150,6 +150,9 @@ class DeleteLoadBalancer(BaseOperation):
     def undo(
         self, ctx: OperationContext, pre_state: Resource, backup_ref: str | None, params: Params
     ) -> str:
+        # A delete that failed may never have been made: the original still answers.
+        if fresh_or_none(ctx, LB, pre_state.resource_id) is not None:
+            return f"{pre_state.resource_id} was never deleted: nothing to restore"
         if not backup_ref or not backup_ref.startswith(CONFIG_PREFIX):
             raise CannotUndo(f"no configuration of {pre_state.resource_id} was captured")
         config = json.loads(backup_ref[len(CONFIG_PREFIX) :])

@@ -314,6 +314,8 @@ class DeleteSnapshot(BaseOperation):
     def undo(
         self, ctx: OperationContext, pre_state: Resource, backup_ref: str | None, params: Params
     ) -> str:
+        if fresh_or_none(ctx, SNAPSHOT, pre_state.resource_id) is not None:
+            return f"{pre_state.resource_id} was never deleted: nothing to restore"
         raise CannotUndo(f"a deleted EBS snapshot ({pre_state.resource_id}) cannot be recovered")
 
 
@@ -333,6 +335,8 @@ class DeregisterImage(BaseOperation):
     def undo(
         self, ctx: OperationContext, pre_state: Resource, backup_ref: str | None, params: Params
     ) -> str:
+        if fresh_or_none(ctx, AMI, pre_state.resource_id) is not None:
+            return f"{pre_state.resource_id} was never deregistered: nothing to restore"
         raise CannotUndo(
             f"a deregistered image ({pre_state.resource_id}) cannot be registered again as "
             "the same id"

@@ -1,0 +1,98 @@
+"""Undo one action from its recorded pre-state and backup, and record how it ended.
+
+Every end is audited as a `rollback` event: rolled back (the state change), impossible
+(the undo cannot be done: say why), interrupted by the emergency stop, or failed on an AWS
+error half-way (run it again: every undo step first looks for what a previous try made).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from backend.core.action_planner import transition
+from backend.core.automation_audit_logger import AuditLogger
+from backend.core.database import session_scope
+from backend.core.emergency_stop import EmergencyStopEngaged
+from backend.core.models import ActionRow
+from backend.domain.lifecycle import ActionState
+from backend.domain.resources import ResourceKind
+from backend.providers.aws.operations import CannotUndo, ResourceGone, operation_for
+from backend.providers.aws.retry import describe_error
+
+if TYPE_CHECKING:
+    from backend.core.action_engine import ActionOutcome
+    from backend.core.execution_context import ExecutionContext
+
+S = ActionState
+ROLLED_BACK_FROM = (S.SUCCEEDED, S.FAILED)
+
+
+def rollback_one(
+    context: ExecutionContext, action_id: int, actor: str, audit: AuditLogger
+) -> ActionOutcome:
+    """Raises EmergencyStopEngaged (nothing tried) and LookupError (no such action)."""
+    from backend.core.action_engine import ActionOutcome
+    from backend.core.execution_context import Guard, resource_from
+
+    context.emergency.check("a rollback")
+    guard = Guard(context.emergency)
+    with session_scope() as session:
+        row = session.get(ActionRow, action_id)
+        if row is None:
+            raise LookupError(f"no action {action_id}")
+        if row.state not in ROLLED_BACK_FROM or not row.pre_state:
+            return ActionOutcome(
+                action_id,
+                "skipped",
+                f"{row.state}: only a succeeded or failed action with a "
+                "recorded pre-state can be rolled back",
+            )
+        op = operation_for(row.action, ResourceKind(row.kind))
+        ctx = context.op_context(row, guard, check_stop=True)
+        pre, backup, params = resource_from(row.pre_state), row.backup_ref, dict(row.params)
+    try:
+        done = op.undo(ctx, pre, backup, params)
+    except (CannotUndo, ResourceGone) as exc:
+        _record(action_id, actor, audit, "impossible", {"why": str(exc)})
+        return ActionOutcome(action_id, "failed", f"cannot undo: {exc}")
+    except EmergencyStopEngaged as exc:
+        _record(action_id, actor, audit, "interrupted", {"why": str(exc), "changes": guard.made})
+        return ActionOutcome(
+            action_id,
+            "stopped",
+            f"{exc}; the rollback made {guard.made} change(s): run it again once the "
+            "stop is released",
+        )
+    except Exception as exc:  # noqa: BLE001 - an AWS error half-way: recorded, never lost
+        error = describe_error(exc)
+        _record(action_id, actor, audit, "failed", {"error": error, "changes": guard.made})
+        return ActionOutcome(
+            action_id,
+            "failed",
+            f"rollback failed after {guard.made} change(s): {error}; run it again (each "
+            "undo step first looks for what a previous try made)",
+        )
+    with session_scope() as session:
+        row = session.get(ActionRow, action_id)
+        if row is None:
+            raise LookupError(f"no action {action_id}")
+        transition(
+            session, row, S.ROLLED_BACK, actor=actor, audit=audit, event="rollback",
+            details={"done": done},
+        )  # fmt: skip
+    return ActionOutcome(action_id, "rolled_back", done)
+
+
+def _record(
+    action_id: int, actor: str, audit: AuditLogger, outcome: str, details: dict[str, Any]
+) -> None:
+    with session_scope() as session:
+        audit.record(
+            "rollback",
+            subject_type="action",
+            subject_id=action_id,
+            actor=actor,
+            outcome=outcome,
+            details=details,
+            session=session,
+        )

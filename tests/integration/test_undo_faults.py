@@ -1,0 +1,294 @@
+"""AWS errors around retries and rollbacks: in-process moto, with errors injected on chosen
+calls by botocore event hooks on the session the engine's clients come from.
+
+A retry after a partial change resumes it and keeps what was there before the first try; a
+rollback refused by AWS is audited and does not end the rollbacks of the rest of its run; a
+failed delete that never happened rolls back to "never deleted", not to "impossible".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+from sqlalchemy import select
+from typer.testing import CliRunner, Result
+
+from backend.cli.app import app
+from backend.config import get_settings, reset_settings_cache
+from backend.core.action_engine import ActionEngine
+from backend.core.action_planner import ActionPlanner
+from backend.core.automation_audit_logger import AuditLogger
+from backend.core.database import session_scope
+from backend.core.emergency_stop import EmergencyStop
+from backend.core.migrations import upgrade
+from backend.core.models import ActionRow
+from backend.core.scan_service import ScanService
+from backend.domain.policy import load_text
+from backend.domain.policy.model import PolicyPack
+from backend.providers.aws.session import AwsClients
+
+PACK = """
+policies:
+  - name: stop-tagged
+    resource: ec2
+    filters: [{"tag:role": stopme}]
+    action: stop
+    mode: auto
+    notice: {notify: false}
+  - name: resize-tagged
+    resource: ec2
+    filters: [{"tag:role": resizeme}]
+    action: {type: resize, instance-type: t3.small}
+    mode: auto
+    notice: {notify: false}
+  - name: delete-snapshots
+    resource: ebs-snapshot
+    filters: [{"tag:role": delme}]
+    action: delete
+    mode: approval
+    notice: {notify: false}
+  - name: delete-images
+    resource: ami
+    filters: [{"tag:role": delme}]
+    action: delete
+    mode: approval
+    notice: {notify: false}
+"""
+
+
+class Faults:
+    """Errors to raise on the next calls of an operation (before the call reaches moto)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[str]] = {}
+        self.calls: list[str] = []
+        self.session = boto3.session.Session()
+        self.session.events.register("before-call.*.*", self._before)
+
+    def fail(self, operation: str, code: str, times: int = 1) -> None:
+        self.pending.setdefault(operation, []).extend([code] * times)
+
+    def _before(self, event_name: str, **_: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        self.calls.append(operation)
+        codes = self.pending.get(operation)
+        if codes:
+            code = codes.pop(0)
+            raise ClientError({"Error": {"Code": code, "Message": f"injected {code}"}}, operation)
+
+
+@pytest.fixture
+def faults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Faults]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'undo.sqlite'}",
+        "FINOPS_DATA_DIR": str(tmp_path),
+        "FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN": "100",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("REDIS_URL", "AWS_ENDPOINT_URL", "COST_OPTIMIZATION_ROLE_ARN"):
+        monkeypatch.delenv(name, raising=False)
+    reset_settings_cache()
+    with mock_aws():
+        yield Faults()
+    reset_settings_cache()
+
+
+def pack() -> PolicyPack:
+    return load_text(PACK, "undo-faults.yml")
+
+
+def engine(faults: Faults) -> ActionEngine:
+    return ActionEngine(pack=pack(), clients=AwsClients(base_session=faults.session))
+
+
+def ec2() -> Any:
+    return boto3.client("ec2", region_name="us-east-1")
+
+
+def launch(role: str) -> str:
+    image = ec2().describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    return str(
+        ec2().run_instances(
+            ImageId=image,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="m5.large",
+            TagSpecifications=[
+                {"ResourceType": "instance", "Tags": [{"Key": "role", "Value": role}]}
+            ],
+        )["Instances"][0]["InstanceId"]
+    )
+
+
+def instance(iid: str) -> tuple[str, str]:
+    found = ec2().describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    return found["State"]["Name"], found["InstanceType"]
+
+
+def plan(faults: Faults) -> dict[str, int]:
+    """Scan and plan; every action's id by its resource's id."""
+    upgrade()
+    clients = AwsClients(base_session=faults.session)
+    ScanService(get_settings(), clients=clients).run(pack=pack(), regions=["us-east-1"])
+    with session_scope() as session:
+        ActionPlanner().plan(session, pack(), requested_by="planner")
+        return {r.resource_id: r.id for r in session.scalars(select(ActionRow))}
+
+
+def row(action_id: int) -> ActionRow:
+    with session_scope() as session:
+        found = session.get(ActionRow, action_id)
+        assert found is not None
+        return found
+
+
+def events(action_id: int, kind: str) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (e.outcome, e.details)
+        for e in AuditLogger().events("1h")
+        if e.subject_id == str(action_id) and e.event_type == kind
+    ]
+
+
+def cli(faults: Faults, monkeypatch: pytest.MonkeyPatch, *args: str) -> Result:
+    """The CLI, its engines' clients on the faulty session."""
+    with_faults: Callable[..., ActionEngine] = lambda **kw: ActionEngine(  # noqa: E731
+        **{"clients": AwsClients(base_session=faults.session), **kw}
+    )
+    monkeypatch.setattr("backend.cli.actions.ActionEngine", with_faults)
+    return CliRunner().invoke(app, list(args))
+
+
+def test_a_retried_resize_resumes_and_its_rollback_restores_the_first_pre_state(
+    faults: Faults,
+) -> None:
+    iid = launch("resizeme")
+    action = plan(faults)[iid]
+    faults.fail("StartInstances", "InsufficientInstanceCapacity")
+    first = engine(faults).execute([action], dry_run=False, triggered_by="test").outcomes[0]
+    assert first.result == "failed"
+    assert instance(iid) == ("stopped", "t3.small")  # stopped, changed, not started
+    failed = [d for outcome, d in events(action, "execution") if outcome == "failed"]
+    assert failed[-1]["changed"] is True  # not "nothing happened"
+    assert "partly changed" in str(row(action).error)  # stop and modify made
+
+    assert engine(faults).retry(action, "test").result == "succeeded"
+    assert instance(iid) == ("running", "t3.small")  # the start it owed, made
+    kept = row(action).pre_state or {}
+    assert (kept["state"], kept["attributes"]["InstanceType"]) == ("running", "m5.large")
+
+    assert engine(faults).rollback(action, "test").result == "rolled_back"
+    assert instance(iid) == ("running", "m5.large")
+
+
+def test_a_rollback_refused_by_aws_is_audited_and_the_rest_of_the_run_goes_on(
+    faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = launch("stopme"), launch("stopme")
+    ids = plan(faults)
+    report = engine(faults).execute(None, dry_run=False, triggered_by="test")
+    assert report.count("succeeded") == 2
+    faults.fail("StartInstances", "AccessDenied")  # the first undo of the run only
+
+    result = cli(faults, monkeypatch, "actions", "rollback", "--run", str(report.run_id))
+
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "rollback failed after" in result.output and "AccessDenied" in result.output
+    assert "rolled_back" in result.output
+    assert sorted(instance(i)[0] for i in (first, second)) == ["running", "stopped"]
+    refused = next(i for i in ids.values() if row(i).state == "succeeded")
+    outcomes = [(o, d) for o, d in events(refused, "rollback")]
+    assert outcomes[-1][0] == "failed" and "AccessDenied" in outcomes[-1][1]["error"]
+    assert AuditLogger().verify().ok
+
+    # run again, as the runbook says: the refused one is undone now
+    again = cli(faults, monkeypatch, "actions", "rollback", str(refused))
+    assert again.exit_code == 0, again.output
+    assert [instance(i)[0] for i in (first, second)] == ["running", "running"]
+
+
+def test_cli_rollback_under_the_emergency_stop_or_of_no_action_says_so(
+    faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launch("stopme")
+    (action,) = plan(faults).values()
+    engine(faults).execute([action], dry_run=False, triggered_by="test")
+    missing = cli(faults, monkeypatch, "actions", "rollback", "999")
+    EmergencyStop().engage("drill", "sre")
+    stopped = cli(faults, monkeypatch, "actions", "rollback", str(action))
+
+    assert stopped.exit_code == 1 and "EMERGENCY STOP" in stopped.output.upper()
+    assert "finops resume" in stopped.output
+    assert missing.exit_code == 2 and "no action 999" in missing.output
+    for result in (stopped, missing):
+        assert "Traceback" not in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert row(action).state == "succeeded"
+
+
+def test_apply_live_exits_non_zero_when_an_action_fails(
+    faults: Faults, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    launch("stopme")
+    plan(faults)
+    faults.fail("StopInstances", "UnauthorizedOperation")
+    (tmp_path / "pack.yml").write_text(PACK)
+
+    result = cli(faults, monkeypatch, "apply", "--live", "--policies", str(tmp_path / "pack.yml"))
+
+    assert result.exit_code == 1, result.output
+    assert "UnauthorizedOperation" in result.output
+
+
+def _image_of(iid: str) -> str:
+    image = ec2().create_image(InstanceId=iid, Name="undo-faults")["ImageId"]
+    ec2().create_tags(Resources=[image], Tags=[{"Key": "role", "Value": "delme"}])
+    return str(image)
+
+
+def _snapshot() -> str:
+    volume = ec2().create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
+    snapshot = ec2().create_snapshot(VolumeId=volume)["SnapshotId"]
+    ec2().create_tags(Resources=[snapshot], Tags=[{"Key": "role", "Value": "delme"}])
+    return str(snapshot)
+
+
+@pytest.mark.parametrize(
+    ("make", "call", "exists"),
+    [
+        (_snapshot, "DeleteSnapshot", lambda sid: ec2().describe_snapshots(SnapshotIds=[sid])),
+        (
+            lambda: _image_of(launch("keep")),
+            "DeregisterImage",
+            lambda image: ec2().describe_images(ImageIds=[image])["Images"][0],
+        ),
+    ],
+    ids=["snapshot", "image"],
+)
+def test_a_delete_refused_by_aws_rolls_back_to_never_deleted(
+    faults: Faults, make: Callable[[], str], call: str, exists: Callable[[str], Any]
+) -> None:
+    resource = make()
+    action = plan(faults)[resource]
+    with session_scope() as session:
+        ActionPlanner().approve(session, action, "alice")
+    faults.fail(call, "UnauthorizedOperation")
+    assert engine(faults).execute([action], dry_run=False, triggered_by="t").count("failed") == 1
+
+    outcome = engine(faults).rollback(action, "test")
+
+    verb = "deleted" if call == "DeleteSnapshot" else "deregistered"
+    assert outcome.result == "rolled_back"
+    assert outcome.detail == f"{resource} was never {verb}: nothing to restore"
+    assert exists(resource)
+    assert [o for o, _ in events(action, "rollback")] == ["rolled_back"]
