@@ -214,7 +214,7 @@ class ActionRow(Base):
     safety_verdict: Mapped[dict[str, Any]] = mapped_column(default=dict)
     pre_state: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
     post_state: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
-    backup_ref: Mapped[str | None] = mapped_column(String(512))
+    backup_ref: Mapped[str | None] = mapped_column(Text)  # a whole configuration: 0007
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(default=0)
     claimed_by: Mapped[str | None] = mapped_column(String(128))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
@@ -55,3 +56,15 @@ def test_0004_migrates_a_database_whose_opportunities_have_actions(any_database:
         action = session.scalars(select(ActionRow)).one()
         assert (action.id, action.opportunity_id) == (action_id, found)
         assert session.get(OpportunityRow, found) is not None
+
+
+def test_0007_keeps_long_backups_and_refuses_to_downgrade_over_them(any_database: str) -> None:
+    migrations.upgrade()
+    config = "config:" + "x" * 5000  # a load balancer's saved configuration
+    long_one = seed_action(backup_ref=config)
+    with pytest.raises(RuntimeError, match=rf"cannot downgrade below 0007: actions \[{long_one}\]"):
+        migrations.downgrade(revision="0006")
+    assert migrations.current_revision() == migrations.head_revision()
+    with session_scope() as session:
+        kept = session.get(ActionRow, long_one)
+        assert kept is not None and kept.backup_ref == config

@@ -292,3 +292,50 @@ def test_a_delete_refused_by_aws_rolls_back_to_never_deleted(
     assert outcome.detail == f"{resource} was never {verb}: nothing to restore"
     assert exists(resource)
     assert [o for o, _ in events(action, "rollback")] == ["rolled_back"]
+
+
+LB_PACK = """
+policies:
+  - name: delete-tagged-lbs
+    resource: elb
+    filters: [{"tag:role": delme}]
+    action: delete
+    mode: approval
+    notice: {notify: false}
+"""
+
+
+def test_a_load_balancer_delete_keeps_its_whole_configuration_on_postgresql(
+    faults: Faults, postgres_url: str
+) -> None:
+    elbv2 = boto3.client("elbv2", region_name="us-east-1")
+    vpc = ec2().describe_vpcs()["Vpcs"][0]["VpcId"]
+    subnets = [s["SubnetId"] for s in ec2().describe_subnets()["Subnets"] if s["VpcId"] == vpc]
+    lb = elbv2.create_load_balancer(
+        Name="web", Subnets=subnets[:2], Tags=[{"Key": "role", "Value": "delme"}]
+    )["LoadBalancers"][0]
+    group = elbv2.create_target_group(Name="web", Protocol="HTTP", Port=80, VpcId=vpc)
+    elbv2.create_listener(
+        LoadBalancerArn=lb["LoadBalancerArn"],
+        Protocol="HTTP",
+        Port=80,
+        DefaultActions=[
+            {"Type": "forward", "TargetGroupArn": group["TargetGroups"][0]["TargetGroupArn"]}
+        ],
+    )
+    lbs = load_text(LB_PACK, "lb.yml")
+    upgrade()
+    clients = AwsClients(base_session=faults.session)
+    ScanService(get_settings(), clients=clients).run(pack=lbs, regions=["us-east-1"])
+    with session_scope() as session:
+        ActionPlanner().plan(session, lbs, requested_by="planner")
+        (action,) = [r.id for r in session.scalars(select(ActionRow))]
+        ActionPlanner().approve(session, action, "alice")
+    lb_engine = ActionEngine(pack=lbs, clients=clients)
+
+    assert lb_engine.execute([action], dry_run=False, triggered_by="t").count("succeeded") == 1
+    assert len(row(action).backup_ref or "") > 512  # VARCHAR(512) refused it: every delete failed
+    assert elbv2.describe_load_balancers()["LoadBalancers"] == []
+    assert lb_engine.rollback(action, "test").result == "rolled_back"
+    (again,) = elbv2.describe_load_balancers()["LoadBalancers"]
+    assert len(elbv2.describe_listeners(LoadBalancerArn=again["LoadBalancerArn"])["Listeners"]) == 1
