@@ -58,6 +58,10 @@ def resource_from(data: dict[str, Any]) -> Resource:
     )
 
 
+class WrongAccountError(RuntimeError):
+    """The credentials at hand act in another account than the action's."""
+
+
 class ChangeUnverifiedError(RuntimeError):
     """The change was made in AWS, but reading it back failed."""
 
@@ -116,6 +120,7 @@ class ExecutionContext:
         target = self._target(row.account_id)
 
         def client_for(service: str) -> Any:
+            self._check_account(target)
             client = self.clients.client(target, service, row.region)
             return (
                 StopCheckedClient(client, service, self.emergency.check) if check_stop else client
@@ -137,6 +142,21 @@ class ExecutionContext:
         if self.settings.cost_optimization_role_arn and not self.settings.accounts:
             return AccountTarget(account, self.settings.cost_optimization_role_arn)
         return AccountTarget(account, None)
+
+    def _check_account(self, target: AccountTarget) -> None:
+        """Never act on, nor judge, a resource of one account with another's credentials: a
+        resource of the same id there (an RDS name, say) is another resource."""
+        if target.role_arn is not None:
+            arn = target.role_arn.split(":")
+            acting = arn[4] if len(arn) > 4 and arn[4] else target.account_id
+        else:
+            acting = self.clients.caller_account()
+        if acting != target.account_id:
+            raise WrongAccountError(
+                f"the action is for account {target.account_id}, but the credentials act in "
+                f"account {acting}: refused (configure FINOPS_ACCOUNTS and the role name for "
+                f"{target.account_id}, or run with its credentials)"
+            )
 
     # -- dry run ------------------------------------------------------------------------
     def dry_run_one(

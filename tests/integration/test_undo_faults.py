@@ -339,3 +339,23 @@ def test_a_load_balancer_delete_keeps_its_whole_configuration_on_postgresql(
     assert lb_engine.rollback(action, "test").result == "rolled_back"
     (again,) = elbv2.describe_load_balancers()["LoadBalancers"]
     assert len(elbv2.describe_listeners(LoadBalancerArn=again["LoadBalancerArn"])["Listeners"]) == 1
+
+
+def test_an_action_of_another_account_is_never_run_with_these_credentials(
+    faults: Faults,
+) -> None:
+    """Planned for one account (the demo's, or one dropped from FINOPS_ACCOUNTS), run where
+    the credentials act in another: a resource of the same id there is another resource."""
+    iid = launch("stopme")
+    action = plan(faults)[iid]
+    with session_scope() as session:
+        found = session.get(ActionRow, action)
+        assert found is not None and found.account_id == "123456789012"  # moto's own
+        found.account_id = "210987654321"
+
+    outcome = engine(faults).execute([action], dry_run=False, triggered_by="t").outcomes[0]
+
+    assert outcome.result == "blocked"
+    assert "credentials act in account 123456789012" in outcome.detail
+    assert instance(iid) == ("running", "m5.large")
+    assert "StopInstances" not in faults.calls
