@@ -379,10 +379,15 @@ def relations_inventoried(session: Session) -> set[tuple[str, str]]:
 
 
 def lock_runs(session: Session) -> None:
-    """One run starting at a time until commit (PostgreSQL): each counts what the others
-    admitted before it judges its blast radius."""
-    if session.get_bind().dialect.name == "postgresql":
+    """One run starting at a time until commit: each counts what the others admitted
+    before it judges its blast radius. Take it first in the transaction."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
         session.execute(text("LOCK TABLE action_runs IN SHARE ROW EXCLUSIVE MODE"))
+    elif dialect == "sqlite":
+        # A write, even of no row, takes SQLite's one write lock before anything is read
+        # (a deferred transaction would read first: two runs would both pass the limits).
+        session.execute(text("UPDATE action_runs SET id = id WHERE 0"))
 
 
 def due_conditions(now: dt.datetime) -> tuple[ColumnElement[bool], ...]:

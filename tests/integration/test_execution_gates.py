@@ -4,7 +4,9 @@ backup was taken, the hourly limit across runs, and a rollback of what never cha
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +196,41 @@ def test_the_hourly_limit_counts_what_earlier_runs_admitted_and_no_worker_ran_ye
     assert engine().start_run(ids[2:], dry_run=True).stopped_by is not None
     again = engine().start_run(ids[:2], dry_run=False)  # already run: nothing due
     assert again.batch == []
+
+
+def test_runs_starting_at_once_do_not_both_pass_the_hourly_limit(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `apply --live` at the same instant (on SQLite too): each judges its blast radius
+    counting what the other admitted, so together they admit no more than the hour allows."""
+    scan_and_plan()
+    ids = sorted(actions()[i].id for i in fleet.idle_ids)
+    judge = ActionEngine._blast_radius
+    both_read = threading.Barrier(2, timeout=5)
+
+    def slow_judge(self: ActionEngine, *args: Any) -> Any:
+        # Without the lock, each has read before either admits; with it, the other waits
+        # for our commit and the barrier breaks: serialised, as it should be.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_read.wait()
+        return judge(self, *args)
+
+    monkeypatch.setattr(ActionEngine, "_blast_radius", slow_judge)
+    reports: list[Any] = []
+    runs = [
+        threading.Thread(
+            target=lambda part=part: reports.append(engine().start_run(part, dry_run=False))
+        )
+        for part in (ids[:2], ids[2:])
+    ]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+
+    admitted = [a for report in reports for a in report.batch]
+    assert len(admitted) == 2, reports  # FINOPS_MAX_ACTIONS_PER_HOUR
+    assert sum(1 for report in reports if "hour" in str(report.stopped_by)) == 1
 
 
 def test_a_rolled_back_action_still_counts_in_its_hour(fleet: Fleet) -> None:
