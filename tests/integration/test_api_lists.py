@@ -224,6 +224,37 @@ def test_savings_report_by_policy_account_and_month(api: Api) -> None:
     assert one["totals"]["estimated_monthly_savings"] == 5.0
 
 
+def test_savings_report_counts_a_saving_once_and_unpriced_ones_apart(api: Api) -> None:
+    """An opportunity stays open until its policy runs again: once its action succeeded the
+    saving is realized, and once its resource is gone nothing is left to save; neither is
+    also estimated. An unpriced opportunity is counted as unknown, not as $0."""
+    seed_opportunity(seed_resource(), estimated_monthly_savings=10.0)
+    done = seed_opportunity(seed_resource(), estimated_monthly_savings=30.0)
+    seed_action(state="succeeded", opportunity_id=done, estimated_monthly_savings=30.0)
+    failed = seed_opportunity(seed_resource(), estimated_monthly_savings=4.0)
+    seed_action(state="failed", opportunity_id=failed, estimated_monthly_savings=4.0)
+    seed_opportunity(seed_resource(gone_at=utcnow()), estimated_monthly_savings=50.0)
+    seed_opportunity(seed_resource(monthly_cost=None), estimated_monthly_savings=None)
+    other = seed_resource(account_id="222222222222")
+    seed_opportunity(other, estimated_monthly_savings=None, policy_name="gp2-to-gp3")
+
+    for group_by in ("policy", "account", "month"):
+        report = api.get(f"{V1}/reports/savings", params={"group_by": group_by}).json()
+        totals = report["totals"]
+        assert totals["estimated_monthly_savings"] == 14.0  # 10 + 4: not the 30, not the 50
+        assert totals["opportunities"] == 4
+        assert totals["savings_unknown"] == 2
+        assert totals["realized_from_estimates"] == 30.0 and totals["succeeded_actions"] == 1
+    by_policy = {r["key"]: r for r in api.get(f"{V1}/reports/savings").json()["rows"]}
+    assert by_policy["unattached-ebs-delete"]["savings_unknown"] == 1
+    assert by_policy["gp2-to-gp3"]["savings_unknown"] == 1
+    assert by_policy["gp2-to-gp3"]["estimated_monthly_savings"] == 0.0
+    one = api.get(f"{V1}/reports/savings", params={"account": "222222222222"}).json()
+    assert (one["totals"]["opportunities"], one["totals"]["savings_unknown"]) == (1, 1)
+    schema = api.client.app.openapi()["components"]["schemas"]["SavingsRow"]
+    assert "savings_unknown" in schema["properties"]
+
+
 def test_policies_pause_resume_and_policy_overrides(api: Api) -> None:
     names = [p["name"] for p in api.get(f"{V1}/policies").json()["items"]]
     assert names == ["gp2-to-gp3", "unattached-ebs-delete"]

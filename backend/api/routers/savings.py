@@ -1,7 +1,11 @@
 """The savings report (viewer): estimated and realized monthly savings, by policy, account
 or month.
 
-Estimated: open opportunities' `estimated_monthly_savings` (month: when first found).
+Estimated: open opportunities' `estimated_monthly_savings` (month: when first found), less
+those already saved: an opportunity stays open until its policy is evaluated again, but once
+an action on it succeeded its saving is realized (counted below), and once its resource is
+gone there is nothing left to save. An opportunity that could not be priced is counted in
+`savings_unknown`, never as $0.
 Realized: succeeded actions (month: when they finished). Nothing measures the bill after an
 action yet (the engine leaves `realized_monthly_savings` empty: "measured later, never
 assumed"), so realized comes in two figures that are never mixed: `realized_measured`, from
@@ -15,8 +19,8 @@ from collections import defaultdict
 from typing import Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel
-from sqlalchemy import case, func, select
+from pydantic import BaseModel, Field
+from sqlalchemy import case, exists, func, select
 from sqlalchemy.orm import Session
 
 from backend.api.deps import SessionDep, Viewer
@@ -27,7 +31,11 @@ from backend.core.models import ActionRow, OpportunityRow, ResourceRow
 router = APIRouter(prefix=f"{API_PREFIX}/reports", tags=["reports"])
 GroupBy = Literal["policy", "account", "month"]
 BASIS = {
-    "estimated": "open opportunities' estimated monthly savings; month = first found",
+    "estimated": (
+        "open opportunities' estimated monthly savings, without those whose action succeeded "
+        "or whose resource is gone; month = first found"
+    ),
+    "savings_unknown": "of those open opportunities, how many could not be priced",
     "realized_measured": "succeeded actions' measured monthly savings; month = finished",
     "realized_from_estimates": "succeeded actions without a measurement: their estimate",
 }
@@ -37,6 +45,12 @@ class SavingsRow(BaseModel):
     key: str
     estimated_monthly_savings: float = 0.0
     opportunities: int = 0
+    savings_unknown: int = Field(
+        0,
+        description="Opportunities counted in `opportunities` whose savings could not be "
+        "priced: left out of estimated_monthly_savings, which is a lower bound when this is "
+        "not 0.",
+    )
     realized_measured: float = 0.0
     realized_from_estimates: float = 0.0
     succeeded_actions: int = 0
@@ -66,22 +80,31 @@ def savings(
         ResourceRow.account_id,
         OpportunityRow.first_found,
     )
+    unpriced = OpportunityRow.estimated_monthly_savings.is_(None)
+    saved_already = exists().where(
+        ActionRow.opportunity_id == OpportunityRow.id, ActionRow.state == "succeeded"
+    )
     estimated = (
         select(
             est_key,
             func.coalesce(func.sum(OpportunityRow.estimated_monthly_savings), 0.0),
             func.count(),
+            func.coalesce(func.sum(case((unpriced, 1), else_=0)), 0),
         )
         .join(ResourceRow, ResourceRow.id == OpportunityRow.resource_pk)
-        .where(OpportunityRow.status == "open")
+        .where(OpportunityRow.status == "open", ResourceRow.gone_at.is_(None), ~saved_already)
         .group_by(est_key)
     )
     if account:
         estimated = estimated.where(ResourceRow.account_id == account)
     if policy:
         estimated = estimated.where(OpportunityRow.policy_name == policy)
-    for key, saved, count in session.execute(estimated):
-        rows[str(key)].update(estimated_monthly_savings=float(saved or 0), opportunities=int(count))
+    for key, saved, count, unknown in session.execute(estimated):
+        rows[str(key)].update(
+            estimated_monthly_savings=float(saved or 0),
+            opportunities=int(count),
+            savings_unknown=int(unknown),
+        )
     act_key = _key(
         session,
         group_by,
