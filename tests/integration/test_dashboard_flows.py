@@ -104,6 +104,12 @@ def test_approve_then_execute_in_the_account_then_roll_back(site: Site) -> None:
         if v.get("SnapshotId") == snapshot
     ]
     assert len(restored) == 1  # recreated from its backup, in the account
+    # the new volume's id is what the approver must act on (attach it): shown, not only
+    # announced to screen readers
+    outcome = page.locator("#action-outcome")
+    expect(outcome).to_have_attribute("role", "status")
+    expect(outcome).to_contain_text(f"Roll back of action {theirs.id}")
+    expect(outcome).to_contain_text(restored[0]["VolumeId"])
     assert site.js_errors(page) == []
 
 

@@ -5,6 +5,7 @@ import { api, can } from "../api.js";
 import {
   badge,
   confirmDialog,
+  errorBox,
   field,
   h,
   money,
@@ -15,12 +16,14 @@ import {
   select,
   sr,
   table,
+  titleCase,
   twoLines,
   when,
 } from "../dom.js";
 
 const STATES = [
   "",
+  "proposed",
   "awaiting_approval",
   "approved",
   "executing",
@@ -31,6 +34,48 @@ const STATES = [
   "rolled_back",
 ];
 const state = { state: "", policy: "", sort: "-updated_at", offset: 0, runOffset: 0 };
+
+// The last roll back's or retry's outcomes, shown at the top of the page once it has
+// re-rendered: a refused or failed one must not pass for a success, and a rollback's detail
+// (the new volume id or ARN) is what the person must act on.
+let lastOutcome = null;
+const RESULT_TONE = {
+  rolled_back: "ok",
+  succeeded: "ok",
+  queued: "info",
+  "would-execute": "warn",
+};
+
+function keepOutcome(title, outcomes) {
+  const attention = outcomes.some((o) => !["ok", "info"].includes(RESULT_TONE[o.result]));
+  lastOutcome = { title, outcomes, attention };
+  const results = outcomes.map((o) => `action ${o.action_id} ${titleCase(o.result)}`);
+  say(`${title}. ${results.join(", ")}.`);
+}
+
+function outcomeBox() {
+  if (!lastOutcome) return null;
+  const { title, outcomes, attention } = lastOutcome;
+  lastOutcome = null;
+  const lines = outcomes.map((o) =>
+    h(
+      "li",
+      {},
+      badge(o.result, RESULT_TONE[o.result] || "bad"),
+      ` Action ${o.action_id}: ${o.detail || "no detail given"}`,
+    ),
+  );
+  return h(
+    "section",
+    {
+      class: `card outcome ${attention ? "outcome-bad" : "outcome-ok"}`,
+      id: "action-outcome",
+      role: attention ? "alert" : "status",
+    },
+    h("h2", {}, title),
+    lines.length ? h("ul", {}, lines) : null,
+  );
+}
 
 function flatten(doc, prefix = "", out = {}) {
   for (const [key, value] of Object.entries(doc || {})) {
@@ -114,12 +159,12 @@ function controls(a, refresh) {
               message: `This changes the account now: ${a.kind} ${a.resource_id} in ${a.account_id} / ${a.region} goes back to its state before "${a.action}".`,
               confirmLabel: "Roll back",
               danger: true,
-              act: () => api(`/actions/${a.id}/rollback`, { method: "POST" }),
+              act: async () => {
+                const result = await api(`/actions/${a.id}/rollback`, { method: "POST" });
+                keepOutcome(`Roll back of action ${a.id}`, [result]);
+              },
             }).then((done) => {
-              if (done !== null) {
-                say(`Action ${a.id} rolled back.`);
-                refresh();
-              }
+              if (done !== null) refresh();
             }),
         },
         "Roll back",
@@ -139,12 +184,12 @@ function controls(a, refresh) {
               message:
                 "It is judged again on a fresh describe, then run (dry-run unless the API runs live).",
               confirmLabel: "Retry",
-              act: () => api(`/actions/${a.id}/retry`, { method: "POST" }),
+              act: async () => {
+                const result = await api(`/actions/${a.id}/retry`, { method: "POST" });
+                keepOutcome(`Retry of action ${a.id}`, [result]);
+              },
             }).then((done) => {
-              if (done !== null) {
-                say(`Action ${a.id} retried.`);
-                refresh();
-              }
+              if (done !== null) refresh();
             }),
         },
         "Retry",
@@ -171,7 +216,8 @@ function runControls(run, refresh) {
           danger: true,
           act: async () => {
             const result = await api(`/runs/${run.id}/rollback`, { method: "POST" });
-            say(`Run ${run.id}: ${result.rolled_back} rolled back, ${result.failed} failed.`);
+            const summary = `${result.rolled_back} rolled back, ${result.failed} failed`;
+            keepOutcome(`Roll back of run ${run.id}: ${summary}`, result.outcomes);
           },
         }).then((done) => {
           if (done !== null) refresh();
@@ -188,6 +234,8 @@ export async function render(root, { refresh }) {
       "What the engine did or will do, with each action's state before and after.",
     ),
   );
+  const outcome = outcomeBox();
+  if (outcome) root.append(outcome);
   const stateSelect = select(
     "state",
     STATES.map((v) => [v, v ? v.replaceAll("_", " ") : "All states"]),
@@ -225,7 +273,8 @@ export async function render(root, { refresh }) {
         sort: state.sort,
         onSort: (name) => {
           state.sort = state.sort === `-${name}` ? name : `-${name}`;
-          loadActions();
+          state.offset = 0; // the first page of the new order, not page n of it
+          showActions();
         },
         columns: [
           {
@@ -260,9 +309,15 @@ export async function render(root, { refresh }) {
       }),
       pager(page, (offset) => {
         state.offset = offset;
-        loadActions();
+        showActions();
       }),
     );
+  }
+
+  // After the first load: a failed request clears the rows (they no longer answer the
+  // filter, sort or page asked for) and says why.
+  function showActions() {
+    loadActions().catch((error) => actionsBox.replaceChildren(errorBox(error)));
   }
 
   async function loadRuns() {
@@ -294,7 +349,7 @@ export async function render(root, { refresh }) {
       }),
       pager(page, (offset) => {
         state.runOffset = offset;
-        loadRuns();
+        loadRuns().catch((error) => runsBox.replaceChildren(errorBox(error)));
       }),
     );
   }
@@ -304,7 +359,7 @@ export async function render(root, { refresh }) {
     state.state = stateSelect.value;
     state.policy = policyInput.value.trim();
     state.offset = 0;
-    loadActions();
+    showActions();
   });
   await Promise.all([loadActions(), loadRuns()]);
 }

@@ -5,6 +5,7 @@ import { api } from "../api.js";
 import {
   badge,
   count,
+  errorBox,
   facts,
   field,
   h,
@@ -31,6 +32,7 @@ const TYPES = [
   "policy_change",
   "login",
   "api_call",
+  "test",
 ];
 const state = {
   event_type: "",
@@ -197,18 +199,22 @@ export async function render(root) {
       }),
       pager(page, (offset) => {
         state.offset = offset;
-        load();
+        show();
       }),
     );
+  }
+
+  // After the first load: a failed request clears the rows (they no longer answer the
+  // filter or page asked for) and says why.
+  function show() {
+    load().catch((error) => results.replaceChildren(errorBox(error)));
   }
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     for (const [k, input] of Object.entries(inputs)) state[k] = input.value.trim();
     state.offset = 0;
-    load().catch((error) =>
-      results.replaceChildren(h("p", { class: "error", role: "alert" }, error.message)),
-    );
+    show();
   });
   await Promise.all([runVerify(), load()]);
 }

@@ -3,6 +3,7 @@
 
 import { api } from "../api.js";
 import {
+  errorBox,
   facts,
   field,
   h,
@@ -117,7 +118,7 @@ export async function render(root) {
     const sortBy = (fieldName) => {
       state.sort = state.sort === `-${fieldName}` ? fieldName : `-${fieldName}`;
       state.offset = 0;
-      load();
+      show();
     };
     results.replaceChildren(
       h(
@@ -149,18 +150,22 @@ export async function render(root) {
       }),
       pager(page, (offset) => {
         state.offset = offset;
-        load();
+        show();
       }),
     );
+  }
+
+  // After the first load: a failed request clears the rows (they no longer answer the
+  // filter, sort or page asked for) and says why.
+  function show() {
+    load().catch((error) => results.replaceChildren(errorBox(error)));
   }
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     for (const [k, input] of Object.entries(inputs)) state[k] = input.value.trim();
     state.offset = 0;
-    load().catch((error) =>
-      results.replaceChildren(h("p", { class: "error", role: "alert" }, error.message)),
-    );
+    show();
   });
   form.addEventListener("reset", (event) => {
     event.preventDefault();
