@@ -285,6 +285,10 @@ export function confirmDialog({ title, message, confirmLabel, danger = false, te
       } catch (error) {
         problem.textContent = error.message;
         ok.disabled = false;
+        // refused because the stop is engaged: the banner must say so now (main.js listens)
+        if (String(error.problem?.type).endsWith(":emergency-stop-engaged")) {
+          document.dispatchEvent(new CustomEvent("finops:stop-refused"));
+        }
         return undefined;
       }
     };

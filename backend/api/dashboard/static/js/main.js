@@ -29,10 +29,13 @@ function route() {
   return PAGES[name] ? name : "overview";
 }
 
+let stopEngaged = null; // as last read: a poll that reads otherwise re-renders the page
+
 async function refreshStop() {
   const banner = document.getElementById("stop-banner");
   try {
     const stop = await api("/emergency-stop");
+    stopEngaged = stop.engaged;
     banner.hidden = !stop.engaged;
     banner.textContent = stop.engaged
       ? `Emergency stop engaged by ${stop.engaged_by}: ${stop.reason}. Nothing runs.`
@@ -129,6 +132,26 @@ async function render({ focus = false } = {}) {
   if (heading && focus && !document.querySelector("dialog[open]")) heading.focus();
   main.dataset.ready = name; // tests and scripts wait for this
 }
+
+/**
+ * Someone else may engage or release the stop (the CLI, the API, another tab): read it again
+ * every 15 s, when the window regains focus, and when an action was refused because of it.
+ * When it changed, the pages that show it (the overview, the stop's own) render again, unless
+ * a dialog is open.
+ */
+async function pollStop() {
+  if (!session() || !session().role || document.hidden) return;
+  const before = stopEngaged;
+  const stop = await refreshStop();
+  const shown = ["overview", "emergency"].includes(route());
+  if (stop && before !== null && stop.engaged !== before && shown && main.dataset.ready) {
+    if (!document.querySelector("dialog[open]")) render();
+  }
+}
+const STOP_POLL_MS = 15_000;
+window.setInterval(pollStop, STOP_POLL_MS);
+window.addEventListener("focus", pollStop);
+document.addEventListener("finops:stop-refused", pollStop);
 
 whenSignedOut((message) => {
   notice = message;

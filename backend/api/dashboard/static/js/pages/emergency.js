@@ -33,6 +33,8 @@ function stateCard(stop) {
   );
 }
 
+let notice = ""; // shown once, after the page renders again
+
 export async function render(root, { refresh, refreshStop }) {
   root.append(
     ...pageHeading(
@@ -42,6 +44,8 @@ export async function render(root, { refresh, refreshStop }) {
   );
   const stop = await api("/emergency-stop");
   root.append(stateCard(stop));
+  if (notice) root.append(h("p", { class: "note", id: "stop-notice", role: "status" }, notice));
+  notice = "";
   const done = async (message) => {
     say(message);
     await refreshStop();
@@ -64,14 +68,26 @@ export async function render(root, { refresh, refreshStop }) {
         reason.focus();
         return;
       }
+      let engaged = null;
       const answer = await confirmDialog({
         title: "Engage the emergency stop?",
         message: `All automation stops now: "${why}". Only an administrator can release it.`,
         confirmLabel: "Engage now",
         danger: true,
-        act: () => api("/emergency-stop", { method: "POST", body: { reason: why } }),
+        act: async () => {
+          engaged = await api("/emergency-stop", { method: "POST", body: { reason: why } });
+        },
       });
-      if (answer !== null) await done(`Emergency stop engaged by ${session().username}.`);
+      if (answer === null) return;
+      // someone engaged it first: theirs is the stop's reason, and the page must not say it
+      // was ours (our reason is in the audit log)
+      const first = `It was already engaged by ${engaged.engaged_by}: "${engaged.reason}".`;
+      notice = engaged.already_engaged ? `${first} Your reason is kept in the audit log.` : "";
+      await done(
+        engaged.already_engaged
+          ? `Emergency stop already engaged by ${engaged.engaged_by}.`
+          : `Emergency stop engaged by ${session().username}.`,
+      );
     });
     root.append(form);
   } else if (stop.engaged && can("administrator")) {

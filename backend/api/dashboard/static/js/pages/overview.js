@@ -76,6 +76,8 @@ export async function render(root) {
   ]);
   const totals = savings.totals;
   const realized = totals.realized_measured + totals.realized_from_estimates;
+  // an opportunity that could not be priced is not in the estimate: said, never counted as $0
+  const unpriced = totals.savings_unknown ? ` (${totals.savings_unknown} not priced)` : "";
   root.append(
     h(
       "section",
@@ -89,7 +91,7 @@ export async function render(root) {
       stat(
         "Estimated savings",
         money(totals.estimated_monthly_savings),
-        `per month, ${totals.opportunities} open opportunities`,
+        `per month, ${totals.opportunities} open opportunities${unpriced}`,
         "stat-estimated",
       ),
       stat(
