@@ -8,9 +8,11 @@ Without AWS credentials (and no AWS_ENDPOINT_URL) it builds a simulated account 
 spare) and a busy fleet. With credentials or AWS_ENDPOINT_URL it uses the configured account.
 Then: scan, plan a stop of an idle instance, judge it, and execute it in dry-run.
 
-A dry run uses a scratch database, so nothing is left in yours. --live changes AWS, so it is
-refused unless FINOPS_DRY_RUN=false; on a configured account it records the action in your
-database (with its pre-state and backup) and prints its rollback command.
+A dry run uses a scratch database and no Redis, so nothing is left in yours and nothing
+reaches your queues or workers. The action always runs in this process, never through the
+Celery queues. --live changes AWS, so it is refused unless FINOPS_DRY_RUN=false; on a
+configured account it records the action in your database (with its pre-state and backup)
+and prints its rollback command.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def run(simulated: bool, region: str, live: bool, scratch: bool) -> int:
     from sqlalchemy import select
 
     from backend.config import get_settings
-    from backend.core.auto_remediation_engine import AutoRemediationEngine
+    from backend.core.auto_remediation_engine import AutoRemediationEngine, InProcessDispatcher
     from backend.core.database import database_url, redacted, session_scope
     from backend.core.migrations import ensure_schema
     from backend.core.models import ActionRow
@@ -142,7 +144,9 @@ def run(simulated: bool, region: str, live: bool, scratch: bool) -> int:
         say("setup", f"idle dev {seeded['idle']}, idle prod {seeded['prod']}, busy fleet")
     pack = load_text(TEST_PACK, "runbook-test.yml")
     clients = AwsClients(endpoint_url=settings.aws_endpoint_url)
-    engine = AutoRemediationEngine(pack=pack, clients=clients)
+    # In-process: with REDIS_URL the default would queue the id for a worker, which acts on
+    # whatever action has that id in the database it uses, and leaves no outcome here.
+    engine = AutoRemediationEngine(pack=pack, clients=clients, dispatcher=InProcessDispatcher())
 
     scan = engine.scan(pack, [region])
     found = f"{len(scan.discovery.resources)} resource(s), {len(scan.opportunities)} selected"
@@ -181,6 +185,8 @@ def run(simulated: bool, region: str, live: bool, scratch: bool) -> int:
         # stop, or any stop of the simulated account sized to pass, is a failure.
         verdict = not simulated and "emergency stop" not in report.stopped_by.lower()
         return _result(verdict, "the safety rules stopped the batch" if verdict else "stopped")
+    if not report.outcomes:
+        return _result(False, f"#{ident} did not run: no outcome (batch {report.batch})")
     outcome = report.outcomes[0]
     allowed = outcome.result in ("would-execute", "succeeded")
     verdict_text = "allowed, every rule passed on a fresh describe" if allowed else outcome.detail
@@ -223,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         # Set before anything reads the settings: a test never writes to your database.
         os.environ["DATABASE_URL"] = f"sqlite:///{scratch_dir}/finops.db"
         os.environ["FINOPS_DATA_DIR"] = scratch_dir
+        # No Redis either: no stop key, breaker state or queue shared with production.
+        os.environ.pop("FINOPS_REDIS_URL", None)
+        os.environ["REDIS_URL"] = ""  # also hides a REDIS_URL in a .env file
 
     from backend.config import SettingsError, get_settings, reset_settings_cache
     from backend.core.database import dispose_engines

@@ -9,10 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
+from sqlalchemy import func, select
 
 from backend.config import reset_settings_cache
 from backend.core import migrations
+from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop
+from backend.core.models import ActionRow
 from tests.integration.execution_support import engine, scan_and_plan, seed
 from tests.support.servers import free_port
 
@@ -114,7 +118,10 @@ def test_health_check_without_aws_credentials_says_why(sqlite: str) -> None:
     assert done.stdout.splitlines()[-1] == "UNHEALTHY: aws"
 
 
-def test_test_optimization_action_dry_run_without_credentials(tmp_path: Path) -> None:
+def test_test_optimization_action_dry_run_without_credentials(
+    tmp_path: Path, broker: redis.Redis
+) -> None:
+    # REDIS_URL is set, as in every finops-api pod: the scratch run must not touch it.
     mine = tmp_path / "mine.sqlite"
     done = run(
         "test-optimization-action.py",
@@ -134,6 +141,29 @@ def test_test_optimization_action_dry_run_without_credentials(tmp_path: Path) ->
     assert "(unchanged)" in out
     assert out.splitlines()[-1].startswith("RESULT: PASS")
     assert not mine.exists()  # a scratch database: nothing written to the configured one
+    assert broker.dbsize() == 0, broker.keys()  # and no Redis: no queue, key or breaker
+
+
+@pytest.mark.moto_server
+def test_test_optimization_action_dry_run_on_a_configured_account_with_redis(
+    sqlite: str, moto_url: str, broker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runbook's Functional Verification step 1 in a pod: REDIS_URL set, an idle
+    instance to act on. The scratch action runs here, not as a task for the real workers
+    (which would dry-run whatever action of the real database has the same id)."""
+    monkeypatch.setenv("FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN", "50")  # one of four may stop
+    account = seed(moto_url)
+    done = run("test-optimization-action.py", "--dry-run")
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "Traceback" not in out + done.stderr
+    assert "would-execute" in out and account.idle in out, out
+    assert out.splitlines()[-1].startswith("RESULT: PASS"), out
+    assert broker.llen("actions") == 0
+    assert not list(broker.scan_iter("finops:queued:*"))
+    assert broker.dbsize() == 0, broker.keys()  # no stop key, breaker or broadcast either
+    with session_scope() as session:  # the configured database is left alone
+        assert session.scalar(select(func.count()).select_from(ActionRow)) == 0
 
 
 def test_test_optimization_action_refuses_live_in_dry_run_mode() -> None:
