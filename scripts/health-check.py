@@ -115,8 +115,8 @@ def check_safety() -> str:
 def check_emergency_stop() -> str:
     from backend.core.emergency_stop import EmergencyStop
 
-    state = EmergencyStop().state()
-    if state.engaged:
+    state = EmergencyStop().state()  # with a stop key left in Redis, which stops as well
+    if state.stops:
         raise RuntimeError(state.describe())
     return state.describe()
 

@@ -30,6 +30,7 @@ from backend.core.models import (
     ScanRunRow,
     WorkerHeartbeatRow,
 )
+from backend.core.stop_fast_path import RedisStopSignal
 from backend.core.types import utcnow
 from backend.domain.lifecycle import ActionState
 
@@ -46,6 +47,7 @@ class FinOpsCollector:
         self._breakers = breakers
         self._registry: Any = None  # the breakers' shared view, made on first scrape
         self._worker_failures: RedisFailureCount | None = None
+        self._stop_signal: RedisStopSignal | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []  # nothing is read when the collector is registered
@@ -140,11 +142,12 @@ class FinOpsCollector:
                 session.rollback()
             return []
 
-    @staticmethod
-    def _stop(session: Session) -> list[Metric]:
+    def _stop(self, session: Session) -> list[Metric]:
         engaged = session.scalar(
             select(EngineStateRow.emergency_stop).where(EngineStateRow.id == 1)
         )
+        # A stop key left in Redis refuses every claim as the row does: it counts as engaged.
+        engaged = engaged or self._stop_key_left()
         return [
             _gauge(
                 "finops_emergency_stop_engaged",
@@ -380,6 +383,18 @@ class FinOpsCollector:
             if getattr(s, "failures", None) is not None:
                 failures.add_metric([label], float(s.failures))
         return [is_open, failures]
+
+    def _stop_key_left(self) -> bool:
+        url = self._context.settings.redis_url
+        if not url:
+            return False
+        if self._stop_signal is None:
+            self._stop_signal = RedisStopSignal(url)
+        try:
+            return self._stop_signal.is_engaged()
+        except Exception as exc:  # noqa: BLE001 - Redis down: the row decides, as in check()
+            log.warning("metrics: emergency stop key unreadable", error=str(exc))
+            return False
 
     # -- from Redis: what the workers could not write to the audit log -------------------
 

@@ -81,4 +81,7 @@ def resume(
         raise CommandError(f"{exc} (pass --i-am-admin if you are one)") from None
     except AuditLogError as exc:
         raise CommandError(f"not resumed, the audit log refused the event: {exc}") from None
+    if state.fast_path_error:
+        # Released in the database, yet the key still stops every worker: not "running".
+        raise CommandError(state.describe())
     _print_state(state)

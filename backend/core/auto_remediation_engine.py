@@ -185,6 +185,7 @@ class AutoRemediationEngine:
         mode = "distributed (REDIS_URL set)" if self.settings.redis_url else "embedded"
         status = EngineStatus(f"{mode}, dispatch {self.dispatcher.name}", redacted(database_url()))
         problems, engaged, database_ok = status.problems, False, False
+        key_left = False
         try:
             check_database()
             ensure_schema()  # embedded SQLite migrates itself; a server database is only checked
@@ -192,8 +193,9 @@ class AutoRemediationEngine:
         except Exception as exc:  # noqa: BLE001 - reported
             problems.append(f"database: {_why(exc)}")
         try:
-            stop = self.emergency.state()
-            engaged, status.emergency_stop = stop.engaged, stop.describe()
+            stop = self.emergency.state()  # with a stop key left in Redis, which also stops
+            engaged, status.emergency_stop = stop.stops, stop.describe()
+            key_left = stop.stop_key_left
         except Exception as exc:  # noqa: BLE001 - and the engine fails closed on it
             status.emergency_stop = "UNREADABLE: the engine fails closed (nothing executes)"
             problems.append(f"emergency stop: {_why(exc)}")
@@ -215,7 +217,8 @@ class AutoRemediationEngine:
         except Exception as exc:  # noqa: BLE001
             problems.append(f"notifications: {_why(exc)}")
         if engaged:
-            status.state = "stopped (emergency stop)"
+            why = "emergency stop key left in Redis" if key_left else "emergency stop"
+            status.state = f"stopped ({why})"
         elif problems:
             status.state = "degraded (" + ", ".join(p.split(":")[0] for p in problems) + ")"
         return status

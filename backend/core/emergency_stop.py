@@ -7,6 +7,7 @@ closed. Only an admin lifts the stop; engage and release are audited.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import sys
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from backend.core.upsert import dialect_insert
 log = structlog.get_logger(__name__)
 
 ROW_ID = 1
+AGAIN = "run `finops resume` again once Redis answers (or: redis-cli DEL finops:emergency-stop)"
 
 
 class StopSignal(Protocol):
@@ -53,11 +55,24 @@ class EngineState:
     engaged_at: dt.datetime | None = None
     released_by: str | None = None
     released_at: dt.datetime | None = None
+    # The database says released, but the Redis fast path still says stop: check() refuses
+    # everything on it, so every reader must say so too.
+    stop_key_left: bool = False
+
+    @property
+    def stops(self) -> bool:
+        """True while nothing may execute: engaged, or a stop key left in Redis."""
+        return self.engaged or self.stop_key_left
 
     def describe(self) -> str:
         if self.engaged:
             who = f"by {self.engaged_by} at {_when(self.engaged_at)}"
             return f"EMERGENCY STOP ENGAGED {who}: {self.reason}"
+        if self.stop_key_left:
+            return (
+                "STOPPED: emergency stop key left in Redis (the database says released): "
+                f"nothing executes; {AGAIN}"
+            )
         if self.released_at is not None:
             who = f"by {self.released_by} at {_when(self.released_at)}"
             return f"running (emergency stop released {who})"
@@ -70,6 +85,21 @@ class EngageResult(EngineState):
 
     audit_error: str | None = None
     alert_error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseResult(EngineState):
+    """release()'s answer: the state, and why the Redis stop key could not be cleared."""
+
+    fast_path_error: str | None = None
+
+    def describe(self) -> str:
+        if self.fast_path_error is None:
+            return super().describe()
+        return (
+            "released in the database, but the emergency stop key in Redis could NOT be "
+            f"cleared ({self.fast_path_error}): while it is there nothing executes; {AGAIN}"
+        )
 
 
 class EmergencyStopEngaged(RuntimeError):  # noqa: N818 - the name engines catch
@@ -143,7 +173,7 @@ class EmergencyStop:
             text += f"\nAUDIT EVENT NOT WRITTEN: {audit_error}"
         return EngageResult(**vars(state), audit_error=audit_error, alert_error=self._alert(text))
 
-    def release(self, actor: str, *, is_admin: bool) -> EngineState:
+    def release(self, actor: str, *, is_admin: bool) -> ReleaseResult:
         """Lift the stop. Admins only; the audit event must be written (not urgent, so strict)."""
         actor = _required(actor, "actor")
         if not is_admin:
@@ -168,12 +198,20 @@ class EmergencyStop:
                 **_event(EventType.EMERGENCY_RESUME, actor, outcome, details), session=session
             )
             state = _to_state(row)
-        self._mirror(False, None)  # after the commit: until then the fast path still stops
-        return state
+        # After the commit: until then the fast path still stops.
+        return ReleaseResult(**vars(state), fast_path_error=self._mirror(False, None))
 
     # -- reading -----------------------------------------------------------------------------
 
     def state(self) -> EngineState:
+        """The database's row (raises if unreadable), and a stop key left in Redis (check()
+        refuses on it): what every status reader reports."""
+        state = self._row_state()
+        if not state.engaged and self._fast_path_engaged():
+            return dataclasses.replace(state, stop_key_left=True)
+        return state
+
+    def _row_state(self) -> EngineState:
         """Read fresh from the database: one primary-key select. Raises if it cannot."""
         try:
             with self._transaction() as session:
@@ -185,12 +223,16 @@ class EmergencyStop:
                 f"emergency stop state unreadable: {database.error_cause(exc)}"
             ) from exc
 
+    def stop_key_set(self) -> bool:
+        """The Redis stop key is there (False without Redis, or when Redis does not answer)."""
+        return self._fast_path_engaged()
+
     def is_engaged(self) -> bool:
         """Fail closed: True when engaged, and True when the state cannot be read."""
         if self._fast_path_engaged():
             return True
         try:
-            return self.state().engaged
+            return self._row_state().engaged
         except Exception as exc:  # noqa: BLE001 - any doubt means stop
             log.warning("emergency stop state unreadable, failing closed", error=str(exc))
             return True
@@ -199,7 +241,7 @@ class EmergencyStop:
         """Raise EmergencyStopEngaged if engaged or unreadable. Call before claims and AWS."""
         where = f" (refusing {step})" if step else ""
         try:
-            current = self.state()
+            current = self._row_state()
         except Exception as exc:
             raise EmergencyStopEngaged(
                 f"emergency stop state unreadable, failing closed{where}: {exc}", step=step
@@ -258,7 +300,8 @@ class EmergencyStop:
             self._fast_path = RedisStopSignal(url) if url else None
         return self._fast_path
 
-    def _mirror(self, engaged: bool, reason: str | None) -> None:
+    def _mirror(self, engaged: bool, reason: str | None) -> str | None:
+        """Set or clear the Redis key; the error, if it could not."""
         try:
             signal = self._signal()
             if signal is not None:
@@ -267,6 +310,8 @@ class EmergencyStop:
             what = "set" if engaged else "cleared"
             print(f"EMERGENCY STOP: fast path not {what}: {exc}", file=sys.stderr)
             log.error("emergency stop fast path not updated", engaged=engaged, error=str(exc))
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     def _fast_path_engaged(self) -> bool:
         try:

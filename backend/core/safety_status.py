@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.core.database import session_scope
+from backend.core.emergency_stop import EmergencyStop
 from backend.core.models import EngineStateRow
 from backend.core.types import utcnow
 from backend.providers.aws.retry import describe_error
@@ -53,6 +54,8 @@ def build_status(checker: SafetyChecker) -> SafetyStatus:
                 "engaged_by": row.engaged_by if row else None,
                 "engaged_at": row.engaged_at.isoformat() if row and row.engaged_at else None,
             }
+            # check() refuses on a stop key left in Redis too: say so, not "off".
+            stop["stop_key_left"] = not stop["engaged"] and EmergencyStop().stop_key_set()
             if rules:  # unreadable overrides block every action: a problem, like the stop
                 rules["overrides"] += _exemptions_in_force(session)
         from backend.core.automation_audit_logger import AuditLogger

@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,6 +16,7 @@ from backend.core import migrations
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.models import ScanRunRow, WorkerHeartbeatRow
+from backend.core.stop_fast_path import STOP_KEY
 from backend.core.types import utcnow
 from tests.support.api_client import (
     Api,
@@ -235,3 +237,28 @@ def test_ready_turns_503_when_postgresql_stops_and_recovers_when_it_returns(
     finally:
         proxy.close()
         dispose_engines()
+
+
+def test_a_stop_key_left_in_redis_is_a_stop_in_ready_and_metrics(
+    broker: redis.Redis, api: Api
+) -> None:
+    """Released in the database, but the Redis key (which check() refuses on) is still
+    there, as after a `finops resume` that could not reach Redis: not "running"."""
+    client = TestClient(create_app())
+    with session_scope() as session:
+        session.add(WorkerHeartbeatRow(worker="w1", last_seen=utcnow()))
+    assert value(scrape(client), "finops_automation_engine_status") == 1.0
+    broker.set(STOP_KEY, "incident 7")
+
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200  # a warning, as for an engaged stop
+    stop = ready.json()["checks"]["emergency_stop"]
+    assert stop["status"] == "warn", stop
+    assert "key left in Redis" in stop["detail"] and "finops resume" in stop["detail"]
+    samples = scrape(client)
+    assert value(samples, "finops_emergency_stop_engaged") == 1.0
+    assert value(samples, "finops_automation_engine_status") == 0.0
+
+    broker.delete(STOP_KEY)
+    assert client.get("/health/ready").json()["checks"]["emergency_stop"]["status"] == "pass"
+    assert value(scrape(client), "finops_emergency_stop_engaged") == 0.0

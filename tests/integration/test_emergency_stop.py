@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import select, text
 from typer.testing import CliRunner, Result
 
 from backend.config import reset_settings_cache
 from backend.core import migrations
 from backend.core.audit_chain import AuditEvent, EventType
+from backend.core.auto_remediation_engine import AutoRemediationEngine, InProcessDispatcher
 from backend.core.automation_audit_logger import AuditLogError, AuditLogger
 from backend.core.database import (
     DatabaseUnavailableError,
@@ -20,7 +25,12 @@ from backend.core.database import (
 )
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.models import EngineStateRow
+from backend.core.safety_checker import SafetyChecker
+from backend.core.stop_fast_path import STOP_KEY
+from tests.support.servers import free_port
+from tests.support.workers import RUNTIME_REDIS_URL
 
+ROOT = Path(__file__).resolve().parents[2]
 STOP_EVENTS = frozenset({EventType.EMERGENCY_STOP, EventType.EMERGENCY_RESUME})
 
 
@@ -250,3 +260,49 @@ def test_cli_migrates_embedded_sqlite() -> None:
     assert result.exit_code == 0, result.output
     assert EmergencyStop().state().engaged_by  # user@host by default
     assert "--i-am-admin" in finops("resume", "--help").output
+
+
+def test_a_stop_key_left_in_redis_is_reported_and_resume_says_it_was_not_cleared(
+    db: str, broker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`finops resume` from a process that cannot reach Redis: the database is released,
+    the key stays and check() refuses everything on it. Resume exits 1 and says so, and
+    every status reader says stopped, not running, until a resume clears the key."""
+    assert finops("emergency-stop", "--reason", "incident 7", "--actor", "oncall").exit_code == 0
+    assert broker.get(STOP_KEY) == b"incident 7"
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing there
+    reset_settings_cache()
+    resumed = finops("resume", "--actor", "admin1", "--i-am-admin")
+    assert resumed.exit_code == 1, resumed.output
+    assert "could NOT be cleared" in resumed.output and "finops resume" in resumed.output
+    assert "running" not in resumed.output
+
+    monkeypatch.setenv("REDIS_URL", RUNTIME_REDIS_URL)
+    reset_settings_cache()
+    assert broker.get(STOP_KEY) == b"incident 7"
+    state = EmergencyStop().state()
+    assert (state.engaged, state.stop_key_left, state.stops) == (False, True, True)
+    assert "key left in Redis" in state.describe()
+    with pytest.raises(EmergencyStopEngaged, match="fast path"):
+        EmergencyStop().check("claim")  # still fail-closed on the key
+    status = AutoRemediationEngine(dispatcher=InProcessDispatcher()).get_status()
+    assert status.state == "stopped (emergency stop key left in Redis)"
+    assert "key left in Redis" in status.emergency_stop
+    assert "emergency stop: STOPPED: stop key left in Redis" in str(SafetyChecker().system_status())
+    health = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "health-check.py"), "--exit-code"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert health.returncode == 1
+    assert "FAIL emergency stop: STOPPED: emergency stop key left in Redis" in health.stdout
+
+    again = finops("resume", "--actor", "admin1", "--i-am-admin")
+    assert again.exit_code == 0, again.output
+    assert broker.get(STOP_KEY) is None
+    assert not EmergencyStop().state().stops
+    assert AutoRemediationEngine(dispatcher=InProcessDispatcher()).get_status().state != (
+        "stopped (emergency stop key left in Redis)"
+    )

@@ -91,4 +91,6 @@ def release(context: ContextDep, user: CurrentUser) -> StopState:
         raise Problem(
             503, f"not released: the audit log refused the event ({exc})", kind="audit-unavailable"
         ) from None
+    if state.fast_path_error:  # released in the database, but the Redis key still stops
+        raise Problem(503, state.describe(), kind="stop-key-not-cleared")
     return StopState.of(state)
