@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from backend.cli.app import CommandError, app, console, err, handle_errors
+from backend.core.auto_remediation_engine import AutoRemediationEngine
 from backend.core.automation_audit_logger import AuditLogError
 from backend.core.emergency_stop import EmergencyStop, EngineState
 from backend.core.migrations import SchemaOutOfDateError, ensure_schema
@@ -74,14 +75,19 @@ def resume(
     """
     ensure_schema()
     try:
-        state = EmergencyStop().release(actor, is_admin=i_am_admin)
+        # Through the engine: it also tells the workers to consume the actions queue again.
+        result = AutoRemediationEngine().resume(actor, is_admin=i_am_admin)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--actor") from None
     except PermissionError as exc:
         raise CommandError(f"{exc} (pass --i-am-admin if you are one)") from None
     except AuditLogError as exc:
         raise CommandError(f"not resumed, the audit log refused the event: {exc}") from None
+    state = result.state
     if state.fast_path_error:
         # Released in the database, yet the key still stops every worker: not "running".
+        err.print(*result.notes, highlight=False, markup=False)
         raise CommandError(state.describe())
     _print_state(state)
+    for note in result.notes:
+        console.print(note, highlight=False, markup=False, soft_wrap=True)

@@ -31,6 +31,7 @@ from backend.core.remediation_reports import (
     CheckReport,
     CycleSummary,
     EngineStatus,
+    ResumeResult,
     StopResult,
 )
 from backend.core.repositories import action_summary, active_actions, due_conditions
@@ -72,6 +73,8 @@ class Dispatcher(Protocol):
 
     def halt(self) -> str: ...  # on an emergency stop: drop queued work, say what was done
 
+    def resume(self) -> str: ...  # after a release: workers take up work again, say so
+
 
 class InProcessDispatcher:
     name = "in-process"
@@ -83,6 +86,9 @@ class InProcessDispatcher:
 
     def halt(self) -> str:
         return "in-process: nothing queued; the engine checks the stop before each claim and call"
+
+    def resume(self) -> str:
+        return "in-process: nothing to tell, the next run reads the released stop"
 
 
 class AutoRemediationEngine:
@@ -177,6 +183,12 @@ class AutoRemediationEngine:
         for line in str(result).splitlines():
             echo(line)
         return result
+
+    def resume(self, actor: str, *, is_admin: bool) -> ResumeResult:
+        """Release the stop (admins only, audited; raises as release() does), then tell the
+        workers to consume actions again at once rather than at the scheduler's next tick."""
+        state = self.emergency.release(actor, is_admin=is_admin)
+        return ResumeResult(state, [f"dispatcher: {self.dispatcher.resume()}"])
 
     # -- the runbook's status -----------------------------------------------------------------
     def get_status(self) -> EngineStatus:

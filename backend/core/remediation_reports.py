@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from backend.core.emergency_stop import EngineState
+from backend.core.emergency_stop import EngineState, ReleaseResult
 from backend.domain.lifecycle import ActionState
 
 if TYPE_CHECKING:
@@ -34,6 +34,15 @@ class StopResult:
             then = _CHECK_EXECUTING if a["state"] == S.EXECUTING else "will not be claimed"
             lines.append(f"  #{a['id']} {a['state']} {a['action']} {a['resource']}: {then}")
         return "\n".join([*lines, *self.notes, RESUME])
+
+
+@dataclass
+class ResumeResult:
+    state: ReleaseResult
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "\n".join([self.state.describe(), *self.notes])
 
 
 @dataclass

@@ -105,3 +105,17 @@ class CeleryDispatcher:
         except Exception as exc:  # noqa: BLE001
             notes.append(f"queue not purged ({exc}); queued tasks will find the stop engaged")
         return "; ".join(notes)
+
+    def resume(self) -> str:
+        """After a release: every worker consumes the actions queue again now. Best effort:
+        the scheduler's reconcile tick sends the same broadcast as a backstop."""
+        try:
+            replies: list[dict[str, Any]] = (
+                app.control.broadcast("finops_resume", reply=True, timeout=1.0) or []
+            )
+        except Exception as exc:  # noqa: BLE001 - the release stands; the tick catches up
+            return (
+                f"resume broadcast failed ({exc}): the workers take up actions again at the "
+                "scheduler's next reconcile tick, or restart them"
+            )
+        return f"{len(replies)} worker(s) acknowledged the resume broadcast"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from backend.core.stop_fast_path import STOP_KEY
 from backend.runtime.celery_app import app
 from tests.integration.execution_fleet import Fleet, seed_fleet
 from tests.integration.execution_support import PACK, scan_and_plan
-from tests.support.workers import wait_until, workers
+from tests.support.workers import FINOPS, wait_until, workers
 
 pytestmark = [pytest.mark.moto_server]
 
@@ -99,4 +100,37 @@ def test_stop_status_resume_and_retry_on_workers(
         assert outcome.result == "queued", outcome
         wait_until(lambda: actions()[failed.id].state == "succeeded", 60, "the retry to run")
         assert fleet.instance_state(failed.resource_id) == "stopped"
+        assert not pool.logs().count("Traceback"), pool.logs()
+
+
+def test_resume_tells_the_workers_to_consume_actions_again_without_the_scheduler(
+    fleet: Fleet, broker: redis.Redis, tmp_path: Path
+) -> None:
+    """The stop's broadcast makes the workers stop consuming the actions queue; `finops
+    resume` must bring them back itself: the scheduler (one replica) may not be running,
+    and until its next reconcile tick queued actions would wait."""
+    engine = AutoRemediationEngine()
+    with workers(tmp_path, 2) as pool:
+        wait_until(lambda: live_workers() == 2, 60, "two worker heartbeats")
+        result = engine.emergency_stop(reason="runtime test", actor="oncall")
+        assert any("2 worker(s) acknowledged" in n for n in result.notes), result.notes
+
+        resumed = subprocess.run(
+            [FINOPS, "resume", "--actor", "admin", "--i-am-admin"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert "released by admin" in resumed.stdout
+        assert "2 worker(s) acknowledged the resume broadcast" in resumed.stdout
+
+        report = engine.execute(dry_run=False)  # queued; no reconcile tick is ever sent
+        assert report.batch, report
+        wait_until(
+            lambda: all(r.state in ("succeeded", "blocked") for r in actions().values()),
+            60,
+            "the queued stops to run after the resume",
+        )
+        assert broker.llen("actions") == 0
         assert not pool.logs().count("Traceback"), pool.logs()

@@ -80,8 +80,11 @@ def release(context: ContextDep, user: CurrentUser) -> StopState:
     # Any signed-in caller reaches EmergencyStop.release: it refuses non-administrators and
     # records the refusal in the audit log, as it does for the CLI.
     try:
-        state = context.emergency_stop().release(
-            user.username, is_admin=user.role is Role.ADMINISTRATOR
+        # Through the engine: it also tells the workers to consume actions again at once.
+        state = (
+            context.remediation()
+            .resume(user.username, is_admin=user.role is Role.ADMINISTRATOR)
+            .state
         )
     except PermissionError as exc:
         raise Problem(
