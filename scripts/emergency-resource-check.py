@@ -3,15 +3,18 @@
 
     python scripts/emergency-resource-check.py [--hours 4]
 
-Lists the actions executed in the window (succeeded, failed) and every action still
-executing, describes each resource in AWS as it is now (read-only), flags what looks wrong
-and prints the rollback command of each. Exit status 1 when anything is flagged.
+Lists the actions executed in the window (succeeded, failed, rolled back) and every action
+still executing, describes each resource in AWS as it is now (read-only), flags what looks
+wrong and prints the rollback command of each. A rolled-back action shows what its rollback
+did (from its audit event) and the resource as it is now: a deleted one restored under a
+NEW id is described under that id. Exit status 1 when anything is flagged.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
 
 # What an action may change, so what "before", "after" and "now" are compared on.
 WATCHED_ATTRIBUTES = ("InstanceType", "VolumeType", "Iops", "Throughput", "DBInstanceClass")
+# How an undo names what it made in place of a deleted resource: "restored X ... as NEW (...".
+NEW_ID = re.compile(r"\bas (\S+?)[,;:)]?(?:\s|$)")
 
 
 @dataclass
@@ -59,10 +64,67 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def examine(row: ActionRow, ctx: ExecutionContext, now: dt.datetime) -> Finding:
+def describe_now(
+    row: ActionRow, ctx: ExecutionContext, resource_id: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The resource as AWS describes it now: (resource, None), (None, None) when it is gone,
+    or (None, why) when it could not be read."""
     from backend.domain.resources import ResourceKind
     from backend.providers.aws.operations import ResourceGone, operation_for
     from backend.providers.aws.retry import describe_error
+
+    try:
+        op = operation_for(row.action, ResourceKind(row.kind))
+        return _as_dict(op.describe(ctx.op_context(row, _refuse), resource_id)), None
+    except ResourceGone:
+        return None, None
+    except Exception as exc:  # noqa: BLE001 - an unknown state is itself a finding
+        return None, describe_error(exc)
+
+
+def examine_rolled_back(
+    row: ActionRow, ctx: ExecutionContext, found: Finding, undo: dict[str, Any] | None
+) -> Finding:
+    """What the rollback did, and the resource now: the original, or what replaced it."""
+    before = watched(row.pre_state) if row.pre_state else None
+    if undo is None:
+        found.flags.append("rolled back, but its rollback audit event was not found")
+        done = ""
+    else:
+        done = str(undo.get("done") or "")
+        found.lines.append(f"rolled back by {undo['actor']} at {undo['at']}: {done}")
+    current, error = describe_now(row, ctx, row.resource_id)
+    where = row.resource_id
+    new_id = NEW_ID.search(done)
+    if current is None and error is None and new_id and new_id[1] != row.resource_id:
+        where = new_id[1]  # the original is gone; the undo made this one in its place
+        current, error = describe_now(row, ctx, where)
+    if error is not None:
+        found.flags.append(f"could not check {where} in AWS: {error}")
+        now = "unknown"
+    else:
+        now_view = watched(current)
+        now = short(now_view)
+        if where != row.resource_id:
+            now = f"{row.resource_id} gone, in its place {where}: {now}"
+        # Tags aside (a restored copy carries finops:restored-from): state and type.
+        if before and differences(_untagged(before), _untagged(now_view)):
+            what = ", ".join(differences(_untagged(before), _untagged(now_view)))
+            found.flags.append(f"not back in its pre-state ({what}): now {now}")
+    found.lines.append(
+        "before: " + (short(before) if before else "not recorded") + f"   now: {now}"
+    )
+    found.rollback = "already rolled back"
+    return found
+
+
+def _untagged(view: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in view.items() if k != "tags"}
+
+
+def examine(
+    row: ActionRow, ctx: ExecutionContext, now: dt.datetime, undo: dict[str, Any] | None = None
+) -> Finding:
 
     when = row.finished_at or row.claimed_at or row.updated_at
     found = Finding(
@@ -70,17 +132,13 @@ def examine(row: ActionRow, ctx: ExecutionContext, now: dt.datetime) -> Finding:
         f"#{row.id} {row.state} {row.action} {row.kind} {row.account_id}/{row.region}/"
         f"{row.resource_id} ({row.policy_name}) at {when:%Y-%m-%d %H:%M} UTC",
     )
+    if row.state == "rolled_back":
+        return examine_rolled_back(row, ctx, found, undo)
     before = watched(row.pre_state) if row.pre_state else None
     after = watched(row.post_state) if row.post_state else None
-    try:
-        op = operation_for(row.action, ResourceKind(row.kind))
-        current: dict[str, Any] | None = _as_dict(
-            op.describe(ctx.op_context(row, _refuse), row.resource_id)
-        )
-    except ResourceGone:
-        current = None
-    except Exception as exc:  # noqa: BLE001 - an unknown state is itself a finding
-        found.flags.append(f"could not check it in AWS: {describe_error(exc)}")
+    current, error = describe_now(row, ctx, row.resource_id)
+    if error is not None:
+        found.flags.append(f"could not check it in AWS: {error}")
         current = {"unknown": True}
     now_view = watched(current) if current is None or "unknown" not in current else None
     found.lines.append(
@@ -114,6 +172,34 @@ def examine(row: ActionRow, ctx: ExecutionContext, now: dt.datetime) -> Finding:
     elif not row.pre_state:
         found.rollback += "  (nothing to undo: it failed before recording a pre-state)"
     return found
+
+
+def rollbacks(session: Any, ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The last successful rollback event of each action: what it did, who, when."""
+    from sqlalchemy import select
+
+    from backend.core.models import AuditEventRow
+
+    if not ids:
+        return {}
+    query = (
+        select(AuditEventRow)
+        .where(
+            AuditEventRow.event_type == "rollback",
+            AuditEventRow.subject_type == "action",
+            AuditEventRow.subject_id.in_([str(i) for i in ids]),
+            AuditEventRow.outcome == "rolled_back",
+        )
+        .order_by(AuditEventRow.id)
+    )
+    return {
+        int(event.subject_id): {
+            "done": (event.details or {}).get("done"),
+            "actor": event.actor,
+            "at": f"{event.occurred_at:%Y-%m-%d %H:%M} UTC",
+        }
+        for event in session.scalars(query)
+    }
 
 
 def _as_dict(resource: Any) -> dict[str, Any]:
@@ -160,13 +246,16 @@ def main(argv: list[str] | None = None) -> int:
                 .where(
                     or_(
                         ActionRow.state == "executing",
-                        (ActionRow.state.in_(["succeeded", "failed"]))
+                        (ActionRow.state.in_(["succeeded", "failed", "rolled_back"]))
                         & (ActionRow.claimed_at >= since),
+                        # rolled back in the window, whenever it ran
+                        (ActionRow.state == "rolled_back") & (ActionRow.updated_at >= since),
                     )
                 )
                 .order_by(ActionRow.claimed_at, ActionRow.id)
             )
         )
+        undone = rollbacks(session, [r.id for r in rows if r.state == "rolled_back"])
         session.expunge_all()
     window = f"the last {args.hours:g}h"
     if not rows:
@@ -176,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         settings, AwsClients(endpoint_url=settings.aws_endpoint_url), EmergencyStop(), None
     )
     print(f"{len(rows)} action(s) executed in {window} or still executing:")
-    findings = [examine(row, ctx, now) for row in rows]
+    findings = [examine(row, ctx, now, undone.get(row.id)) for row in rows]
     for f in findings:
         print(f"{'FLAG' if f.flags else 'ok  '} {f.headline}")
         for line in f.lines:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy import func, select
 
 from backend.config import reset_settings_cache
 from backend.core import migrations
+from backend.core.action_planner import ActionPlanner
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop
 from backend.core.models import ActionRow
@@ -198,3 +200,38 @@ def test_emergency_resource_check_flags_an_undone_action(
     assert "FLAG: back in its pre-state (running InstanceType=m5.large)" in out
     assert f"rollback: finops actions rollback {stop}" in out
     assert f"1 of 1 flagged: #{stop}" in out
+
+
+@pytest.mark.moto_server
+def test_emergency_resource_check_shows_a_rolled_back_delete_and_its_new_volume(
+    moto_url: str, any_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """P0 "Assess Damage" after a colleague rolled back a deletion: the action stays in the
+    check, with what its rollback did and the volume restored under a NEW id, as it is now
+    (not "no actions executed ... nothing to check")."""
+    monkeypatch.setenv("FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN", "50")
+    reset_settings_cache()
+    account = seed(moto_url)
+    scan_and_plan()
+    with session_scope() as session:
+        (delete,) = [r.id for r in session.query(ActionRow).filter_by(state="awaiting_approval")]
+        ActionPlanner().approve(session, delete, "approver1")
+    (ran,) = engine().execute([delete], dry_run=False).outcomes
+    assert ran.result == "succeeded", ran
+    undone = engine().rollback(delete, "oncall")
+    assert undone.result == "rolled_back", undone
+    made = re.search(r"as (vol-\w+)", undone.detail)
+    assert made, undone.detail
+    restored = made[1]
+    assert account.volume_exists(restored) and not account.volume_exists(account.loose_volume)
+
+    done = run("emergency-resource-check.py")
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "nothing to check" not in out
+    assert f"ok   #{delete} rolled_back delete ebs" in out, out
+    assert "rolled back by oncall at " in out and f"as {restored}" in out, out
+    gone = account.loose_volume
+    assert f"now: {gone} gone, in its place {restored}: available VolumeType=gp3" in out, out
+    assert "rollback: already rolled back" in out
+    assert "nothing flagged in 1 action(s)" in out
