@@ -26,7 +26,6 @@ if str(ROOT) not in sys.path:
 
 AWS_TIMEOUT = 10.0  # seconds: a health check must answer even when AWS does not
 REDIS_TIMEOUT = 3.0
-HEARTBEAT_FRESH = 300.0  # seconds since a worker's last heartbeat
 
 
 @dataclass
@@ -84,15 +83,18 @@ def check_workers() -> str:
     from backend.core.models import WorkerHeartbeatRow
     from backend.core.types import utcnow
 
-    if not get_settings().redis_url:
+    settings = get_settings()
+    if not settings.redis_url:
         return "n/a (embedded mode: no separate workers)"
+    # The configured limit (FINOPS_HEARTBEAT_STALE_SECONDS), as get_status and /health/ready.
+    limit = settings.heartbeat_stale_seconds
     now = utcnow()
     with session_scope() as session:
         beats = list(session.scalars(select(WorkerHeartbeatRow)))
-    fresh = [b for b in beats if now - b.last_seen <= dt.timedelta(seconds=HEARTBEAT_FRESH)]
+    fresh = [b for b in beats if now - b.last_seen <= dt.timedelta(seconds=limit)]
     if not fresh:
         seen = f" ({len(beats)} stale)" if beats else ""
-        raise RuntimeError(f"no worker heartbeat in the last {HEARTBEAT_FRESH:.0f}s{seen}")
+        raise RuntimeError(f"no worker heartbeat in the last {limit:g}s{seen}")
     newest = max(b.last_seen for b in fresh)
     return (
         f"{len(fresh)} worker(s) alive, last heartbeat {int((now - newest).total_seconds())}s ago"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -18,7 +19,8 @@ from backend.core import migrations
 from backend.core.action_planner import ActionPlanner
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop
-from backend.core.models import ActionRow
+from backend.core.models import ActionRow, WorkerHeartbeatRow
+from backend.core.types import utcnow
 from tests.integration.execution_support import engine, scan_and_plan, seed
 from tests.support.servers import free_port
 
@@ -235,3 +237,19 @@ def test_emergency_resource_check_shows_a_rolled_back_delete_and_its_new_volume(
     assert f"now: {gone} gone, in its place {restored}: available VolumeType=gp3" in out, out
     assert "rollback: already rolled back" in out
     assert "nothing flagged in 1 action(s)" in out
+
+
+@pytest.mark.moto_server
+def test_health_check_uses_the_configured_heartbeat_limit(
+    sqlite: str, moto_url: str, broker: redis.Redis
+) -> None:
+    """FINOPS_HEARTBEAT_STALE_SECONDS=60 and the only worker last seen 120 s ago: gone, as
+    get_status says, not alive under a hard-coded 300 s."""
+    with session_scope() as session:
+        seen = utcnow() - dt.timedelta(seconds=120)
+        session.add(WorkerHeartbeatRow(worker="w1@host", last_seen=seen))
+    done = run("health-check.py", "--exit-code", FINOPS_HEARTBEAT_STALE_SECONDS="60")
+    assert "FAIL workers:        no worker heartbeat in the last 60s (1 stale)" in done.stdout
+    assert done.returncode == 1
+    fine = run("health-check.py", FINOPS_HEARTBEAT_STALE_SECONDS="300")
+    assert "ok   workers:        1 worker(s) alive, last heartbeat 12" in fine.stdout
