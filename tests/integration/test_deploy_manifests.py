@@ -21,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from backend.core.notification_settings import NotificationSettings
 from tests.integration.test_runbook_commands import SPEC, shell_commands
 from tests.support.manifests import (
     APP,
@@ -361,7 +362,14 @@ def test_network_policies_deny_by_default_and_allow_what_the_system_needs(overla
     assert _ports(_allowed(policies, api, "Ingress")) == {8000}
     assert _ports(_allowed(policies, worker, "Ingress")) == set()  # nothing calls a worker
     egress = _allowed(policies, worker, "Egress")
-    assert _ports(egress) == {53, 443, 5432, 6379}
+    assert _ports(egress) == {25, 53, 443, 465, 587, 5432, 6379}
+    # Email notifications (the P0 "Notify Stakeholders" alert): every SMTP port the app may
+    # be configured with, its default included, from the API, the workers and the cronjob.
+    smtp_default = NotificationSettings.model_fields["smtp_port"].default
+    for component in ("api", "worker", "rollback-watch"):
+        pod = {**app, "app.kubernetes.io/component": component}
+        smtp = {int(p["port"]) for r, p in _allowed(policies, pod, "Egress") if p["port"] != 53}
+        assert {25, 465, 587, smtp_default} <= smtp, component
     dns = [p for _, p in egress if p["port"] == 53]
     assert {p["protocol"] for p in dns} == {"UDP", "TCP"}
     if overlay == "base":
