@@ -10,11 +10,14 @@ from typing import Annotated, Any
 
 import typer
 
-from backend.cli.app import app, console, handle_errors, settings
+from backend.cli.app import CommandError, app, console, handle_errors, settings
 from backend.cli.render import print_opportunities, print_summary
 from backend.core.migrations import ensure_schema
 from backend.core.scan_service import ScanOutcome, ScanService
 from backend.demo.cycle import APPROVER, CycleResult, run_cycle
+from backend.demo.fleet import MIN_INSTANCES_PER_REGION
+from backend.demo.home import DemoBusyError, demo_home
+from backend.domain.policy.model import PolicyPack
 from backend.providers.aws.session import AwsClients
 
 DEFAULT_PACK = Path(__file__).resolve().parents[2] / "policies"
@@ -23,19 +26,58 @@ DEFAULT_PACK = Path(__file__).resolve().parents[2] / "policies"
 @app.command()
 @handle_errors
 def demo(
-    instances: Annotated[int, typer.Option(help="EC2 instances per region.")] = 120,
+    instances: Annotated[
+        int, typer.Option(help="EC2 instances per region.", min=MIN_INSTANCES_PER_REGION)
+    ] = 120,
     seed: Annotated[int, typer.Option(help="Random seed of the simulated fleet.")] = 42,
     policies: Annotated[Path, typer.Option(help="Policy pack to evaluate.")] = DEFAULT_PACK,
 ) -> None:
-    """Create a simulated AWS account in-process, scan it, and show its waste and traps."""
+    """Create a simulated AWS account in-process, scan it, and show its waste and traps.
+
+    It runs on a SQLite database of its own, new on each run (<FINOPS_DATA_DIR>/demo),
+    whatever DATABASE_URL and REDIS_URL say: a simulated account never lands in a real one.
+    """
+    from backend.cli.scan import load_policies
+
+    pack = load_policies([policies])
+    try:
+        with demo_home(settings().data_dir) as home:
+            cycle, scan_id = _run(pack, instances, seed)
+    except DemoBusyError as exc:
+        raise CommandError(str(exc)) from None
+    _print_cycle(cycle)
+    console.print(
+        f"database: {home.database_url}  (scan {scan_id}; the demo's own, made afresh on "
+        "each run: DATABASE_URL and REDIS_URL are not used)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        "every step above is in its audit log; to explore it with the CLI, in your shell:",
+        highlight=False,
+    )
+    console.print(f"  {home.export_line()}", highlight=False, markup=False, soft_wrap=True)
+    console.print(
+        "  finops actions list; finops audit verify; finops audit timeline --since 1h",
+        highlight=False,
+    )
+    if cycle.emergency_stop:
+        console.print(
+            f"[red]the demo stopped early: {cycle.emergency_stop}[/red]\n"
+            "release it with `finops resume --actor NAME --i-am-admin` in that shell "
+            "(the next `finops demo` starts afresh anyway)",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+
+
+def _run(pack: PolicyPack, instances: int, seed: int) -> tuple[CycleResult, int]:
     import boto3
     from moto import mock_aws
 
-    from backend.cli.scan import load_policies
     from backend.demo.fleet import seed_demo_fleet
 
     cfg = settings()
-    pack = load_policies([policies])
     ensure_schema()
     # The simulated account never talks to a real endpoint, whatever the environment says.
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
@@ -57,11 +99,7 @@ def demo(
         print_summary(console, outcome)
         print_opportunities(console, outcome)
         _print_traps(outcome, fleet.traps)
-        cycle = run_cycle(cfg, pack, clients)
-    _print_cycle(cycle)
-    console.print(
-        f"database: {cfg.effective_database_url}  (scan {outcome.scan_id})", highlight=False
-    )
+        return run_cycle(cfg, pack, clients), outcome.scan_id
 
 
 def _print_cycle(cycle: CycleResult) -> None:
@@ -101,7 +139,6 @@ def _print_cycle(cycle: CycleResult) -> None:
         + (", ".join(f"{rule} {n}" for rule, n in cycle.blocked_by_rule.most_common()) or "none"),
         highlight=False,
     )
-    console.print("every step above is in the audit log: finops audit timeline --since 1h")
 
 
 def _print_traps(outcome: ScanOutcome, traps: Any) -> None:

@@ -54,6 +54,7 @@ class RunReport:
     outcomes: list[ActionOutcome] = field(default_factory=list)
     stopped_by: str | None = None  # a blast-radius verdict or the emergency stop
     batch: list[int] = field(default_factory=list)  # the ids the run may execute
+    emergency_stop: bool = False  # stopped_by is the emergency stop, not a verdict
 
     def count(self, result: str) -> int:
         return sum(1 for o in self.outcomes if o.result == result)
@@ -140,6 +141,7 @@ class ActionEngine:
             outcome = self.execute_one(action_id, report.run_id, dry_run=report.dry_run)
             if outcome.result == "stopped" and outcome.detail.startswith(STOP_BEFORE_CLAIM):
                 report.stopped_by = outcome.detail.removeprefix(STOP_BEFORE_CLAIM)
+                report.emergency_stop = True
                 break
             report.outcomes.append(outcome)
         self.finish_run(report)
@@ -162,7 +164,7 @@ class ActionEngine:
         try:
             self._emergency.check("starting a run")
         except EmergencyStopEngaged as exc:
-            report.stopped_by = str(exc)
+            report.stopped_by, report.emergency_stop = str(exc), True
             return report
         now = self._clock()
         with session_scope() as session:

@@ -20,6 +20,7 @@ from backend.config import Settings
 from backend.core.action_engine import ActionEngine, RunReport
 from backend.core.action_planner import ActionPlanner, PlanResult
 from backend.core.database import session_scope
+from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.models import ActionRow, ResourceRow
 from backend.core.notification_settings import reset_notification_settings_cache
 from backend.core.safety_checker import safety_config
@@ -41,28 +42,37 @@ class CycleResult:
     blocked_by_rule: Counter[str] = field(default_factory=Counter)
     notices: int = 0
     saved_per_month: float = 0.0
+    emergency_stop: str | None = None  # the engaged stop that ended the cycle early
 
 
 def run_cycle(settings: Settings, pack: PolicyPack, clients: AwsClients) -> CycleResult:
     """Owners are really told (by mail, to the demo's loopback mailbox) before anything acts:
-    the execution re-check refuses an action whose promised notice was not delivered."""
+    the execution re-check refuses an action whose promised notice was not delivered.
+
+    Only this cycle's actions are approved, run and counted, whatever else the database holds.
+    An emergency stop engaged meanwhile ends the cycle where it is, and says so."""
     day0 = utcnow()
     with demo_mailbox() as mailbox, session_scope() as session:
         plan = ActionPlanner(settings=settings, clock=lambda: day0).plan(
             session, pack, requested_by=PLANNER, notify_owners=True
         )
         notices = len(mailbox.mail)
+        ours = sorted({*plan.created, *plan.blocked})
         moments = sorted(
             {
                 row.not_before or day0
                 for row in session.scalars(
-                    select(ActionRow).where(ActionRow.state.in_(["approved", "awaiting_approval"]))
+                    select(ActionRow).where(
+                        ActionRow.id.in_(ours),
+                        ActionRow.state.in_(["approved", "awaiting_approval"]),
+                    )
                 )
             }
         )
     first_try: RunReport | None = None
     chosen = RunReport(run_id=None, dry_run=False)
     approved_by_person = 0
+    stop: str | None = None
     engine = ActionEngine(settings=settings, clients=clients, pack=pack, worker="demo-worker")
     # Act when each owner's notice ends, as the scheduler would.
     for moment in moments:
@@ -71,7 +81,9 @@ def run_cycle(settings: Settings, pack: PolicyPack, clients: AwsClients) -> Cycl
             planner = ActionPlanner(settings=settings, clock=fixed(at))
             for action_id in session.scalars(
                 select(ActionRow.id).where(
-                    ActionRow.state == "awaiting_approval", ActionRow.not_before <= at
+                    ActionRow.id.in_(ours),
+                    ActionRow.state == "awaiting_approval",
+                    ActionRow.not_before <= at,
                 )
             ).all():
                 planner.approve(session, action_id, APPROVER)
@@ -83,21 +95,28 @@ def run_cycle(settings: Settings, pack: PolicyPack, clients: AwsClients) -> Cycl
             clock=fixed(at),
             worker="demo-worker",
         )
-        everything = engine.execute(dry_run=False, triggered_by=OPERATOR)
-        if everything.stopped_by and first_try is None:
-            first_try = everything
-        if everything.stopped_by:
-            batch = engine.execute(
-                _batch_within_limits(settings, pack), dry_run=False, triggered_by=OPERATOR
+        report = engine.execute(ours, dry_run=False, triggered_by=OPERATOR)
+        if report.stopped_by and not report.emergency_stop:
+            first_try = first_try or report
+            report = engine.execute(
+                _batch_within_limits(settings, pack, ours), dry_run=False, triggered_by=OPERATOR
             )
-            chosen.outcomes += batch.outcomes
-        else:
-            chosen.outcomes += everything.outcomes
+        chosen.outcomes += report.outcomes
+        if report.emergency_stop:
+            stop = report.stopped_by
+            break
     done = [o for o in chosen.outcomes if o.result == "succeeded"]
     rolled_back = "nothing to roll back"
-    if done:
-        outcome = engine.rollback(done[0].action_id, OPERATOR)
-        rolled_back = f"action {outcome.action_id}: {outcome.result}: {outcome.detail}"
+    try:
+        if stop is None and done:
+            outcome = engine.rollback(done[0].action_id, OPERATOR)
+            rolled_back = f"action {outcome.action_id}: {outcome.result}: {outcome.detail}"
+        if stop is None:  # engaged before anything was due, or during the last action
+            EmergencyStop().check()
+    except EmergencyStopEngaged as exc:
+        stop = str(exc)
+    if stop is not None and done:
+        rolled_back = "not attempted: the emergency stop is engaged"
     result = CycleResult(
         plan,
         approved_by_person,
@@ -105,9 +124,12 @@ def run_cycle(settings: Settings, pack: PolicyPack, clients: AwsClients) -> Cycl
         chosen,
         rolled_back,
         notices=notices,
+        emergency_stop=stop,
     )
     with session_scope() as session:
-        for row in session.scalars(select(ActionRow).where(ActionRow.state == "blocked")):
+        for row in session.scalars(
+            select(ActionRow).where(ActionRow.id.in_(ours), ActionRow.state == "blocked")
+        ):
             for verdict in (row.safety_verdict or {}).get("verdicts", []):
                 # approval decides the queue at planning; it is not what blocked these
                 if not verdict["ok"] and verdict["rule"] != "approval-required":
@@ -115,7 +137,7 @@ def run_cycle(settings: Settings, pack: PolicyPack, clients: AwsClients) -> Cycl
         result.saved_per_month = float(
             session.scalar(
                 select(func.coalesce(func.sum(ActionRow.estimated_monthly_savings), 0.0)).where(
-                    ActionRow.state == "succeeded"
+                    ActionRow.id.in_(ours), ActionRow.state == "succeeded"
                 )
             )
             or 0.0
@@ -150,7 +172,7 @@ def fixed(moment: dt.datetime) -> Callable[[], dt.datetime]:
     return lambda: moment
 
 
-def _batch_within_limits(settings: Settings, pack: PolicyPack) -> list[int]:
+def _batch_within_limits(settings: Settings, pack: PolicyPack, ours: list[int]) -> list[int]:
     """The operator's choice: the largest batch, policy by policy, that every limit allows."""
     config = safety_config(settings)
     limits = {p.name: p.limits for p in pack.policies}
@@ -163,7 +185,9 @@ def _batch_within_limits(settings: Settings, pack: PolicyPack) -> list[int]:
             ).all()
         )
         due = session.scalars(
-            select(ActionRow).where(ActionRow.state == "approved").order_by(ActionRow.id)
+            select(ActionRow)
+            .where(ActionRow.id.in_(ours), ActionRow.state == "approved")
+            .order_by(ActionRow.id)
         ).all()
         chosen: list[int] = []
         per_kind: Counter[str] = Counter()
