@@ -41,7 +41,7 @@ class CommandError(Exception):
 
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Known failures print what is wrong and how to fix it, never a traceback."""
-    from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+    from sqlalchemy.exc import DatabaseError, DataError, InterfaceError
 
     from backend.core.database import DatabaseUnavailableError, error_cause
     from backend.core.migrations import SchemaOutOfDateError
@@ -56,21 +56,38 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except (DatabaseUnavailableError, SchemaOutOfDateError) as exc:
             err.print(f"[red]database error:[/red] {exc}", highlight=False)
             raise typer.Exit(3) from None
-        except (OperationalError, InterfaceError) as exc:  # the connection, mid-command
-            err.print(f"[red]database error:[/red] {error_cause(exc)}", highlight=False)
-            raise typer.Exit(3) from None
-        except CommandError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(exc.code) from None
         except DataError as exc:  # an id past the column's range, a NUL: the input's fault
             cause = error_cause(exc)
             err.print(f"[red]error:[/red] the database refused a value given: {cause}")
             raise typer.Exit(2) from None
+        except (DatabaseError, InterfaceError) as exc:  # unreachable, or not a database at all
+            where = _database_named()
+            err.print(f"[red]database error:[/red] {where}{error_cause(exc)}", highlight=False)
+            raise typer.Exit(3) from None
+        except CommandError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(exc.code) from None
+        except OSError as exc:
+            if exc.filename is None:
+                raise  # not a path's fault: the traceback is the useful report
+            cause = exc.strerror or type(exc).__name__
+            err.print(f"[red]error:[/red] cannot use {exc.filename}: {cause}", highlight=False)
+            raise typer.Exit(3) from None
         except OverflowError as exc:  # a date or a duration past what can be computed
             err.print(f"[red]error:[/red] a number or date given is out of range ({exc})")
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _database_named() -> str:
+    """'URL: ' of the database in use, for an error that does not say which."""
+    from backend.core.database import database_url, redacted
+
+    try:
+        return f"{redacted(database_url())}: "
+    except Exception:  # noqa: BLE001 - the error being reported matters more than its name
+        return ""
 
 
 def settings() -> Settings:

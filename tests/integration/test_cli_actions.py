@@ -231,6 +231,31 @@ def test_a_dead_database_is_named_not_a_traceback(
     assert "database error" in result.output and "Connection refused" in result.output
 
 
+@pytest.mark.parametrize("command", [["actions", "list"], ["status"], ["demo"]])
+def test_a_file_that_is_no_database_or_no_directory_is_one_line(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import backend.cli.demo  # noqa: F401 - registers `demo`
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{text}")
+    reset_settings_cache()
+    if command != ["demo"]:  # the demo never uses DATABASE_URL
+        result = finops(*command)
+        assert result.exit_code == 3, (result.output, result.exception)
+        assert f"database error: sqlite:///{text}: file is not a database" in result.output
+
+    monkeypatch.setenv("FINOPS_DATA_DIR", str(text / "data"))  # a directory under a file
+    monkeypatch.delenv("DATABASE_URL")
+    reset_settings_cache()
+    result = finops(*command)
+    assert result.exit_code == 3, (result.output, result.exception)
+    assert f"error: cannot use {text}/data" in result.output and "Not a directory" in (
+        result.output
+    )
+
+
 @pytest.mark.parametrize(
     "command",
     [
