@@ -235,6 +235,11 @@ def rollback(
             when = dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
         except ValueError:
             raise CommandError(f"--since {since!r} is not an ISO time", code=2) from None
+        if when.tzinfo is None:  # guessing the zone would pick other actions to undo
+            raise CommandError(
+                f"--since {since!r} has no zone: add Z (UTC) or an offset such as +01:00",
+                code=2,
+            ) from None
         outcomes = engine.rollback_policy(policy, when, actor)
     else:
         raise CommandError("give an ACTION_ID, --run N, or --policy NAME --since TIME", code=2)

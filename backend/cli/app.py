@@ -76,8 +76,35 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         except OverflowError as exc:  # a date or a duration past what can be computed
             err.print(f"[red]error:[/red] a number or date given is out of range ({exc})")
             raise typer.Exit(2) from None
+        except Exception as exc:  # AWS credentials; anything else keeps its traceback
+            problem = _aws_credentials_problem(exc)
+            if problem is None:
+                raise
+            err.print(f"[red]AWS credentials:[/red] {problem}", highlight=False)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _aws_credentials_problem(exc: Exception) -> str | None:
+    """The line to print for no or bad AWS credentials (a profile that is not there), or
+    None for any other error. botocore is imported only when it raised."""
+    if not type(exc).__module__.startswith("botocore"):
+        return None
+    from botocore.exceptions import (
+        CredentialRetrievalError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ProfileNotFound,
+    )
+
+    credentials = (CredentialRetrievalError, NoCredentialsError, PartialCredentialsError)
+    if not isinstance(exc, (*credentials, ProfileNotFound)):
+        return None
+    return (
+        f"{exc} (set AWS_PROFILE to a profile that exists, or AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY)"
+    )
 
 
 def _database_named() -> str:

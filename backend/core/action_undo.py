@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
 from backend.core.action_planner import transition
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 
 S = ActionState
 ROLLED_BACK_FROM = (S.SUCCEEDED, S.FAILED)
+ALREADY = "already rolled back by another request"
 
 
 def rollback_one(
@@ -73,14 +77,36 @@ def rollback_one(
             "undo step first looks for what a previous try made)",
         )
     with session_scope() as session:
-        row = session.get(ActionRow, action_id)
-        if row is None:
-            raise LookupError(f"no action {action_id}")
+        row = _locked(session, action_id)
+        if row.state not in ROLLED_BACK_FROM:
+            # Another request ended it while this undo ran: audited, what this one did too.
+            why = ALREADY if row.state == S.ROLLED_BACK else f"it became {row.state} meanwhile"
+            audit.record(
+                "rollback", subject_type="action", subject_id=action_id, actor=actor,
+                outcome="skipped", details={"why": why, "done": done}, session=session,
+            )  # fmt: skip
+            return ActionOutcome(action_id, "skipped", f"{why} (this request's undo: {done})")
         transition(
             session, row, S.ROLLED_BACK, actor=actor, audit=audit, event="rollback",
             details={"done": done},
         )  # fmt: skip
     return ActionOutcome(action_id, "rolled_back", done)
+
+
+def _locked(session: Session, action_id: int) -> ActionRow:
+    """The row, read under a write lock: of two requests at once, the second reads the
+    first's end, not the state both began from."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("UPDATE actions SET id = id WHERE 0"))  # SQLite's one write lock
+    row = session.scalars(
+        select(ActionRow)
+        .where(ActionRow.id == action_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if row is None:
+        raise LookupError(f"no action {action_id}")
+    return row
 
 
 def _record(

@@ -273,3 +273,20 @@ def test_values_out_of_range_are_an_error_not_a_traceback(
     result = finops(*command)
     assert result.exit_code == 2, (result.output, result.exception)
     assert isinstance(result.exception, SystemExit) and "error" in result.output.lower()
+
+
+def test_rollback_without_usable_credentials_or_with_a_zoneless_time_is_one_line(
+    any_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrations.upgrade()
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    no_profile = finops("actions", "rollback", "1")
+    assert no_profile.exit_code == 2, (no_profile.output, no_profile.exception)
+    assert "AWS credentials: The config profile (no-such-profile) could not be found" in (
+        no_profile.output
+    )
+
+    monkeypatch.delenv("AWS_PROFILE")
+    zoneless = finops("actions", "rollback", "--policy", "p", "--since", "2026-01-01")
+    assert zoneless.exit_code == 2, (zoneless.output, zoneless.exception)
+    assert "--since '2026-01-01' has no zone" in zoneless.output

@@ -359,3 +359,30 @@ def test_an_action_of_another_account_is_never_run_with_these_credentials(
     assert "credentials act in account 123456789012" in outcome.detail
     assert instance(iid) == ("running", "m5.large")
     assert "StopInstances" not in faults.calls
+
+
+def test_two_rollbacks_of_one_action_at_once_end_in_one_rollback_and_one_skip(
+    faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    iid = launch("stopme")
+    (action,) = plan(faults).values()
+    engine(faults).execute([action], dry_run=False, triggered_by="test")
+    other: list[str] = []
+
+    def another_request_first(**_: Any) -> None:
+        # While this request's undo is under way, another one rolls the action back whole.
+        if not other:
+            other.append("started")
+            other.append(engine(faults).rollback(action, "other").result)
+
+    faults.session.events.register("before-call.ec2.StartInstances", another_request_first)
+    result = cli(faults, monkeypatch, "actions", "rollback", str(action))
+
+    assert other == ["started", "rolled_back"]
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert f"action {action}: skipped already rolled back by another request" in result.output
+    assert row(action).state == "rolled_back" and instance(iid)[0] == "running"
+    outcomes = [outcome for outcome, _ in events(action, "rollback")]
+    assert outcomes.count("rolled_back") == 1 and outcomes[-1] == "skipped"
+    assert AuditLogger().verify().ok
