@@ -21,7 +21,7 @@ from backend.core.models import ActionRow
 from backend.core.policy_evaluator import StoredPolicyEvaluator
 from backend.core.policy_manager import PolicyManager
 from backend.core.types import utcnow
-from backend.domain.lifecycle import IllegalTransitionError
+from backend.domain.lifecycle import ActionState, IllegalTransitionError
 from backend.domain.policy import PolicyValidationError
 from backend.domain.policy.model import PolicyPack
 
@@ -93,13 +93,64 @@ def apply(
     """
     _pack(policies)  # a refused pack says so before the database is touched
     ensure_schema()
+    if action:
+        _refuse_unless_approved(action)
     with session_scope() as session:
         pack = PolicyManager(policies or None).effective_pack(session, utcnow())
     engine = ActionEngine(pack=pack)
     report = engine.execute(action, dry_run=not live, triggered_by="cli")
-    print_run(report)
+    if report.outcomes or report.stopped_by:
+        print_run(report)
+    else:  # an empty table would not say why
+        console.print(f"Run {report.run_id}: {_why_nothing_ran(action, pack)}", highlight=False)
     if report.stopped_by or report.count("failed"):
         raise typer.Exit(1)  # a script that wraps apply learns that something failed
+
+
+def _refuse_unless_approved(ids: list[int]) -> None:
+    """Only an approved action runs: an unknown or other id is a mistake to name, not skip."""
+    with session_scope() as session:
+        rows = session.execute(select(ActionRow.id, ActionRow.state).where(ActionRow.id.in_(ids)))
+        states: dict[int, str] = {row.id: row.state for row in rows}
+    problems = []
+    unknown = sorted({i for i in ids if i not in states})
+    if unknown:
+        problems.append(f"no action {', '.join(map(str, unknown))}")
+    other = sorted((i, s) for i, s in states.items() if s != ActionState.APPROVED)
+    if other:
+        problems.append("not approved: " + ", ".join(f"{i} ({s})" for i, s in other))
+    if problems:
+        raise CommandError(
+            "; ".join(problems) + " (only approved actions run; see finops actions list)", code=2
+        )
+
+
+def _why_nothing_ran(ids: list[int] | None, pack: PolicyPack) -> str:
+    """What the approved actions (these ids, or all) wait for."""
+    now = utcnow()
+    held = {p.name for p in pack if not p.enabled}
+    with session_scope() as session:
+        query = select(ActionRow).where(ActionRow.state == ActionState.APPROVED)
+        if ids:
+            query = query.where(ActionRow.id.in_(ids))
+        approved = session.scalars(query).all()
+    if not approved:
+        return "nothing to run: no approved action; see finops actions list"
+    reasons = []
+    waiting = [r.not_before for r in approved if r.not_before and r.not_before > now]
+    if waiting:
+        reasons.append(
+            f"{len(waiting)} approved action(s) wait until {min(waiting):%Y-%m-%d %H:%M} UTC "
+            "(the owners' notice)"
+        )
+    expired = [r for r in approved if r.approval_expires_at and r.approval_expires_at <= now]
+    if expired:
+        reasons.append(f"{len(expired)} approval(s) expired: approve again to run")
+    on_hold = sorted({r.policy_name for r in approved if r.policy_name in held})
+    if on_hold:
+        reasons.append(f"held (finops policy list says why): {', '.join(on_hold)}")
+    why = "; ".join(reasons) or f"{len(approved)} approved action(s), none due"
+    return f"nothing due: {why}; see finops actions list --state approved"
 
 
 def print_run(report: RunReport) -> None:
@@ -143,7 +194,7 @@ def print_actions(title: str = "Actions", state: str | None = None) -> None:
 @actions_app.command("list")
 @handle_errors
 def list_actions(
-    state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
+    state: Annotated[ActionState | None, typer.Option(help="Only this state.")] = None,
 ) -> None:
     """Every action with its state, savings and safety verdict."""
     ensure_schema()

@@ -23,7 +23,7 @@ from backend.core.types import utcnow
 from tests.integration import execution_support
 from tests.integration.execution_support import Account, scan_and_plan, seed
 from tests.support import api_client
-from tests.support.api_client import seed_resource
+from tests.support.api_client import seed_action, seed_resource
 
 
 def finops(*args: str) -> Result:
@@ -209,6 +209,7 @@ def test_apply_holds_a_policy_the_database_holds(account: Account, hold: str) ->
             )
     held = finops("apply", "--live")
     assert held.exit_code == 0, held.output
+    assert "nothing due: held (finops policy list says why): stop-idle" in held.output
     assert account.instance_state(account.idle) == "running"
     assert state_of(action) == "approved"  # waiting, not blocked
     if hold == "pause":
@@ -290,3 +291,40 @@ def test_rollback_without_usable_credentials_or_with_a_zoneless_time_is_one_line
     zoneless = finops("actions", "rollback", "--policy", "p", "--since", "2026-01-01")
     assert zoneless.exit_code == 2, (zoneless.output, zoneless.exception)
     assert "--since '2026-01-01' has no zone" in zoneless.output
+
+
+def test_apply_says_why_nothing_ran(any_database: str) -> None:
+    migrations.upgrade()
+    later = utcnow() + dt.timedelta(days=2)
+    seed_action(state="approved", approved_by="abe", not_before=later)
+
+    nothing = finops("apply")
+    assert nothing.exit_code == 0, (nothing.output, nothing.exception)
+    assert (
+        f"nothing due: 1 approved action(s) wait until {later:%Y-%m-%d %H:%M} UTC" in nothing.output
+    )
+    assert "see finops actions list --state approved" in nothing.output
+
+
+def test_apply_refuses_an_unknown_or_unapproved_action_id(any_database: str) -> None:
+    migrations.upgrade()
+    waiting = seed_action(state="approved", approved_by="abe")
+    done = seed_action(state="succeeded")
+
+    unknown = finops("apply", "--action", "99999")
+    assert unknown.exit_code == 2 and "no action 99999" in unknown.output
+    finished = finops("apply", "--live", "--action", str(done), "--action", str(waiting))
+    assert finished.exit_code == 2, finished.output
+    assert f"not approved: {done} (succeeded)" in finished.output
+    with session_scope() as session:  # nothing ran, not even the approved one named with it
+        assert {r.id: r.state for r in session.scalars(select(ActionRow))} == {
+            waiting: "approved",
+            done: "succeeded",
+        }
+
+
+def test_actions_list_refuses_a_state_that_does_not_exist(any_database: str) -> None:
+    migrations.upgrade()
+    result = finops("actions", "list", "--state", "bogus")
+    assert result.exit_code == 2
+    assert "'bogus' is not one of" in result.output and "'rolled_back'" in result.output
