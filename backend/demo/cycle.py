@@ -147,11 +147,20 @@ def run_cycle(settings: Settings, pack: PolicyPack, clients: AwsClients) -> Cycl
 
 @contextmanager
 def demo_mailbox() -> Iterator[SmtpPeer]:
-    """Point the notification settings at a loopback mailbox for the length of the block."""
+    """Point the notification settings at a loopback mailbox for the length of the block,
+    and away from every channel of the user's: a simulated account's alerts and notices
+    must never reach a real Slack, webhook or mailbox (set blank, which also beats .env)."""
     names = {
         "FINOPS_NOTIFY_SMTP_HOST": "127.0.0.1",
+        "FINOPS_NOTIFY_SMTP_USER": "",
+        "FINOPS_NOTIFY_SMTP_STARTTLS": "false",
         "FINOPS_NOTIFY_EMAIL_FROM": "finops-demo@example.com",
+        "FINOPS_NOTIFY_EMAIL_TO": "",
         "FINOPS_NOTIFY_FALLBACK_CONTACT": "finops@example.com",
+        "FINOPS_NOTIFY_SLACK_WEBHOOK_URL": "",
+        "FINOPS_NOTIFY_WEBHOOK_URL": "",
+        "FINOPS_NOTIFY_CHANNELS": "",
+        "FINOPS_NOTIFY_OWNER_ROUTES": "",
     }
     saved = {n: os.environ.get(n) for n in [*names, "FINOPS_NOTIFY_SMTP_PORT"]}
     with SmtpPeer() as mailbox:

@@ -149,3 +149,32 @@ def test_an_emergency_stop_engaged_during_the_demo_is_named_and_fails_it(
     assert "finops resume --actor NAME --i-am-admin" in result.output
     assert "{'succeeded': 2}" in result.output
     assert "rollback: not attempted: the emergency stop is engaged" in result.output
+
+
+def test_the_demo_mailbox_keeps_every_notice_away_from_the_users_channels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A simulated account's alerts and owner notices reach the demo's loopback mailbox,
+    never the Slack, webhook or mailbox the user has configured (here, or in a .env)."""
+    from backend.core.notification_settings import get_notification_settings
+    from backend.demo.cycle import demo_mailbox
+
+    user_channels = {
+        "FINOPS_NOTIFY_SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/real",
+        "FINOPS_NOTIFY_WEBHOOK_URL": "https://pager.example.com/hook",
+        "FINOPS_NOTIFY_EMAIL_TO": "oncall@example.com",
+        "FINOPS_NOTIFY_SMTP_HOST": "smtp.example.com",
+        "FINOPS_NOTIFY_EMAIL_FROM": "finops@example.com",
+        "FINOPS_NOTIFY_CHANNELS": '[{"name": "ops", "type": "slack", "target": "https://x.example.com"}]',
+        "FINOPS_NOTIFY_OWNER_ROUTES": '{"team-a": "ops"}',
+    }
+    for name, value in user_channels.items():
+        monkeypatch.setenv(name, value)
+
+    with demo_mailbox() as mailbox:
+        inside = get_notification_settings()
+    after = get_notification_settings()
+
+    assert inside.all_channels() == [] and inside.owner_routes == {}
+    assert (inside.smtp_host, inside.smtp_port) == ("127.0.0.1", mailbox.port)
+    assert {c.name for c in after.all_channels()} == {"ops", "slack", "webhook", "email"}
