@@ -53,7 +53,13 @@ def rollback_one(
             )
         op = operation_for(row.action, ResourceKind(row.kind))
         ctx = context.op_context(row, guard, check_stop=True)
-        pre, backup, params = resource_from(row.pre_state), row.backup_ref, dict(row.params)
+        backup, params = row.backup_ref, dict(row.params)
+        try:
+            pre = resource_from(row.pre_state)
+        except (KeyError, TypeError, ValueError) as exc:  # edited by hand, or a bug's
+            why = f"the recorded pre-state is unreadable ({type(exc).__name__}: {exc})"
+            _record(action_id, actor, audit, "impossible", {"why": why})
+            return ActionOutcome(action_id, "failed", f"cannot undo: {why}")
     try:
         done = op.undo(ctx, pre, backup, params)
     except (CannotUndo, ResourceGone) as exc:

@@ -32,6 +32,7 @@ from backend.core.scan_service import ScanService
 from backend.domain.policy import load_text
 from backend.domain.policy.model import PolicyPack
 from backend.providers.aws.session import AwsClients
+from tests.support.api_client import seed_action
 
 PACK = """
 policies:
@@ -386,3 +387,17 @@ def test_two_rollbacks_of_one_action_at_once_end_in_one_rollback_and_one_skip(
     outcomes = [outcome for outcome, _ in events(action, "rollback")]
     assert outcomes.count("rolled_back") == 1 and outcomes[-1] == "skipped"
     assert AuditLogger().verify().ok
+
+
+def test_an_unreadable_pre_state_is_an_impossible_rollback_not_a_crash(faults: Faults) -> None:
+    upgrade()
+    action = seed_action(
+        state="succeeded", kind="ec2", action="stop", pre_state={"state": "running"}
+    )
+
+    outcome = engine(faults).rollback(action, "test")
+
+    assert outcome.result == "failed"
+    assert outcome.detail.startswith("cannot undo: the recorded pre-state is unreadable")
+    assert [o for o, _ in events(action, "rollback")] == ["impossible"]
+    assert faults.calls == []  # nothing asked of AWS
