@@ -50,6 +50,13 @@ def emergency_stop(
     except ValueError as exc:  # an empty or over-long actor
         raise typer.BadParameter(str(exc), param_hint="--actor") from None
     _print_state(result)
+    # Then, as the runbook's engine call does: the workers told at once and the queued
+    # actions dropped. Best effort: every worker checks the stop before each claim anyway.
+    try:
+        halted = AutoRemediationEngine().dispatcher.halt()
+        console.print(f"dispatcher: {halted}", highlight=False, markup=False, soft_wrap=True)
+    except Exception as exc:  # noqa: BLE001 - the persisted stop holds regardless
+        err.print(f"workers not told ({exc}); each checks the stop before every claim")
     # The stop holds either way (exit 0); what failed around it is said loudly.
     if result.audit_error:
         err.print(f"[red]audit event NOT written:[/red] {result.audit_error}", highlight=False)

@@ -112,8 +112,15 @@ def test_resume_tells_the_workers_to_consume_actions_again_without_the_scheduler
     engine = AutoRemediationEngine()
     with workers(tmp_path, 2) as pool:
         wait_until(lambda: live_workers() == 2, 60, "two worker heartbeats")
-        result = engine.emergency_stop(reason="runtime test", actor="oncall")
-        assert any("2 worker(s) acknowledged" in n for n in result.notes), result.notes
+        # The CLI's brake tells the workers as the runbook's engine call does.
+        stopped = subprocess.run(
+            [FINOPS, "emergency-stop", "--reason", "runtime test", "--actor", "oncall"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert "2 worker(s) acknowledged the stop broadcast" in stopped.stdout, stopped.stdout
 
         resumed = subprocess.run(
             [FINOPS, "resume", "--actor", "admin", "--i-am-admin"],
