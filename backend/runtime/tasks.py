@@ -107,8 +107,10 @@ def dispatch_due(triggered_by: str = "scheduler") -> list[int]:
 @app.task(name="finops.execute_action", base=FinopsTask)
 def execute_action(action_id: int, run_id: int | None, dry_run: bool) -> dict[str, Any]:
     svc = services()
-    engine = svc.engine()
     try:
+        # Inside: a task that fails to start (a broken policy pack, the database down) must
+        # not leave the queued mark, which keeps the action from being queued again.
+        engine = svc.engine()
         with heartbeat.executing(action_id):
             outcome = engine.execute_one(action_id, run_id, dry_run=dry_run)
     finally:
