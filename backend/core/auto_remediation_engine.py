@@ -219,6 +219,12 @@ class AutoRemediationEngine:
                 problems.append(f"actions: {_why(exc)}")
         if self.settings.redis_url:
             self._distributed(status)
+        try:  # a refused pack plans and runs nothing: the engine is not "running" then
+            files = self.policies.check(database=False) if self.pack is None else None
+            if files is not None and not files.ok:
+                problems.append(f"policies: {files.lines[-1]} (validate_all_policies names them)")
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"policies: {_why(exc)}")
         try:
             failed = self.notifier.failed_notifications(hours=24)
             n = len(self.notifier.channels())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,6 +98,18 @@ def test_status_counts_backlog_and_failure_rate(db: str) -> None:
     assert "67% (2 of 3 executed failed)" in text
     assert status.state.startswith("degraded (failure rate")
     assert "PROBLEM: failure rate: 2 of 3 failed in the last hour" in text
+
+
+def test_status_with_a_refused_policy_pack_says_degraded(
+    db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A refused pack plans and runs nothing: the status must not say RUNNING."""
+    (tmp_path / "broken.yml").write_text("policies:\n  - name: x\n    resource: nonsense\n")
+    monkeypatch.setenv("FINOPS_POLICY_PATHS", str(tmp_path / "broken.yml"))
+    reset_settings_cache()
+    status = AutoRemediationEngine().get_status()
+    assert status.state == "degraded (policies)", status.problems
+    assert "policy pack REFUSED: 1 problem(s)" in str(status)
 
 
 def test_status_on_a_dead_database_says_degraded(monkeypatch: pytest.MonkeyPatch) -> None:
