@@ -75,7 +75,17 @@ def engage(body: EngageBody, context: ContextDep, user: Operator) -> EngageOut:
     )
 
 
-@router.post("/release", response_model=StopState)
+@router.post(
+    "/release",
+    response_model=StopState,
+    responses={
+        503: {
+            "description": "Not released (the audit log refused the event), or released in "
+            "the database while the stop key in Redis could not be cleared: nothing executes "
+            "until it is; call again once Redis answers"
+        }
+    },
+)
 def release(context: ContextDep, user: CurrentUser) -> StopState:
     # Any signed-in caller reaches EmergencyStop.release: it refuses non-administrators and
     # records the refusal in the audit log, as it does for the CLI.
