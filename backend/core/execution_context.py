@@ -70,17 +70,19 @@ class Guard:
     """Checked before every changing AWS call; counts the calls that went through (sent),
     and those AWS answered with success (made)."""
 
-    def __init__(self, emergency: EmergencyStop) -> None:
+    def __init__(self, emergency: EmergencyStop, *, counting_made: bool = True) -> None:
         self.emergency = emergency
         self.changes = 0
         self.made = 0
+        self.counting_made = counting_made  # an action's backup is no change: off until then
 
     def __call__(self, call: str) -> None:
         self.emergency.check(call)
         self.changes += 1
 
     def note_made(self, call: str) -> None:
-        self.made += 1
+        if self.counting_made:
+            self.made += 1
 
 
 class ExecutionContext:
@@ -230,7 +232,7 @@ class ExecutionContext:
                 details={"run": run_id},
                 session=session,
             )
-        guard = Guard(self.emergency)
+        guard = Guard(self.emergency, counting_made=False)
         try:
             return self._steps(action_id, safety, audit, worker, clock, guard)
         except EmergencyStopEngaged as exc:
@@ -245,13 +247,7 @@ class ExecutionContext:
                 changed=True,
             )
         except Exception as exc:  # noqa: BLE001 - recorded as a failure, backup kept
-            why = describe_error(exc)
-            if guard.made:  # counted from the change's first call: a backup is no change
-                why += (
-                    f" (after {guard.made} change(s) AWS made: the resource is partly "
-                    "changed; the pre-state and backup are kept, retry resumes, roll back undoes)"
-                )
-            return self._fail(action_id, audit, worker, why, changed=guard.made > 0)
+            return self._fail(action_id, audit, worker, describe_error(exc), made=guard.made)
 
     def _judge(
         self,
@@ -357,10 +353,8 @@ class ExecutionContext:
                     )
                 if not resumed:
                     row.pre_state = resource_dict(fresh)
-            # Committed before the first changing call: a retry then knows to resume.
-            row.post_state = {"change_started": True, "verified": False}
             original = resource_from(row.pre_state) if resumed and row.pre_state else fresh
-        guard.made = 0
+        guard.counting_made = True
         op.execute(ctx, original, params)
         with session_scope() as session:
             # Recorded before verifying: if the check fails, the record still says AWS changed.
@@ -414,6 +408,8 @@ class ExecutionContext:
                     details={"interrupted": why, "changed": False},
                 )
                 return ActionOutcome(action_id, "stopped", why)
+            if guard.made:  # the change began: a retry resumes it from the first pre-state
+                row.post_state = row.post_state or {"change_started": True, "verified": False}
             row.error = (
                 f"interrupted by the emergency stop after {guard.changes} change(s); "
                 "may be partial: the pre-state and backup are kept, roll back to undo"
@@ -430,12 +426,27 @@ class ExecutionContext:
             return ActionOutcome(action_id, "failed", row.error)
 
     def _fail(
-        self, action_id: int, audit: AuditLogger, worker: str, why: str, changed: bool = False
+        self,
+        action_id: int,
+        audit: AuditLogger,
+        worker: str,
+        why: str,
+        changed: bool = False,
+        made: int = 0,
     ) -> ActionOutcome:
+        """`made`: the changes AWS made in this attempt (a backup is none). This attempt's or
+        an earlier one's mark the resource partly changed, and a retry resumes the change."""
         from backend.core.action_engine import ActionOutcome
 
         with session_scope() as session:
             row = _row(session, action_id)
+            if not changed and (made or _change_started(row.post_state)):
+                changed = True
+                row.post_state = row.post_state or {"change_started": True, "verified": False}
+                why += (
+                    " (the resource is partly changed: AWS made the change's first step(s); "
+                    "the pre-state and backup are kept, retry resumes, roll back undoes)"
+                )
             row.error = why
             row.finished_at = None
             transition(

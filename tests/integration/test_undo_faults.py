@@ -54,6 +54,12 @@ policies:
     action: delete
     mode: approval
     notice: {notify: false}
+  - name: delete-volumes
+    resource: ebs
+    filters: [{"tag:role": delme}]
+    action: {type: delete, backup: true}
+    mode: approval
+    notice: {notify: false}
   - name: delete-images
     resource: ami
     filters: [{"tag:role": delme}]
@@ -189,6 +195,41 @@ def test_a_retried_resize_resumes_and_its_rollback_restores_the_first_pre_state(
 
     assert engine(faults).rollback(action, "test").result == "rolled_back"
     assert instance(iid) == ("running", "m5.large")
+
+
+def test_a_retried_resize_that_fails_again_still_says_partly_changed(faults: Faults) -> None:
+    iid = launch("resizeme")
+    action = plan(faults)[iid]
+    faults.fail("StartInstances", "InsufficientInstanceCapacity", times=2)
+    engine(faults).execute([action], dry_run=False, triggered_by="test")
+
+    assert engine(faults).retry(action, "test").result == "failed"  # its start refused again
+
+    assert instance(iid) == ("stopped", "t3.small")
+    failed = [d for outcome, d in events(action, "execution") if outcome == "failed"]
+    assert [d["changed"] for d in failed] == [True, True]  # not "nothing happened" the 2nd time
+    assert "partly changed" in str(row(action).error)
+
+
+def test_a_retry_after_a_refused_first_call_judges_and_acts_on_the_resource_as_it_is(
+    faults: Faults,
+) -> None:
+    """Nothing changed on the first try: the retry is a new start, not a resume. The owner
+    stopped the instance meanwhile: it stays stopped, and a rollback restores that."""
+    iid = launch("resizeme")
+    action = plan(faults)[iid]
+    faults.fail("StopInstances", "UnauthorizedOperation")
+    engine(faults).execute([action], dry_run=False, triggered_by="test")
+    failed = [d for outcome, d in events(action, "execution") if outcome == "failed"]
+    assert failed[-1]["changed"] is False and "partly" not in str(row(action).error)
+    ec2().stop_instances(InstanceIds=[iid])  # the owner's
+
+    assert engine(faults).retry(action, "test").result == "succeeded"
+
+    assert instance(iid) == ("stopped", "t3.small")
+    assert (row(action).pre_state or {})["state"] == "stopped"
+    assert engine(faults).rollback(action, "test").result == "rolled_back"
+    assert instance(iid) == ("stopped", "m5.large")
 
 
 def test_a_rollback_refused_by_aws_is_audited_and_the_rest_of_the_run_goes_on(
@@ -401,3 +442,26 @@ def test_an_unreadable_pre_state_is_an_impossible_rollback_not_a_crash(faults: F
     assert outcome.detail.startswith("cannot undo: the recorded pre-state is unreadable")
     assert [o for o, _ in events(action, "rollback")] == ["impossible"]
     assert faults.calls == []  # nothing asked of AWS
+
+
+def test_a_backup_that_fails_after_its_snapshot_was_made_is_no_change(faults: Faults) -> None:
+    """A snapshot is a backup, not a change to the volume: the failure says nothing changed,
+    and a retry judges and records the volume afresh."""
+    volume = ec2().create_volume(
+        AvailabilityZone="us-east-1a",
+        Size=8,
+        TagSpecifications=[{"ResourceType": "volume", "Tags": [{"Key": "role", "Value": "delme"}]}],
+    )["VolumeId"]
+    action = plan(faults)[volume]
+    with session_scope() as session:
+        ActionPlanner().approve(session, action, "alice")
+
+    def refuse_reading_it_back(**_: Any) -> None:
+        faults.fail("DescribeSnapshots", "UnauthorizedOperation")
+
+    faults.session.events.register("after-call.ec2.CreateSnapshot", refuse_reading_it_back)
+    assert engine(faults).execute([action], dry_run=False, triggered_by="t").count("failed") == 1
+
+    failed = [d for outcome, d in events(action, "execution") if outcome == "failed"]
+    assert failed[-1]["changed"] is False
+    assert "partly" not in str(row(action).error) and not row(action).post_state
