@@ -17,6 +17,7 @@ from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStopEngaged
 from backend.core.models import ActionRow
+from backend.core.rollback_lock import rollback_lock
 from backend.domain.lifecycle import ActionState
 from backend.domain.resources import ResourceKind
 from backend.providers.aws.operations import CannotUndo, ResourceGone, operation_for
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 S = ActionState
 ROLLED_BACK_FROM = (S.SUCCEEDED, S.FAILED)
 ALREADY = "already rolled back by another request"
+UNDER_WAY = "another rollback of this action is under way: its result will be in the audit log"
 
 
 def rollback_one(
@@ -36,9 +38,20 @@ def rollback_one(
 ) -> ActionOutcome:
     """Raises EmergencyStopEngaged (nothing tried) and LookupError (no such action)."""
     from backend.core.action_engine import ActionOutcome
-    from backend.core.execution_context import Guard, resource_from
 
     context.emergency.check("a rollback")
+    with rollback_lock(action_id) as held:
+        if not held:
+            return ActionOutcome(action_id, "skipped", UNDER_WAY)
+        return _rollback(context, action_id, actor, audit)
+
+
+def _rollback(
+    context: ExecutionContext, action_id: int, actor: str, audit: AuditLogger
+) -> ActionOutcome:
+    from backend.core.action_engine import ActionOutcome
+    from backend.core.execution_context import Guard, resource_from
+
     guard = Guard(context.emergency)
     with session_scope() as session:
         row = session.get(ActionRow, action_id)
