@@ -7,7 +7,10 @@ message names the variable and what is wrong with it.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -244,3 +247,21 @@ def get_settings() -> Settings:
 def reset_settings_cache() -> None:
     """Forget the cached settings (tests, and after the environment changes)."""
     get_settings.cache_clear()
+
+
+@contextmanager
+def overridden_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set these environment variables for the length of the block, then put back what was
+    there (unset stays unset); the cached settings are forgotten on the way in and out."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    reset_settings_cache()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reset_settings_cache()

@@ -31,7 +31,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.config import get_settings, reset_settings_cache  # noqa: E402
+from backend.config import get_settings, overridden_environment  # noqa: E402
 from backend.core.action_engine import ActionEngine  # noqa: E402
 from backend.core.action_planner import ActionPlanner  # noqa: E402
 from backend.core.database import dispose_engines, session_scope  # noqa: E402
@@ -72,18 +72,8 @@ def environment(moto: str, db: str, tmp: Path) -> Iterator[None]:
         "FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN": "100",
         "FINOPS_HEARTBEAT_INTERVAL_SECONDS": "2",
     }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    reset_settings_cache()
-    try:
+    with overridden_environment(values):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        reset_settings_cache()
 
 
 def seed(moto: str, n: int, tag: str = "bench") -> list[str]:

@@ -8,7 +8,6 @@ simulated account.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
-from backend.config import Settings
+from backend.config import Settings, overridden_environment
 from backend.core.action_engine import ActionEngine, RunReport
 from backend.core.action_planner import ActionPlanner, PlanResult
 from backend.core.database import session_scope
@@ -162,18 +161,14 @@ def demo_mailbox() -> Iterator[SmtpPeer]:
         "FINOPS_NOTIFY_CHANNELS": "",
         "FINOPS_NOTIFY_OWNER_ROUTES": "",
     }
-    saved = {n: os.environ.get(n) for n in [*names, "FINOPS_NOTIFY_SMTP_PORT"]}
-    with SmtpPeer() as mailbox:
-        os.environ.update(names | {"FINOPS_NOTIFY_SMTP_PORT": str(mailbox.port)})
+    with (
+        SmtpPeer() as mailbox,
+        overridden_environment(names | {"FINOPS_NOTIFY_SMTP_PORT": str(mailbox.port)}),
+    ):
         reset_notification_settings_cache()
         try:
             yield mailbox
         finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
             reset_notification_settings_cache()
 
 

@@ -9,14 +9,13 @@ anchor beside it, and with no Redis (the emergency stop key there is the real wo
 from __future__ import annotations
 
 import fcntl
-import os
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.config import reset_settings_cache
+from backend.config import overridden_environment
 from backend.core.database import dispose_engines
 
 DEMO_SUBDIR = "demo"
@@ -66,19 +65,11 @@ def demo_home(data_dir: Path) -> Iterator[DemoHome]:
             "REDIS_URL": "",
             "FINOPS_REDIS_URL": "",
         }
-        saved = {name: os.environ.get(name) for name in overrides}
-        os.environ.update(overrides)
-        reset_settings_cache()
-        try:
-            yield home
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-            reset_settings_cache()
-            dispose_engines()
+        with overridden_environment(overrides):
+            try:
+                yield home
+            finally:
+                dispose_engines()
 
 
 @contextmanager
