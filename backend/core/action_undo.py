@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.core.action_planner import transition
@@ -17,6 +17,7 @@ from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStopEngaged
 from backend.core.models import ActionRow
+from backend.core.repositories import sqlite_write_lock
 from backend.core.rollback_lock import rollback_lock
 from backend.domain.lifecycle import ActionState
 from backend.domain.resources import ResourceKind
@@ -66,13 +67,13 @@ def _rollback(
             )
         op = operation_for(row.action, ResourceKind(row.kind))
         ctx = context.op_context(row, guard, check_stop=True)
-        backup, params = row.backup_ref, dict(row.params)
-        try:
-            pre = resource_from(row.pre_state)
-        except (KeyError, TypeError, ValueError) as exc:  # edited by hand, or a bug's
-            why = f"the recorded pre-state is unreadable ({type(exc).__name__}: {exc})"
-            _record(action_id, actor, audit, "impossible", {"why": why})
-            return ActionOutcome(action_id, "failed", f"cannot undo: {why}")
+        recorded, backup, params = row.pre_state, row.backup_ref, dict(row.params)
+    try:
+        pre = resource_from(recorded)
+    except (KeyError, TypeError, ValueError) as exc:  # edited by hand, or a bug's
+        why = f"the recorded pre-state is unreadable ({type(exc).__name__}: {exc})"
+        _record(action_id, actor, audit, "impossible", {"why": why})
+        return ActionOutcome(action_id, "failed", f"cannot undo: {why}")
     try:
         done = op.undo(ctx, pre, backup, params)
     except (CannotUndo, ResourceGone) as exc:
@@ -115,8 +116,7 @@ def _rollback(
 def _locked(session: Session, action_id: int) -> ActionRow:
     """The row, read under a write lock: of two requests at once, the second reads the
     first's end, not the state both began from."""
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(text("UPDATE actions SET id = id WHERE 0"))  # SQLite's one write lock
+    sqlite_write_lock(session)  # FOR UPDATE below is PostgreSQL's
     row = session.scalars(
         select(ActionRow)
         .where(ActionRow.id == action_id)

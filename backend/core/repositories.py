@@ -381,12 +381,18 @@ def relations_inventoried(session: Session) -> set[tuple[str, str]]:
 def lock_runs(session: Session) -> None:
     """One run starting at a time until commit: each counts what the others admitted
     before it judges its blast radius. Take it first in the transaction."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         session.execute(text("LOCK TABLE action_runs IN SHARE ROW EXCLUSIVE MODE"))
-    elif dialect == "sqlite":
-        # A write, even of no row, takes SQLite's one write lock before anything is read
-        # (a deferred transaction would read first: two runs would both pass the limits).
+    else:
+        sqlite_write_lock(session)
+
+
+def sqlite_write_lock(session: Session) -> None:
+    """SQLite's one write lock, taken now and held until commit (nothing on another
+    database). A deferred transaction takes it at its first write, after its reads: two
+    writers would both decide on what they read before either wrote. A write of no row
+    takes it before anything is read."""
+    if session.get_bind().dialect.name == "sqlite":
         session.execute(text("UPDATE action_runs SET id = id WHERE 0"))
 
 
