@@ -9,7 +9,6 @@ Both are released by the operating system or the server if the process dies.
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from backend.core.database import database_url, get_engine
+from backend.core.file_lock import file_lock
 
 # The advisory lock's first key: this lock's namespace ("FRBK"), the action id the second.
 NAMESPACE = 0x4652424B
@@ -45,17 +45,7 @@ def rollback_lock(action_id: int) -> Iterator[bool]:
     if engine.dialect.name != "sqlite" or not path or path == ":memory:":
         yield True  # one process, one connection: nothing to race
         return
-    # Kept, never deleted: a file removed while another process holds it open would let a
-    # third lock a new file of the same name beside the second.
     locks = Path(path).parent / f".{Path(path).name}.rollback-locks"
     locks.mkdir(exist_ok=True)
-    with (locks / str(action_id)).open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(locks / str(action_id)) as held:
+        yield held

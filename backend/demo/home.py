@@ -8,7 +8,6 @@ anchor beside it, and with no Redis (the emergency stop key there is the real wo
 
 from __future__ import annotations
 
-import fcntl
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from backend.config import overridden_environment
 from backend.core.database import dispose_engines
+from backend.core.file_lock import file_lock
 
 DEMO_SUBDIR = "demo"
 _FILES = ("finops.db", "finops.db-wal", "finops.db-shm", "audit-anchor.json")
@@ -75,15 +75,10 @@ def demo_home(data_dir: Path) -> Iterator[DemoHome]:
 @contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     # A second demo on the same directory would delete the first one's database under it.
-    with lock_path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with file_lock(lock_path) as held:
+        if not held:
             raise DemoBusyError(
                 f"another finops demo is running on {lock_path.parent}; wait for it to end "
                 "or give this one its own FINOPS_DATA_DIR"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            )
+        yield
