@@ -108,9 +108,9 @@ def examine_rolled_back(
         if where != row.resource_id:
             now = f"{row.resource_id} gone, in its place {where}: {now}"
         # Tags aside (a restored copy carries finops:restored-from): state and type.
-        if before and differences(_untagged(before), _untagged(now_view)):
-            what = ", ".join(differences(_untagged(before), _untagged(now_view)))
-            found.flags.append(f"not back in its pre-state ({what}): now {now}")
+        changed = differences(_untagged(before), _untagged(now_view)) if before else []
+        if changed:
+            found.flags.append(f"not back in its pre-state ({', '.join(changed)}): now {now}")
     found.lines.append(
         "before: " + (short(before) if before else "not recorded") + f"   now: {now}"
     )
