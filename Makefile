@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/finops demo
 
 test: $(STAMP) lint typecheck
-	$(BIN)/pytest -n 2 --dist loadfile -q
+	$(BIN)/pytest -n 2 --dist loadfile -q --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check backend tests migrations bench scripts
