@@ -174,6 +174,12 @@ class ActionPlanner:
             if existing is not None and existing.state != S.BLOCKED:
                 out.existing += 1
                 continue
+            if existing is not None:
+                # A blocked action planned again is decided afresh, under the policy as it
+                # is now: its mode may have gone from auto to approval, and an approval
+                # given before the block is not one for what is decided now.
+                existing.mode, existing.risk = policy.mode, policy.risk
+                existing.approved_by = existing.approved_at = existing.approval_expires_at = None
             action = existing or self._new_action(
                 session,
                 policy.name,
@@ -346,7 +352,10 @@ class ActionPlanner:
             )
         now = self._clock()
         row.approved_by, row.approved_at = approver, now
-        row.approval_expires_at = now + dt.timedelta(hours=self.settings.approval_ttl_hours)
+        # As for a policy's approval: its life starts when the action may run, so an
+        # approval given during the owner's grace period does not lapse before it ends.
+        due = max(now, row.not_before or now)
+        row.approval_expires_at = due + dt.timedelta(hours=self.settings.approval_ttl_hours)
         transition(
             session,
             row,

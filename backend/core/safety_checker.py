@@ -30,7 +30,7 @@ from backend.core.models import (
 from backend.core.repositories import relations_inventoried, to_resource
 from backend.core.types import utcnow
 from backend.domain.policy.evaluate import EvaluationContext
-from backend.domain.policy.model import Policy
+from backend.domain.policy.model import Mode, Policy
 from backend.domain.policy.truth import Truth
 from backend.domain.resources import MetricSpec, Resource, ResourceKind
 from backend.domain.safety import (
@@ -238,6 +238,7 @@ class SafetyChecker:
                     else Truth.UNKNOWN
                 )
             notice_required = bool(policy is not None and policy.notice.notify)
+            noticed_at = _notice_delivered_at(session, row.id) if notice_required else None
             facts = facts_for(
                 row,
                 fresh,
@@ -246,9 +247,12 @@ class SafetyChecker:
                 still_matches=still,
                 dependencies=deps,
                 notice_required=notice_required,
-                notice_delivered=(_notice_delivered(session, row.id) if notice_required else None),
+                notice_delivered=(noticed_at is not None) if notice_required else None,
             )
             judgement = judge(facts, self.config, now, before_execution=True)
+            if policy is not None:
+                changed = _policy_changed_since_planned(row, policy, noticed_at, now)
+                judgement = Judgement((*judgement.verdicts, *changed))
             if policy is not None and not policy.enabled:
                 disabled = f"policy {row.policy_name} is disabled or paused"
                 judgement = Judgement(
@@ -336,19 +340,60 @@ class SafetyChecker:
         return SelfTestReport(run_self_test(self.config, self._clock()))
 
 
-def _notice_delivered(session: Session, action_id: int) -> bool:
-    """The owner-notice flow records a delivered notice as outcome 'notified'."""
+def _notice_delivered_at(session: Session, action_id: int) -> dt.datetime | None:
+    """When the owner was last told (the owner-notice flow records a delivered notice as
+    outcome 'notified'), or None if never."""
     found = session.scalar(
-        select(AuditEventRow.id)
+        select(AuditEventRow.occurred_at)
         .where(
             AuditEventRow.subject_type == "action",
             AuditEventRow.subject_id == str(action_id),
             AuditEventRow.event_type == "action_proposed",
             AuditEventRow.outcome == "notified",
         )
+        .order_by(AuditEventRow.occurred_at.desc())
         .limit(1)
     )
-    return found is not None
+    return found
+
+
+def _policy_changed_since_planned(
+    row: ActionRow, policy: Policy, noticed_at: dt.datetime | None, now: dt.datetime
+) -> tuple[Verdict, ...]:
+    """What the policy as it is now refuses that it allowed when the action was planned.
+
+    An approval the policy itself gave (`auto`) holds only while the policy is still
+    `auto`: switched to `approval` or `report` meanwhile, a person must decide. A grace
+    period lengthened after the owner was told runs from that notice, so the owner gets
+    the days the policy now promises.
+    """
+    refused: list[Verdict] = []
+    if row.approved_by == f"policy:{row.policy_name}" and policy.mode != Mode.AUTO:
+        refused.append(
+            Verdict(
+                Rule.APPROVAL,
+                False,
+                f"policy {policy.name} approved this in auto mode and is now in "
+                f"{policy.mode.value} mode: its approval no longer holds",
+            )
+        )
+    if policy.notice.notify and noticed_at is not None:
+        # The slack covers the seconds a notice takes to go out after the plan set
+        # not_before; a lengthened grace moves the date by whole days.
+        until = noticed_at + dt.timedelta(days=policy.notice.grace_days) - _DELIVERY_SLACK
+        if now < until:
+            refused.append(
+                Verdict(
+                    Rule.OWNER_NOTICE,
+                    False,
+                    f"policy {policy.name} now gives the owner {policy.notice.grace_days} "
+                    f"day(s) from the notice of {noticed_at:%Y-%m-%d %H:%M} UTC",
+                )
+            )
+    return tuple(refused)
+
+
+_DELIVERY_SLACK = dt.timedelta(hours=1)
 
 
 def _fail_closed(exc: BaseException) -> Judgement:
