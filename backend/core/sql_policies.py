@@ -255,9 +255,8 @@ class SqlCompiler:
         column = ResourceRow.created_at if node.of == "created" else ResourceRow.state_changed_at
         cutoff = self.now - dt.timedelta(days=node.days)
         # age > days  <=>  moment < now - days
-        flipped = {"gt": "__lt__", "ge": "__le__", "lt": "__gt__", "le": "__ge__", "eq": "__eq__"}[
-            node.op
-        ]
+        # AgeFilter.from_spec admits only these four (eq/ne on an age are refused).
+        flipped = {"gt": "__lt__", "ge": "__le__", "lt": "__gt__", "le": "__ge__"}[node.op]
         return func.coalesce(getattr(column, flipped)(cutoff), false())
 
     def _metric(self, node: MetricsFilter) -> Predicate:

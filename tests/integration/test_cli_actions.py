@@ -93,6 +93,29 @@ def test_plan_refuses_a_broken_pack(
     assert "policy pack refused (1 problem(s))" in refused.output and "spaceship" in refused.output
 
 
+def test_plan_refuses_an_age_filter_with_op_ne(
+    any_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It used to pass `policy validate` and then crash the SQL compiler with KeyError 'ne'.
+    text = (
+        "policies:\n  - name: not-30-days\n    resource: ec2\n"
+        "    filters: [{type: age, of: created, days: 30, op: ne}]\n"
+        "    action: stop\n    mode: approval\n"
+    )
+    pack = use_pack(tmp_path, monkeypatch, text)
+    migrations.upgrade()
+    seed_resource()
+    import backend.cli.policy  # noqa: F401 - registers `policy validate`
+
+    validated = finops("policy", "validate", str(pack))
+    assert validated.exit_code != 0, validated.output
+    assert "pack.yml:4: policy 'not-30-days': op 'ne' does not apply" in validated.output
+    refused = finops("plan")
+    assert refused.exit_code == 2, refused.output
+    assert refused.exception is None or isinstance(refused.exception, SystemExit)
+    assert "op 'ne' does not apply to an age filter" in refused.output
+
+
 # -- finops actions retry (moto_server) --------------------------------------------------------
 
 

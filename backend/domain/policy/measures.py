@@ -61,6 +61,9 @@ class AgeFilter(Filter):
 
     KEYS: ClassVar[tuple[str, ...]] = ("days", "of", "op")
     OF: ClassVar[tuple[str, ...]] = ("created", "state-changed")
+    # An age is a continuous quantity: "exactly 30 days old" (or not) holds for an instant,
+    # so eq/ne would select nearly nothing (or everything). Only orderings make sense.
+    OPS: ClassVar[tuple[str, ...]] = ("gt", "ge", "lt", "le")
 
     days: float
     of: str = "created"
@@ -90,6 +93,12 @@ class AgeFilter(Filter):
             pc.problem(f"'days' must be between 0 and 36500, got {days:g}", spec.line_for("days"))
         of = spec.text("of", default="created", choices=cls.OF)
         op = _op(spec, "gt")
+        if op is not None and op not in cls.OPS:
+            pc.problem(
+                f"op '{spec.raw('op')}' does not apply to an age filter; "
+                f"expected one of: {', '.join(cls.OPS)}",
+                spec.line_for("op"),
+            )
         if days is None or of is None or op is None or pc.sink.count > before:
             return None
         return cls(days, of, op)

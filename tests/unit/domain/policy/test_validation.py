@@ -51,6 +51,11 @@ CASES = [
      "'period' must equal days * 86400 = 604800 (one summary over the window)"),
     ("ec2", "filters:\n  - {type: age, days: 5, of: launched}", 5,
      "unknown value 'launched' for 'of'; expected one of: created, state-changed"),
+    # eq/ne on an age hold for an instant: refused rather than crashing `finops plan`
+    ("ec2", "filters:\n  - {type: age, days: 30, op: ne}", 5,
+     "op 'ne' does not apply to an age filter; expected one of: gt, ge, lt, le"),
+    ("ec2", "filters:\n  - type: age\n    days: 30\n    op: equal", 7,
+     "op 'equal' does not apply to an age filter; expected one of: gt, ge, lt, le"),
     # actions and modes
     ("ebs", "action: stop", 4,
      "action 'stop' does not apply to kind 'ebs'; it applies to: ec2, rds"),
