@@ -257,7 +257,10 @@ class SqlCompiler:
         # age > days  <=>  moment < now - days
         # AgeFilter.from_spec admits only these four (eq/ne on an age are refused).
         flipped = {"gt": "__lt__", "ge": "__le__", "lt": "__gt__", "le": "__ge__"}[node.op]
-        return func.coalesce(getattr(column, flipped)(cutoff), false())
+        # A NULL time compares to NULL (UNKNOWN), as AgeFilter gives: never coalesced to
+        # false, which `not` would turn into a match.
+        compared: Predicate = getattr(column, flipped)(cutoff)
+        return compared
 
     def _metric(self, node: MetricsFilter) -> Predicate:
         m = MetricSummaryRow

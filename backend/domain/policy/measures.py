@@ -56,7 +56,8 @@ def _op(spec: Fields, default: str) -> str | None:
 class AgeFilter(Filter):
     """`{type: age, days: 30, of: created|state-changed, op: gt}`: older than 30 days.
 
-    A resource without the timestamp does not match: we cannot call it old.
+    A resource without the timestamp is UNKNOWN, as a metric never collected: we can call
+    it neither old nor young, so `not: [age ...]` cannot select it either.
     """
 
     KEYS: ClassVar[tuple[str, ...]] = ("days", "of", "op")
@@ -77,7 +78,8 @@ class AgeFilter(Filter):
         if moment is None:
             note(evidence, key, None)
             note(evidence, f"age.{self.of}.why", f"no {self.of} time recorded")
-            return Truth.FALSE
+            # Not FALSE: negation would turn "we don't know" into a match.
+            return Truth.UNKNOWN
         if moment.tzinfo is None or moment.utcoffset() is None:
             moment = moment.replace(tzinfo=dt.UTC)  # AWS reports UTC
         age = (ctx.now - moment).total_seconds() / DAY_SECONDS

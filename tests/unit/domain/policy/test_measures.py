@@ -67,15 +67,17 @@ def test_age_of_state_change() -> None:
     assert truth(age(30, "created"), stopped) is T
 
 
-def test_missing_time_is_false_with_evidence() -> None:
+def test_missing_time_is_unknown_with_evidence() -> None:
     evidence: dict[str, Any] = {}
-    assert filters_of(age(1, "state-changed")).evaluate(res(), ctx(), evidence) is F
+    assert filters_of(age(1, "state-changed")).evaluate(res(), ctx(), evidence) is U
     assert evidence == {
         "age.state-changed.days": None,
         "age.state-changed.why": "no state-changed time recorded",
     }
-    # negated it matches: a missing time is a known fact, not unknown data
-    assert truth([{"not": age(1)}], res()) is T
+    # negated it is still UNKNOWN: an undated resource is not "younger than 30 days" either,
+    # so `not: [age lt 30]` must not select it as old
+    assert truth([{"not": age(30, "state-changed", op="lt")}], res()) is U
+    assert truth([{"not": age(1)}], res()) is U
 
 
 def test_evaluation_context_needs_an_aware_clock() -> None:
