@@ -226,7 +226,9 @@ def _freeze(c: SafetyConfig, now: dt.datetime) -> Verdict:
             return Verdict(
                 Rule.FREEZE,
                 False,
-                f"change freeze {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC",
+                # Windows keep the offset they were written with: convert before saying UTC.
+                f"change freeze {start.astimezone(dt.UTC):%Y-%m-%d %H:%M} to "
+                f"{end.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC",
             )
     return Verdict(Rule.FREEZE, True, "no change freeze")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import zoneinfo
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,38 @@ class Risk(StrEnum):
     HIGH = "high"
 
 
+CRON_FIELDS = (
+    ("minute", "0-59"), ("hour", "0-23"), ("day-of-month", "1-31"), ("month", "1-12"),
+    ("day-of-week", "0-7 or SUN-SAT"),
+)  # fmt: skip
+
+
+@functools.cache
+def known_zones() -> frozenset[str]:
+    """IANA names only. ZoneInfo also opens any file under the tz directory: `localtime`
+    (this host's zone, so a pack would mean different hours on different machines) and
+    `posixrules` are files, not zone names, and some systems list `localtime` too."""
+    return frozenset(zoneinfo.available_timezones() - {"localtime", "posixrules"} | {"UTC"})
+
+
+def _cron_problem(cron: str) -> str:
+    fields = cron.split()
+    if len(fields) == 5:
+        # croniter only says "out of range": try each field alone to name the bad one.
+        for i, ((name, allowed), value) in enumerate(zip(CRON_FIELDS, fields, strict=True)):
+            probe = ["*"] * 5
+            probe[i] = value
+            if not croniter.is_valid(" ".join(probe)):
+                return (
+                    f"bad cron expression {cron!r}: the {name} field {value!r} is not valid; "
+                    f"expected {allowed}"
+                )
+    return (
+        f"bad cron expression {cron!r}; expected five fields: "
+        "minute hour day-of-month month day-of-week, e.g. '0 19 * * 1-5'"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Schedule:
     """When a policy runs: a five-field cron expression read in an IANA time zone, so that
@@ -52,23 +85,18 @@ class Schedule:
     def __post_init__(self) -> None:
         fields = self.cron.split()
         if len(fields) != 5 or not croniter.is_valid(self.cron):
-            raise ValueError(
-                f"bad cron expression {self.cron!r}; expected five fields: "
-                "minute hour day-of-month month day-of-week, e.g. '0 19 * * 1-5'"
-            )
+            raise ValueError(_cron_problem(self.cron))
         try:
             # Valid fields can still name no moment (31 February): beat would retry it
             # every five minutes, forever.
             croniter(self.cron, dt.datetime(2000, 1, 1)).get_next(dt.datetime)
         except CroniterBadDateError:
             raise ValueError(f"bad cron expression {self.cron!r}: it never fires") from None
-        try:
-            zoneinfo.ZoneInfo(self.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        if self.timezone not in known_zones():
             raise ValueError(
                 f"unknown time zone {self.timezone!r}; expected an IANA name "
                 "such as 'Europe/Paris' or 'UTC'"
-            ) from None
+            )
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:

@@ -15,11 +15,14 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
+from backend.config import parse_window
 from backend.domain.policy.truth import Truth
 from backend.domain.safety import (
     ActionFacts,
     Exemption,
     Rule,
+    SafetyConfig,
+    _freeze,
 )
 from tests.support.safety_cases import (
     ACCOUNTS,
@@ -178,3 +181,13 @@ def test_an_ended_or_unrelated_override_changes_nothing(case: Case, scope: str, 
     inert_case = Case(replace_facts(f, exemptions=inert), case.config, case.before_execution)
     assert allowed(inert_case) == allowed(bare)
     assert verdict_ok(inert_case, Rule.EXEMPTED) is True
+
+
+def test_a_freeze_verdict_names_the_window_in_utc() -> None:
+    # A Sydney team's window, written with its +10:00 offset: the verdict says UTC, so the
+    # times it prints must be UTC times, not the window's own wall clock.
+    window = parse_window("2026-12-20T00:00+10:00/2027-01-03T00:00+10:00")
+    now = dt.datetime(2026, 12, 19, 15, 0, tzinfo=dt.UTC)  # 01:00 on the 20th in Sydney
+    verdict = _freeze(SafetyConfig(freeze_windows=(window,)), now)
+    assert not verdict.ok
+    assert verdict.reason == "change freeze 2026-12-19 14:00 to 2027-01-02 14:00 UTC"

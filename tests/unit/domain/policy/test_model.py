@@ -49,12 +49,19 @@ def test_schedule_due() -> None:
 @pytest.mark.parametrize(
     ("cron", "zone", "message"),
     [
-        ("0 25 * * *", "UTC", "bad cron expression"),
+        ("0 25 * * *", "UTC", "the hour field '25' is not valid; expected 0-23"),
+        ("61 19 * * *", "UTC", "the minute field '61' is not valid; expected 0-59"),
+        ("0 19 * * 8", "UTC", "the day-of-week field '8' is not valid; expected 0-7 or SUN-SAT"),
+        ("0 19 32 * *", "UTC", "the day-of-month field '32' is not valid; expected 1-31"),
+        ("0 19 * 1-13 *", "UTC", "the month field '1-13' is not valid; expected 1-12"),
         ("0 19 * * 1-5 2024", "UTC", "five fields"),
         ("every day", "UTC", "bad cron"),
         ("0 0 31 2 *", "UTC", "it never fires"),  # valid fields, no 31 February
         ("0 19 * * 1-5", "Mars/Olympus", "unknown time zone"),
         ("0 19 * * 1-5", "../etc/passwd", "unknown time zone"),
+        # files under the tz directory, not zone names: localtime is this host's own zone
+        ("0 19 * * 1-5", "localtime", "unknown time zone 'localtime'"),
+        ("0 19 * * 1-5", "posixrules", "unknown time zone 'posixrules'"),
     ],
 )
 def test_schedule_validation(cron: str, zone: str, message: str) -> None:

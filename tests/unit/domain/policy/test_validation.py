@@ -91,7 +91,7 @@ CASES = [
     ("aws.s3", "", 3, "unknown resource kind 'aws.s3'; expected one of: ec2, ebs"),
     # schedule, notice, limits
     ("ec2", 'schedule: {cron: "0 25 * * *", timezone: UTC}', 4,
-     "bad cron expression '0 25 * * *'; expected five fields"),
+     "bad cron expression '0 25 * * *': the hour field '25' is not valid; expected 0-23"),
     ("ec2", 'schedule:\n  cron: "0 19 * * 1-5"\n  timezone: Europe/Pariss', 5,
      "unknown time zone 'Europe/Pariss'; expected an IANA name"),
     ("ec2", 'schedule: {cron: "0 19 * * *", zone: UTC}', 4,
