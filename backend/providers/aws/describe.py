@@ -51,7 +51,22 @@ def jsonable(value: Any) -> Any:
 
 
 def tag_dict(tags: list[dict[str, str]] | None) -> dict[str, str]:
+    """For EC2 answers only, where AWS leaves "Tags" out when a resource has none."""
     return {t["Key"]: t.get("Value", "") for t in tags or ()}
+
+
+class UnknownTagsError(Exception):
+    """An answer that always carries tags came back without them. Read as "no tags", the
+    opt-out and protected tags would be ignored; raising fails the inventory part and
+    blocks the pre-execution judgement instead (fail closed)."""
+
+
+def required_tags(holder: Mapping[str, Any], key: str, what: str) -> dict[str, str]:
+    """Tags from a key AWS always sends (present and empty means no tags; absent, unknown)."""
+    tags = holder.get(key)
+    if tags is None:
+        raise UnknownTagsError(f"{what}: the answer has no {key}, its tags are unknown")
+    return tag_dict(tags)
 
 
 def _aware(value: Any) -> dt.datetime | None:
@@ -95,6 +110,12 @@ def _record(
         created_at=_aware(created),
         state_changed_at=state_changed,
     )
+
+
+# EC2 (instances, volumes, snapshots, AMIs, addresses): the EC2 API omits "Tags" when a
+# resource has none and has no separate tag call, so a missing key means no tags.
+# ELBv2 and RDS always send their tags (DescribeTags: one entry per ARN asked, each with
+# "Tags"; DescribeDBInstances: "TagList"), so there a missing entry or key is unknown.
 
 
 def describe_instances(
@@ -219,7 +240,10 @@ def describe_load_balancers(
     for i in range(0, len(arns), 20):  # DescribeTags takes at most 20 ARNs
         answer = call(elbv2.describe_tags, ResourceArns=arns[i : i + 20])
         for desc in answer["TagDescriptions"]:
-            tags[desc["ResourceArn"]] = tag_dict(desc.get("Tags"))
+            tags[desc["ResourceArn"]] = required_tags(desc, "Tags", desc["ResourceArn"])
+    missing = [arn for arn in arns if arn not in tags]
+    if missing:  # a 200 answer that skipped an ARN: its tags are unknown, not empty
+        raise UnknownTagsError(f"DescribeTags left out {', '.join(missing)}: tags are unknown")
     return [
         _record(
             ResourceKind.LOAD_BALANCER,
@@ -228,7 +252,7 @@ def describe_load_balancers(
             region,
             lb.get("State", {}).get("Code", "active"),
             lb,
-            tags.get(lb["LoadBalancerArn"], {}),
+            tags[lb["LoadBalancerArn"]],
             lb.get("CreatedTime"),
         )
         for lb in lbs
@@ -246,7 +270,7 @@ def describe_db_instances(
             region,
             db["DBInstanceStatus"],
             db,
-            tag_dict(db.get("TagList")),
+            required_tags(db, "TagList", db["DBInstanceIdentifier"]),
             db.get("InstanceCreateTime"),
             drop=("TagList",),
         )

@@ -2,9 +2,16 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from backend.providers.aws.describe import jsonable, tag_dict, transition_time
+from backend.providers.aws.describe import (
+    UnknownTagsError,
+    jsonable,
+    required_tags,
+    tag_dict,
+    transition_time,
+)
 from backend.providers.aws.metrics import _combine
 from backend.providers.aws.retry import describe_error, is_retryable
 from backend.providers.aws.session import account_targets
@@ -40,6 +47,15 @@ def test_tags_become_a_dict() -> None:
         "empty": "",
     }
     assert tag_dict(None) == {}
+
+
+def test_tags_aws_always_sends_are_unknown_when_missing_and_empty_when_empty() -> None:
+    assert required_tags({"TagList": []}, "TagList", "db1") == {}
+    assert required_tags({"TagList": [{"Key": "env", "Value": "prod"}]}, "TagList", "db1") == {
+        "env": "prod"
+    }
+    with pytest.raises(UnknownTagsError, match="db1: the answer has no TagList"):
+        required_tags({}, "TagList", "db1")
 
 
 def test_retry_only_what_can_succeed_later() -> None:
