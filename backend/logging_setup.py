@@ -2,6 +2,9 @@
 
 stdout is for what a person asked for (tables, JSON, the runbook's reports); diagnostics go
 to stderr. FINOPS_LOG_LEVEL (default WARNING) and FINOPS_LOG_FORMAT (console|json).
+The AWS libraries stay at INFO or above whatever FINOPS_LOG_LEVEL says: at DEBUG they log
+the wire (AssumeRole answers with secret keys, session tokens in signed headers).
+FINOPS_AWS_WIRE_LOG=1 lets them follow FINOPS_LOG_LEVEL; unsafe, never in production.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ def _upper_level(
     return event
 
 
+# Loggers whose DEBUG records carry request and response bodies and signed headers.
+_WIRE_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
+
+
 def configure_logging() -> None:
     level = getattr(logging, os.environ.get("FINOPS_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
     renderer = (
@@ -29,6 +36,9 @@ def configure_logging() -> None:
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    if os.environ.get("FINOPS_AWS_WIRE_LOG") != "1":
+        for name in _WIRE_LOGGERS:
+            logging.getLogger(name).setLevel(max(level, logging.INFO))
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
