@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -225,8 +224,10 @@ class RollbackTriggers:
             found = operation_for(c.action, kind).describe(ctx.op_context(row, None), c.resource)
         except ResourceGone:
             return None, None  # gone is not "needed"; nothing to record
-        except (ClientError, BotoCoreError) as exc:
-            return None, describe_error(exc)
+        except Exception as exc:  # noqa: BLE001 - one account's failure is its candidate's only
+            # Not only AWS errors: an open breaker (CircuitOpenError) or an account taken out
+            # of FINOPS_ACCOUNTS (WrongAccountError) must not hide the other accounts' triggers.
+            return None, f"account {c.account}: {describe_error(exc)}"
         return (found.state if found.state in _UP_AGAIN[kind] else None), None
 
     def _mark_needed(
@@ -267,14 +268,14 @@ class RollbackTriggers:
             if self.alarms(c.policy):
                 by_place.setdefault((c.policy, c.account, c.region), []).append(c)
         results: list[TriggerResult] = []
-        for (policy, _account, _region), group in sorted(by_place.items()):
+        for (policy, account, region), group in sorted(by_place.items()):
             try:
                 alarming = self._alarming(ctx, group[0], self.alarms(policy))
-            except (ClientError, BotoCoreError) as exc:
-                # Fail safe both ways: no rollback on an unreadable alarm, but say so.
-                results.append(
-                    TriggerResult(None, CLOUDWATCH_ALARM, "error", describe_error(exc), policy)
-                )
+            except Exception as exc:  # noqa: BLE001 - one group's failure is its own only
+                # Fail safe both ways: no rollback on an unreadable alarm, but say so. Any
+                # error (an open breaker, an offboarded account), not only AWS's.
+                detail = f"account {account} region {region}: {describe_error(exc)}"
+                results.append(TriggerResult(None, CLOUDWATCH_ALARM, "error", detail, policy))
                 continue
             for c in sorted(group, key=lambda x: x.id, reverse=True):  # newest first
                 fired = [a for a in alarming if a["since"] >= c.finished_at]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
-from backend.config import reset_settings_cache
+from backend.config import get_settings, reset_settings_cache
 from backend.core.action_planner import ActionPlanner
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
@@ -20,6 +20,8 @@ from backend.core.rollback_triggers import (
 )
 from backend.core.types import utcnow
 from backend.domain.policy.loader import load_text
+from backend.providers.aws.breakers import BreakerKey
+from backend.providers.aws.session import AwsClients
 from tests.integration.aws_fleet import client
 from tests.integration.execution_support import PACK, Account, engine, scan_and_plan, seed
 
@@ -193,3 +195,45 @@ def test_the_policy_yaml_sets_its_window_and_alarms(account: Account) -> None:
     assert RollbackTriggers(clock=lambda: much_later, pack=yaml_pack).window("stop-idle") == (
         dt.timedelta(days=10)
     )
+
+
+def stop_elsewhere(resource_id: str, **where: str) -> int:
+    """A copy of the stop action of `resource_id` in another place (region or account)."""
+    with session_scope() as session:
+        stop = session.scalars(select(ActionRow).where(ActionRow.resource_id == resource_id)).one()
+        values = {a.key: getattr(stop, a.key) for a in inspect(ActionRow).column_attrs}
+        values.pop("id")
+        values.update(resource_id="i-0e15e0e15e0e15e0e", idempotency_key="elsewhere", **where)
+        row = ActionRow(**values)
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+@pytest.mark.parametrize("fault", ["breaker", "offboarded"])
+def test_one_account_s_error_is_its_candidate_s_and_the_others_still_fire(
+    account: Account, fault: str
+) -> None:
+    """An open breaker (CircuitOpenError) or an account no longer configured
+    (WrongAccountError) is that candidate's error, not the end of every account's check."""
+    account.ec2().start_instances(InstanceIds=[account.idle])  # the stop: needed again
+    stop = actions()[account.idle]
+    clients = AwsClients(endpoint_url=get_settings().aws_endpoint_url)
+    if fault == "breaker":  # e.g. its role was removed: AccessDenied on every call
+        other = stop_elsewhere(account.idle, region="us-west-2")
+        for acct in ("self", stop.account_id):
+            for _ in range(30):
+                key = BreakerKey(acct, "us-west-2", "ec2")
+                clients.breakers.record(key, True, error="AccessDenied: role removed")
+    else:
+        other = stop_elsewhere(account.idle, account_id="210987654321")
+
+    results = {r.action_id: r for r in RollbackTriggers(clients=clients).check()}
+
+    assert (results[stop.id].trigger, results[stop.id].result) == (NEEDED_AGAIN, "rolled_back")
+    assert actions()[account.idle].state == "rolled_back"
+    failed = results[other]
+    assert (failed.trigger, failed.result) == (NEEDED_AGAIN, "error")
+    error = "CircuitOpenError" if fault == "breaker" else "WrongAccountError"
+    account_id = stop.account_id if fault == "breaker" else "210987654321"
+    assert error in failed.detail and f"account {account_id}" in failed.detail
