@@ -341,7 +341,13 @@ class ExecutionContext:
                 details={"backup": _short(backup)},
                 session=session,
             )
-            if backup is not None:
+            kept = dict(row.pre_state) if resumed and row.pre_state else None
+        # Committed before judging again: an audit event holds the audit chain's lock until
+        # its transaction ends, and the judge calls AWS; one slow answer would otherwise hold
+        # every audited write (the emergency stop's included) behind it.
+        if backup is not None:
+            with session_scope() as session:
+                row = _row(session, action_id)
                 # A snapshot or an image can take many minutes, and an owner may tag the
                 # resource meanwhile: judged again on a fresh describe, just before the call.
                 fresh, blocked = self._judge(
@@ -353,7 +359,7 @@ class ExecutionContext:
                     )
                 if not resumed:
                     row.pre_state = resource_dict(fresh)
-            original = resource_from(row.pre_state) if resumed and row.pre_state else fresh
+        original = resource_from(kept) if kept else fresh
         guard.counting_made = True
         op.execute(ctx, original, params)
         with session_scope() as session:
