@@ -1,19 +1,26 @@
 """boto3 sessions and clients per account: the caller's own, or an assumed role.
 
 Clients are cached per (account, region, service); boto3 sessions are not thread-safe to
-build clients from concurrently, so client creation takes a lock. Every client's calls pass
-through the circuit breaker of its (account, region, service) (see breakers.py), and at most
-FINOPS_AWS_REQUESTS_PER_ENDPOINT of them are in flight per endpoint (endpoint_gate.py).
+build clients from concurrently, so client creation takes a lock. An assumed role's
+credentials expire (an hour by default) but the clients live as long as the process (one
+AwsClients per worker): its session's credentials renew themselves by assuming the role
+again before they expire (botocore's RefreshableCredentials), so a cached client keeps
+working. Every client's calls pass through the circuit breaker of its (account, region,
+service) (see breakers.py), and at most FINOPS_AWS_REQUESTS_PER_ENDPOINT of them are in
+flight per endpoint (endpoint_gate.py).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.credentials import RefreshableCredentials
 
 from backend.config import get_settings
 from backend.providers.aws.breakers import BreakerKey, BreakerRegistry
@@ -29,6 +36,7 @@ _BOTO_CONFIG = Config(
     connect_timeout=10,
     read_timeout=60,
 )
+ROLE_SESSION_NAME = "finops-automation"
 
 
 @dataclass(frozen=True)
@@ -101,20 +109,42 @@ class AwsClients:
             return self._base
         session = self._sessions.get(target.role_arn)
         if session is None:
-            # Counted against the target account: one account's broken role must not stop
-            # assuming roles in the others.
-            account = target.account_id or target.role_arn.split(":")[4]
-            sts = self._make_client(self._base, "sts", "us-east-1", account)
-            creds = call(
-                sts.assume_role, RoleArn=target.role_arn, RoleSessionName="finops-automation"
-            )["Credentials"]
-            session = boto3.session.Session(
-                aws_access_key_id=creds["AccessKeyId"],
-                aws_secret_access_key=creds["SecretAccessKey"],
-                aws_session_token=creds["SessionToken"],
-            )
-            self._sessions[target.role_arn] = session
+            session = self._sessions[target.role_arn] = self._assumed_session(target)
         return session
+
+    def _assumed_session(self, target: AccountTarget) -> Any:
+        """A session on the role's credentials, renewed by assuming the role again.
+
+        The first AssumeRole is made here, so a role that cannot be assumed fails now (and is
+        tried again on the next `client()`: nothing is cached). botocore renews the
+        credentials from 15 minutes before their Expiration (a failure then is logged and the
+        old ones used) and must renew them from 10 minutes before (a failure then fails the
+        call that needed them, with the AssumeRole error).
+        """
+        # Counted against the target account: one account's broken role must not stop
+        # assuming roles in the others.
+        role_arn = str(target.role_arn)
+        account = target.account_id or role_arn.split(":")[4]
+        sts = self._make_client(self._base, "sts", "us-east-1", account)
+
+        def assume() -> dict[str, str]:
+            creds = call(sts.assume_role, RoleArn=role_arn, RoleSessionName=ROLE_SESSION_NAME)[
+                "Credentials"
+            ]
+            expiry = creds["Expiration"]
+            return {
+                "access_key": creds["AccessKeyId"],
+                "secret_key": creds["SecretAccessKey"],
+                "token": creds["SessionToken"],
+                "expiry_time": expiry.isoformat() if isinstance(expiry, dt.datetime) else expiry,
+            }
+
+        core = botocore.session.get_session()
+        # botocore's own pattern (boto3 has no public setter for refreshable credentials).
+        core._credentials = RefreshableCredentials.create_from_metadata(
+            metadata=assume(), refresh_using=assume, method="sts-assume-role"
+        )
+        return boto3.session.Session(botocore_session=core)
 
     def _make_client(self, session: Any, service: str, region: str, account: str) -> Any:
         made = session.client(
