@@ -47,6 +47,7 @@ def summary_json(outcome: ScanOutcome) -> dict[str, Any]:
             t = totals[axis].setdefault(row[axis], {"count": 0, "monthly_cost": 0.0})
             t["count"] += row["count"]
             t["monthly_cost"] = round(t["monthly_cost"] + row["monthly_cost"], 2)
+    _mark_unscanned_accounts(outcome, totals["account"])
     policies: dict[str, dict[str, Any]] = defaultdict(lambda: {"count": 0, "monthly_savings": 0.0})
     for opp in outcome.opportunities:
         p = policies[opp.policy]
@@ -71,6 +72,16 @@ def summary_json(outcome: ScanOutcome) -> dict[str, Any]:
             sum(o.monthly_savings or 0.0 for o in outcome.opportunities), 2
         ),
     }
+
+
+def _mark_unscanned_accounts(outcome: ScanOutcome, by_account: dict[str, dict[str, Any]]) -> None:
+    """An account with failed parts is listed, flagged: its totals are not what it holds. An
+    account nothing could be read from (its role not assumed) would otherwise be missing."""
+    scanned = {account for account, _, _ in outcome.discovery.complete_parts}
+    for label in sorted(outcome.discovery.failures):
+        account = label.split("/", 1)[0]
+        entry = by_account.setdefault(account, {"count": 0, "monthly_cost": 0.0})
+        entry["not_scanned" if account not in scanned else "incomplete"] = True
 
 
 def print_summary(console: Console, outcome: ScanOutcome) -> None:
@@ -98,7 +109,9 @@ def print_summary(console: Console, outcome: ScanOutcome) -> None:
     table.add_row("total", "", "", str(data["resources"]), money(data["monthly_cost"]), "")
     console.print(table)
     for axis in ("kind", "account", "region"):
-        parts = ", ".join(f"{k} {money(v['monthly_cost'])}" for k, v in data[f"by_{axis}"].items())
+        parts = ", ".join(
+            f"{k} {money(v['monthly_cost'])}{_flag(v)}" for k, v in data[f"by_{axis}"].items()
+        )
         console.print(f"by {axis}: {parts}", highlight=False)
     if data["unpriced"]:
         console.print(
@@ -111,6 +124,12 @@ def print_summary(console: Console, outcome: ScanOutcome) -> None:
             console.print(f"  {part}: {why}", highlight=False)
     if outcome.gone:
         console.print(f"{outcome.gone} resource(s) no longer found; marked gone")
+
+
+def _flag(total: dict[str, Any]) -> str:
+    if total.get("not_scanned"):
+        return " (not scanned)"
+    return " (incomplete)" if total.get("incomplete") else ""
 
 
 def print_opportunities(console: Console, outcome: ScanOutcome) -> None:

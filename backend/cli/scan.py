@@ -16,6 +16,19 @@ from backend.core.migrations import ensure_schema
 from backend.core.scan_service import ScanOutcome, ScanService, kinds_for
 from backend.domain.policy.model import PolicyPack
 
+# Exit status: 0 everything scanned; 1 nothing scanned (failed); 4 partial: some account,
+# region or kind (or its metrics) not scanned, so totals and selections leave it out. A
+# wrapper that checks only for non-zero must not take a partial scan for a full one.
+EXIT_FAILED = 1
+EXIT_PARTIAL = 4
+SCAN_HELP = (
+    "Inventory the accounts and regions, measure utilisation, and price what runs.\n\n"
+    "Exit status: 0 all scanned; 1 nothing could be scanned; 4 partial: some account, region, "
+    "kind or metric query not scanned (listed under 'Not scanned'; in --json under not_scanned, "
+    'and its account in by_account with "not_scanned": true or "incomplete": true); '
+    "2 bad configuration or input; 3 database or file error."
+)
+
 
 def load_policies(paths: list[Path]) -> PolicyPack:
     from backend.domain.policy.loader import PolicyValidationError, load_pack
@@ -29,7 +42,7 @@ def load_policies(paths: list[Path]) -> PolicyPack:
         ) from None
 
 
-@app.command()
+@app.command(help=SCAN_HELP)
 @handle_errors
 def scan(
     policies: Annotated[
@@ -77,7 +90,9 @@ def scan(
             highlight=False,
         )
     if outcome.status == "failed":
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
+    if outcome.status == "partial":
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def _run_with_progress(
