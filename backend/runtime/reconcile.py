@@ -7,7 +7,10 @@ Never re-run blindly; decide from the record, then from the account itself:
 - a pre-state: the change may or may not have reached AWS. The operation's own verification
   reads the account: if the intended state is there, the action succeeded (reconciled);
   otherwise it failed, saying what the account shows, with its pre-state and backup kept
-  (`finops actions retry` re-judges it; `rollback` undoes whatever was done).
+  (`finops actions retry` re-judges it; `rollback` undoes whatever was done). If the account
+  could not be read (throttled, access denied, expired credentials, circuit breaker open,
+  no connection), nothing is known about the change: the action is left as it is and the
+  next tick tries again.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+import structlog
 from sqlalchemy import select
 
 from backend.core.action_planner import transition
@@ -24,10 +28,14 @@ from backend.core.models import ActionRow, WorkerHeartbeatRow
 from backend.core.types import utcnow
 from backend.domain.lifecycle import ActionState
 from backend.domain.resources import ResourceKind
+from backend.providers.aws.breakers import CircuitOpenError, classify
+from backend.providers.aws.describe import UnknownTagsError
 from backend.providers.aws.operations import operation_for
+from backend.providers.aws.operations_base import ResourceGone, VerificationFailed
 from backend.providers.aws.retry import describe_error
 from backend.runtime.services import WorkerServices
 
+log = structlog.get_logger(__name__)
 S = ActionState
 RECONCILER = "reconciler"
 VERIFY_WAIT_SECONDS = 60.0  # a reconciliation reads; it does not wait out a long change
@@ -76,8 +84,17 @@ def reconcile(svc: WorkerServices, action_id: int) -> str:
     try:
         post = op.verify(op_ctx, resource_id, params)
         found: str | None = None
-    except Exception as exc:  # noqa: BLE001 - "not in the intended state" is an answer
-        post, found = None, describe_error(exc)
+    except (VerificationFailed, ResourceGone) as exc:  # read: not in the intended state
+        post, found = None, f"the account does not show the change ({describe_error(exc)})"
+    except Exception as exc:  # noqa: BLE001 - anything else settles nothing about AWS
+        if unreadable(exc):
+            log.warning(
+                "reconcile: account unreadable, action left for the next tick",
+                action=action_id,
+                error=describe_error(exc),
+            )
+            return S.EXECUTING.value
+        post, found = None, f"its change could not be verified ({describe_error(exc)})"
     with session_scope() as session:
         row = session.get(ActionRow, action_id)
         if row is None or row.state != S.EXECUTING:
@@ -89,8 +106,8 @@ def reconcile(svc: WorkerServices, action_id: int) -> str:
             details: dict[str, object] = {"reconciled": f"worker {worker} lost; change found"}
         else:
             row.error = (
-                f"worker {worker} lost mid-action; the account does not show the change "
-                f"({found}); pre-state and backup kept: retry re-judges it, rollback undoes it"
+                f"worker {worker} lost mid-action; {found}; pre-state and backup kept: "
+                f"retry re-judges it, rollback undoes it"
             )
             target, details = S.FAILED, {"reconciled": row.error, "changed": None}
         transition(
@@ -98,3 +115,9 @@ def reconcile(svc: WorkerServices, action_id: int) -> str:
             details=details,
         )  # fmt: skip
         return target.value
+
+
+def unreadable(exc: BaseException) -> bool:
+    """AWS did not answer the read (throttling, 5xx, access refused or expired, breaker
+    open, no connection, tags missing from the answer): it says nothing about the change."""
+    return isinstance(exc, CircuitOpenError | UnknownTagsError) or classify(exc) is True
