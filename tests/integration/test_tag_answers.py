@@ -26,7 +26,10 @@ from backend.core.models import ActionRow
 from backend.core.scan_service import ScanOutcome, ScanService
 from backend.domain.policy import load_text
 from backend.domain.policy.model import PolicyPack
-from backend.providers.aws.session import AwsClients
+from backend.providers.aws.describe import UnknownTagsError
+from backend.providers.aws.operations_base import KEY_TAG, OperationContext
+from backend.providers.aws.operations_elb import _tags_of
+from backend.providers.aws.session import AccountTarget, AwsClients
 
 OWN = "123456789012"  # moto's account
 PROTECTING = [{"Key": "finops:opt-out", "Value": "yes"}, {"Key": "env", "Value": "prod"}]
@@ -54,13 +57,16 @@ class Stripper:
 
     def __init__(self) -> None:
         self.on = False
+        self.arns_with = ""  # strip only the DescribeTags entries of ARNs holding this
         self.session = boto3.session.Session()
         self.session.events.register("after-call.*.DescribeTags", self._tags)
         self.session.events.register("after-call.*.DescribeDBInstances", self._dbs)
 
     def _tags(self, parsed: dict[str, Any], **_: Any) -> None:
         if self.on:  # a 200 answer with no entry for the ARN asked
-            parsed["TagDescriptions"] = []
+            parsed["TagDescriptions"] = [
+                d for d in parsed["TagDescriptions"] if self.arns_with not in d["ResourceArn"]
+            ]
 
     def _dbs(self, parsed: dict[str, Any], **_: Any) -> None:
         if self.on:
@@ -187,3 +193,56 @@ def tag_in_aws(rid: str) -> None:
         rds = boto3.client("rds", region_name="us-east-1")
         arn = rds.describe_db_instances(DBInstanceIdentifier=rid)["DBInstances"][0]["DBInstanceArn"]
         rds.add_tags_to_resource(ResourceName=arn, Tags=PROTECTING)
+
+
+def forward_to_target_group(lb_arn: str) -> str:
+    """A listener of the load balancer forwarding to a tagged target group; its ARN."""
+    elbv2 = boto3.client("elbv2", region_name="us-east-1")
+    vpc = boto3.client("ec2", region_name="us-east-1").describe_vpcs()["Vpcs"][0]["VpcId"]
+    group = elbv2.create_target_group(
+        Name="web", Protocol="HTTP", Port=80, VpcId=vpc, Tags=[{"Key": "team", "Value": "a"}]
+    )["TargetGroups"][0]["TargetGroupArn"]
+    elbv2.create_listener(
+        LoadBalancerArn=lb_arn,
+        Protocol="HTTP",
+        Port=80,
+        DefaultActions=[{"Type": "forward", "TargetGroupArn": group}],
+    )
+    return str(group)
+
+
+def test_a_target_group_left_out_of_describe_tags_fails_the_backup_and_keeps_the_alb(
+    stripper: Stripper,
+) -> None:
+    arn = make_alb([])
+    forward_to_target_group(arn)
+    action = planned_after_scan(stripper)[arn]
+    # The load balancer's own tags still come back: only the backup's read of the group's
+    # tags is left out. Saved as "no tags", the undo would recreate the group without them.
+    stripper.on, stripper.arns_with = True, ":targetgroup/"
+
+    engine = ActionEngine(pack=pack(), clients=AwsClients(base_session=stripper.session))
+    outcome = engine.execute([action], dry_run=False, triggered_by="test").outcomes[0]
+
+    assert outcome.result == "failed", outcome.detail
+    assert "tags are unknown" in outcome.detail
+    stripper.on = False
+    assert alb_exists(arn)
+
+
+def test_an_arn_left_out_of_describe_tags_has_unknown_tags_for_the_undo(
+    stripper: Stripper,
+) -> None:
+    """The undo's owner-mark check reads a same-named load balancer's tags this way."""
+    arn = make_alb([{"Key": KEY_TAG, "Value": "mine"}])
+    clients = AwsClients(base_session=stripper.session)
+    ctx = OperationContext(
+        client_for=lambda service: clients.client(AccountTarget(OWN), service, "us-east-1"),
+        account_id=OWN,
+        region="us-east-1",
+        idempotency_key="k",
+    )
+    assert _tags_of(ctx, arn)[KEY_TAG] == "mine"
+    stripper.on = True
+    with pytest.raises(UnknownTagsError, match="tags are unknown"):
+        _tags_of(ctx, arn)

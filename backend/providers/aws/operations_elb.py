@@ -14,7 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from backend.domain.resources import Resource, ResourceKind
-from backend.providers.aws.describe import tag_dict
+from backend.providers.aws.describe import UnknownTagsError, required_tags
 from backend.providers.aws.operations_base import (
     KEY_TAG,
     BaseOperation,
@@ -60,8 +60,14 @@ _SECURE = frozenset({"HTTPS", "TLS"})
 
 
 def _tags_of(ctx: OperationContext, arn: str) -> dict[str, str]:
+    """The tags of `arn`. An answer that leaves it out is "tags unknown", never "no tags"
+    (as describe.py reads it): a backup would restore the target group without its tags,
+    and the undo's owner mark would be read as absent."""
     answer = read(ctx, "elbv2", "describe_tags", ResourceArns=[arn])
-    return {k: v for d in answer["TagDescriptions"] for k, v in tag_dict(d.get("Tags")).items()}
+    for desc in answer["TagDescriptions"]:
+        if desc.get("ResourceArn") == arn:
+            return required_tags(desc, "Tags", arn)
+    raise UnknownTagsError(f"DescribeTags left out {arn}: tags are unknown")
 
 
 def _all(ctx: OperationContext, operation: str, key: str, **kwargs: Any) -> list[dict[str, Any]]:
