@@ -55,7 +55,8 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("COST_OPTIMIZATION_ROLE_ARN", "FINOPS_ROLE_ARN"),
     )
-    # Role assumed in each listed account: arn:aws:iam::<account>:role/<role_name>.
+    # Role assumed in each listed account: arn:<partition>:iam::<account>:role/<role_name>,
+    # in the partition of COST_OPTIMIZATION_ROLE_ARN when set (aws-us-gov, aws-cn), else aws.
     role_name: str | None = None
     accounts: CsvList = Field(default_factory=list)
     regions: CsvList = Field(default_factory=lambda: ["us-east-1"])

@@ -27,7 +27,7 @@ from backend.domain.resources import Resource, ResourceKind
 from backend.providers.aws.describe import jsonable
 from backend.providers.aws.operations import Operation, OperationContext, operation_for
 from backend.providers.aws.retry import describe_error
-from backend.providers.aws.session import AccountTarget, AwsClients
+from backend.providers.aws.session import AccountTarget, AwsClients, role_arn_for
 
 if TYPE_CHECKING:
     from backend.core.action_engine import ActionOutcome
@@ -140,7 +140,8 @@ class ExecutionContext:
     def _target(self, account: str) -> AccountTarget:
         role = self.settings.role_name_for_accounts
         if role and account in self.settings.accounts:
-            return AccountTarget(account, f"arn:aws:iam::{account}:role/{role}")
+            arn = role_arn_for(account, role, self.settings.cost_optimization_role_arn)
+            return AccountTarget(account, arn)
         if self.settings.cost_optimization_role_arn and not self.settings.accounts:
             return AccountTarget(account, self.settings.cost_optimization_role_arn)
         return AccountTarget(account, None)

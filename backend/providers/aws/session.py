@@ -57,8 +57,10 @@ class AwsClients:
         *,
         breakers: BreakerRegistry | None = None,
         gates: EndpointGates | None = None,
+        sts_region: str | None = None,
     ) -> None:
         self._endpoint_url = endpoint_url
+        self._sts_region = sts_region
         self._breakers = breakers
         self._gates = gates
         self._base = base_session or boto3.session.Session()
@@ -72,6 +74,14 @@ class AwsClients:
         """The breakers: given, or built on first use (Redis-shared when REDIS_URL is set)."""
         with self._lock:
             return self._hooks()[0]
+
+    def _sts(self, account: str) -> Any:
+        """An STS client of the base credentials at the regional endpoint of the first
+        configured region: a GovCloud or China account is not reached through us-east-1, and
+        an outage there does not stop assuming roles elsewhere."""
+        if self._sts_region is None:
+            self._sts_region = get_settings().regions[0]
+        return self._make_client(self._base, "sts", self._sts_region, account)
 
     def _hooks(self) -> tuple[BreakerRegistry, EndpointGates]:
         """What every client is attached to, given or built on first use. Settings are read
@@ -89,7 +99,7 @@ class AwsClients:
         """The account of the base credentials (STS GetCallerIdentity), asked once."""
         with self._lock:
             if self._caller_account is None:
-                sts = self._make_client(self._base, "sts", "us-east-1", "self")
+                sts = self._sts("self")
                 self._caller_account = str(call(sts.get_caller_identity)["Account"])
             return self._caller_account
 
@@ -125,7 +135,7 @@ class AwsClients:
         # assuming roles in the others.
         role_arn = str(target.role_arn)
         account = target.account_id or role_arn.split(":")[4]
-        sts = self._make_client(self._base, "sts", "us-east-1", account)
+        sts = self._sts(account)
 
         def assume() -> dict[str, str]:
             creds = call(sts.assume_role, RoleArn=role_arn, RoleSessionName=ROLE_SESSION_NAME)[
@@ -166,9 +176,16 @@ def account_targets(
     """
     if accounts:
         return [
-            AccountTarget(a, f"arn:aws:iam::{a}:role/{role_name}" if role_name else None)
+            AccountTarget(a, role_arn_for(a, role_name, role_arn) if role_name else None)
             for a in accounts
         ]
     if role_arn:
         return [AccountTarget(role_arn.split(":")[4], role_arn)]
     return [AccountTarget(None, None)]
+
+
+def role_arn_for(account: str, role_name: str, configured_arn: str | None) -> str:
+    """The role's ARN in `account`, in the partition of the configured role ARN (aws-us-gov,
+    aws-cn...; "aws" without one): IAM refuses an ARN of another partition."""
+    partition = configured_arn.split(":")[1] if configured_arn else "aws"
+    return f"arn:{partition}:iam::{account}:role/{role_name}"

@@ -86,3 +86,5 @@ def test_account_targets() -> None:
         "arn:aws:iam::111111111111:role/finops",
         "arn:aws:iam::222222222222:role/finops",
     ]
+    gov = account_targets(["222222222222"], "finops", "arn:aws-cn:iam::111111111111:role/x")
+    assert gov[0].role_arn == "arn:aws-cn:iam::222222222222:role/finops"  # its partition

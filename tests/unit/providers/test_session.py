@@ -16,6 +16,9 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from backend.config import get_settings, reset_settings_cache
+from backend.core.execution_context import ExecutionContext
+from backend.core.scan_service import ScanService
 from backend.providers.aws import session as session_mod
 from backend.providers.aws.breakers import BreakerKey, BreakerRegistry
 from backend.providers.aws.endpoint_gate import EndpointGates
@@ -47,6 +50,7 @@ class SimulatedExpiry:
 
     def __init__(self) -> None:
         self.expiry: dict[str, dt.datetime] = {}
+        self.sts: list[tuple[str, str]] = []  # (action, URL) of every STS request
         self.assumed: list[str] = []  # access key ids, in the order AWS issued them
         self.first_expired = False
         self.deny = False
@@ -73,6 +77,9 @@ class SimulatedExpiry:
 
     def _before_send(self, request: Any, **_: Any) -> AWSResponse | None:
         body = request.body.decode() if isinstance(request.body, bytes) else str(request.body)
+        action = re.search(r"Action=(\w+)", body)
+        if action and action.group(1) in ("AssumeRole", "GetCallerIdentity"):
+            self.sts.append((action.group(1), str(request.url)))
         if self.deny and "Action=AssumeRole" in body:
             return _aws_error(request.url, "AccessDenied", "not authorized: sts:AssumeRole")
         auth = request.headers.get("Authorization", b"")
@@ -135,3 +142,30 @@ def test_a_role_that_cannot_be_assumed_fails_at_client_and_is_tried_again(
         clients.client(TARGET, "ec2", "us-east-1")
     aws.deny = False
     assert "Vpcs" in call(clients.client(TARGET, "ec2", "us-east-1").describe_vpcs)
+
+
+GOV_ARN = "arn:aws-us-gov:iam::111111111111:role/finops"
+
+
+def test_roles_keep_the_configured_partition_and_sts_is_regional(
+    aws: SimulatedExpiry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COST_OPTIMIZATION_ROLE_ARN", GOV_ARN)
+    monkeypatch.setenv("FINOPS_ACCOUNTS", "111111111111,222222222222")
+    monkeypatch.setenv("FINOPS_REGIONS", "us-gov-west-1")
+    reset_settings_cache()
+    settings = get_settings()
+    gov = "arn:aws-us-gov:iam::222222222222:role/finops"
+    # the scan's targets, and the target an action in that account is executed through
+    assert [t.role_arn for t in ScanService(settings).targets()] == [GOV_ARN, gov]
+    no_stop: Any = None  # _target reads only the settings
+    executing = ExecutionContext(settings, _clients(), no_stop, None)
+    assert executing._target("222222222222").role_arn == gov
+
+    clients = _clients()
+    clients.client(AccountTarget("222222222222", gov), "ec2", "us-gov-west-1")
+    clients.caller_account()
+    assert [(action, url.split("/")[2]) for action, url in aws.sts] == [
+        ("AssumeRole", "sts.us-gov-west-1.amazonaws.com"),
+        ("GetCallerIdentity", "sts.us-gov-west-1.amazonaws.com"),
+    ]
