@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     max_percent_of_fleet_per_run: float = Field(default=10.0, ge=0, le=100)
     approval_ttl_hours: float = Field(default=24.0, gt=0)
     action_deadline_minutes: float = Field(default=30.0, gt=0)
+    # A scheduled policy plans, and its actions run, only this long after its cron fires:
+    # scan, plan and execution must fit in it; later, the run is skipped, not run late.
+    schedule_run_window_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
     # API lists count their matching rows up to this many; past it, the total is a bound.
     api_count_cap: int = Field(default=10_000, ge=1, le=1_000_000)
     # The distributed runtime (REDIS_URL set): Celery workers and beat.

@@ -71,6 +71,8 @@ def plan(
         console.print(
             f"not planned (disabled, paused or overridden): {', '.join(held)}", highlight=False
         )
+    for name, why in result.outside_window.items():
+        console.print(f"not planned: {name}: {why}", highlight=False)
     print_actions(
         title=f"Plan: {len(result.created)} new, {len(result.blocked)} blocked, "
         f"{result.existing} already planned"

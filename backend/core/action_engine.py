@@ -30,6 +30,7 @@ from backend.core.models import ActionRow, ActionRunRow, ResourceRow
 from backend.core.repositories import active_actions, due_conditions, lock_runs
 from backend.core.runbook_output import echo
 from backend.core.safety_checker import SafetyChecker
+from backend.core.schedule_window import missed_reason, window_passed
 from backend.core.types import utcnow
 from backend.domain.lifecycle import ActionState
 from backend.domain.policy.model import PolicyPack
@@ -341,6 +342,9 @@ class ActionEngine:
             row = session.get(ActionRow, action_id)
             if row is None:
                 raise LookupError(f"no action {action_id}")
+            if window_passed(row, self._clock()):
+                # A retry is no way around a scheduled run's window (an off-hours stop).
+                raise ValueError(f"action {action_id} {missed_reason(row)}")
             transition(
                 session,
                 row,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -22,6 +23,14 @@ from backend.core.automation_audit_logger import AuditLogger
 from backend.core.models import ActionRow, OpportunityRow, ResourceRow
 from backend.core.repositories import to_resource
 from backend.core.safety_checker import SafetyChecker
+from backend.core.schedule_window import (
+    RunWindow,
+    block_missed,
+    current_window,
+    missed_reason,
+    outside_reason,
+    window_passed,
+)
 from backend.core.types import utcnow
 from backend.domain.lifecycle import ActionState, check_transition
 from backend.domain.policy.model import Policy, PolicyPack
@@ -32,10 +41,15 @@ if TYPE_CHECKING:
     from backend.core.owner_notice import OwnerNotice
 
 S = ActionState
+log = structlog.get_logger(__name__)
 
 
 class ApprovalError(PermissionError):
     """An approval or rejection that the rules do not allow; the message says which."""
+
+
+class RunWindowPassedError(ApprovalError):
+    """An approval of a scheduled policy's action whose run window has passed."""
 
 
 @dataclass
@@ -46,6 +60,8 @@ class PlanResult:
     blocked: dict[int, str] = field(default_factory=dict)
     existing: int = 0
     unmarked: list[int] = field(default_factory=list)  # actions whose owner mark came off
+    # scheduled policies not planned: not within their run window now (name -> why)
+    outside_window: dict[str, str] = field(default_factory=dict)
 
 
 def idempotency_key(
@@ -133,8 +149,21 @@ class ActionPlanner:
         out = PlanResult()
         live = notify_owners or not self.settings.dry_run
         acting = {p.name: p for p in pack.enabled() if p.mode != "report"}
+        windows: dict[str, RunWindow] = {}
+        for policy in list(acting.values()):
+            if policy.schedule is None:
+                continue
+            window = current_window(policy.schedule, now, self.settings)
+            if window is None:
+                # A scheduled policy acts at its time only, whoever asks for a plan.
+                del acting[policy.name]
+                why = outside_reason(policy.schedule, now, self.settings)
+                out.outside_window[policy.name] = why
+                log.info("scheduled policy not planned", policy=policy.name, reason=why)
+            else:
+                windows[policy.name] = window
         if acting:
-            self._plan_open(session, acting, out, now, requested_by, live=live)
+            self._plan_open(session, acting, windows, out, now, requested_by, live=live)
         if live:
             # After planning: a blocked action planned again keeps its mark; one still
             # blocked, or one that ran, will not run, or never committed, loses it.
@@ -145,6 +174,7 @@ class ActionPlanner:
         self,
         session: Session,
         acting: dict[str, Policy],
+        windows: dict[str, RunWindow],
         out: PlanResult,
         now: dt.datetime,
         requested_by: str,
@@ -164,7 +194,8 @@ class ActionPlanner:
         )
         for opp, resource in rows:
             policy = acting[opp.policy_name]
-            slot = policy.schedule.slot(now) if policy.schedule is not None else None
+            window = windows.get(policy.name)
+            slot = window.slot if window is not None else None
             key = idempotency_key(
                 policy.name, resource, opp.action, opp.params, opp.first_found, slot
             )
@@ -191,6 +222,8 @@ class ActionPlanner:
                 requested_by,
                 now,
             )
+            if window is not None:
+                action.slot, action.not_after = window.slot, window.ends
             if policy.notice.notify and (action.not_before is None or action.state == S.BLOCKED):
                 # The grace period runs from the notice the owner gets now: a blocked action
                 # (its notice failed, or a rule said no) planned again later must not come
@@ -317,7 +350,7 @@ class ActionPlanner:
             # The approval's lifetime starts when the action may run (after the owner's
             # notice); counted from now it would expire during the grace period.
             due = max(now, row.not_before or now)
-            row.approval_expires_at = due + dt.timedelta(hours=self.settings.approval_ttl_hours)
+            row.approval_expires_at = self._expiry(row, due)
             transition(
                 session,
                 row,
@@ -351,11 +384,13 @@ class ActionPlanner:
                 "approve it (separation of duties)"
             )
         now = self._clock()
+        if window_passed(row, now):
+            raise RunWindowPassedError(f"action {action_id} {missed_reason(row)}")
         row.approved_by, row.approved_at = approver, now
         # As for a policy's approval: its life starts when the action may run, so an
         # approval given during the owner's grace period does not lapse before it ends.
         due = max(now, row.not_before or now)
-        row.approval_expires_at = due + dt.timedelta(hours=self.settings.approval_ttl_hours)
+        row.approval_expires_at = self._expiry(row, due)
         transition(
             session,
             row,
@@ -397,8 +432,18 @@ class ActionPlanner:
         )
         return row
 
+    def _expiry(self, row: ActionRow, due: dt.datetime) -> dt.datetime:
+        """The approval's end: the TTL from when it may run, and never past its run window."""
+        expires = due + dt.timedelta(hours=self.settings.approval_ttl_hours)
+        return min(expires, row.not_after) if row.not_after is not None else expires
+
     def expire_approvals(self, session: Session) -> int:
+        """Block the actions whose run window passed, then send expired approvals back to
+        the queue; the number of approvals that expired."""
         now = self._clock()
+        blocked = block_missed(session, self._audit, now)
+        if blocked:
+            log.warning("scheduled actions missed their run window", actions=blocked)
         expired = session.scalars(
             select(ActionRow).where(
                 ActionRow.state == S.APPROVED,

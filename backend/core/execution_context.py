@@ -20,6 +20,7 @@ from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.models import ActionRow
+from backend.core.schedule_window import WAITING, block, missed_reason, window_passed
 from backend.core.stop_checked_client import StopCheckedClient
 from backend.domain.lifecycle import ActionState
 from backend.domain.policy.model import Policy, PolicyPack
@@ -216,6 +217,11 @@ class ExecutionContext:
             return ActionOutcome(action_id, "held", held)  # still approved: it waits
         with session_scope() as session:
             if not claim(session, action_id, worker, now, self.settings):
+                late = session.get(ActionRow, action_id, with_for_update=True)
+                if late is not None and late.state in WAITING and window_passed(late, now):
+                    # Too late for its scheduled run: blocked now, with the reason.
+                    block(session, late, audit, now)
+                    return ActionOutcome(action_id, "blocked", missed_reason(late))
                 return ActionOutcome(
                     action_id,
                     "skipped",

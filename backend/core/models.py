@@ -211,6 +211,9 @@ class ActionRow(Base):
     approved_at: Mapped[dt.datetime | None]
     approval_expires_at: Mapped[dt.datetime | None]
     not_before: Mapped[dt.datetime | None]  # end of the owner's grace period
+    # A scheduled policy's run (Schedule.slot) and the end of its run window: never later.
+    slot: Mapped[str | None] = mapped_column(String(96))
+    not_after: Mapped[dt.datetime | None]
     safety_verdict: Mapped[dict[str, Any]] = mapped_column(default=dict)
     pre_state: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
     post_state: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)

@@ -397,12 +397,15 @@ def sqlite_write_lock(session: Session) -> None:
 
 
 def due_conditions(now: dt.datetime) -> tuple[ColumnElement[bool], ...]:
-    """Approved, past its notice period, approval not expired: what a run may admit, and
-    what an executor may claim (the claim asks again: a queued task may arrive late)."""
+    """Approved, past its notice period, approval not expired, inside its scheduled run
+    window if it has one: what a run may admit, and what an executor may claim (the claim
+    asks again: a queued task may arrive late). The window is asked apart from the approval:
+    a person's or a retry's approval must not outlive it either."""
     return (
         ActionRow.state == ActionState.APPROVED,
         ActionRow.not_before.is_(None) | (ActionRow.not_before <= now),
         ActionRow.approval_expires_at.is_(None) | (ActionRow.approval_expires_at > now),
+        ActionRow.not_after.is_(None) | (ActionRow.not_after > now),
     )
 
 

@@ -35,6 +35,7 @@ class Rule(StrEnum):
     BLAST_RADIUS = "blast-radius"
     OWNER_NOTICE = "owner-notice"
     EXEMPTED = "exempted"  # exempted by a resource- or account-scope override
+    SCHEDULE_WINDOW = "schedule-window"  # a scheduled policy's run window has passed
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import insert, inspect, select
 
 from backend.core import migrations
 from backend.core.database import get_db, get_engine, session_scope
 from backend.core.models import ActionRow, Base, OpportunityRow
+from backend.core.types import utcnow
 from tests.support.api_client import seed_action, seed_opportunity, seed_resource
 
 
@@ -48,7 +49,7 @@ def test_0004_migrates_a_database_whose_opportunities_have_actions(any_database:
     rows must neither stop that (SQLite refuses to drop a referenced table) nor lose it."""
     migrations.upgrade(revision="0003")
     found = seed_opportunity(seed_resource())
-    action_id = seed_action(opportunity_id=found)
+    action_id = seed_old_action(opportunity_id=found)
     migrations.upgrade()
     migrations.downgrade(revision="0003")
     migrations.upgrade()
@@ -62,9 +63,36 @@ def test_0007_keeps_long_backups_and_refuses_to_downgrade_over_them(any_database
     migrations.upgrade()
     config = "config:" + "x" * 5000  # a load balancer's saved configuration
     long_one = seed_action(backup_ref=config)
+    migrations.downgrade(revision="0007")  # the later revisions first (SQLite commits each)
     with pytest.raises(RuntimeError, match=rf"cannot downgrade below 0007: actions \[{long_one}\]"):
         migrations.downgrade(revision="0006")
-    assert migrations.current_revision() == migrations.head_revision()
+    assert migrations.current_revision() == "0007"
+    migrations.upgrade()
     with session_scope() as session:
         kept = session.get(ActionRow, long_one)
         assert kept is not None and kept.backup_ref == config
+
+
+def seed_old_action(**values: object) -> int:
+    """An action written at an older revision: a Core insert names only these columns (and
+    those with defaults); the ORM row would name the columns later revisions added."""
+    now = utcnow()
+    table = ActionRow.__table__
+    row = {
+        "idempotency_key": "old-action",
+        "policy_name": "unattached-ebs-delete",
+        "account_id": "111111111111",
+        "region": "us-east-1",
+        "kind": "ebs",
+        "resource_id": "vol-0123456789ab",
+        "action": "delete",
+        "mode": "approval",
+        "state": "awaiting_approval",
+        "risk": "high",
+        "requested_by": "otto",
+        "created_at": now,
+        "updated_at": now,
+        **values,
+    }
+    with session_scope() as session:
+        return int(session.execute(insert(table).values(row).returning(table.c.id)).scalar_one())

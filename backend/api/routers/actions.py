@@ -15,7 +15,7 @@ from backend.api.pagination import Page, Paging, SortParam, paginate_query
 from backend.api.problems import Problem, not_found
 from backend.api.routers import API_PREFIX
 from backend.api.schemas import ActionDetail, ActionOut, OutcomeOut, Text
-from backend.core.action_planner import ApprovalError
+from backend.core.action_planner import ApprovalError, RunWindowPassedError
 from backend.core.emergency_stop import EmergencyStopEngaged
 from backend.core.models import ActionRow
 from backend.core.policy_evaluator import StoredPolicyEvaluator
@@ -46,6 +46,8 @@ class PlanOut(BaseModel):
     blocked: dict[int, str]
     existing: int
     expired_approvals: int
+    # scheduled policies not planned now: outside their run window (name -> why)
+    outside_window: dict[str, str] = {}
 
 
 @router.get("", response_model=Page[ActionOut])
@@ -111,6 +113,7 @@ def plan(session: SessionDep, context: ContextDep, user: Operator) -> PlanOut:
         blocked=result.blocked,
         existing=result.existing,
         expired_approvals=expired,
+        outside_window=result.outside_window,
     )
 
 
@@ -126,7 +129,8 @@ def approve(
         planner.approve(session, action_id, user.username)
     except ApprovalError as exc:
         # The planner checks the state first: a waiting action refused means the requester.
-        if row.state == ActionState.AWAITING_APPROVAL:
+        waiting = row.state == ActionState.AWAITING_APPROVAL
+        if waiting and not isinstance(exc, RunWindowPassedError):
             raise Problem(403, str(exc), kind="separation-of-duties") from None
         raise Problem(409, str(exc), kind="invalid-state") from None
     session.commit()

@@ -17,7 +17,7 @@ from backend.api.keyset import Column
 from backend.api.problems import Problem, not_found
 from backend.api.routers import API_PREFIX
 from backend.api.schemas import ActionDetail
-from backend.core.action_planner import ApprovalError
+from backend.core.action_planner import ApprovalError, RunWindowPassedError
 from backend.core.audit_chain import EventType
 from backend.core.models import ActionRow, ResourceRow
 from backend.domain.lifecycle import ActionState
@@ -137,7 +137,8 @@ def approve_with_comment(
     try:
         planner.approve(session, action_id, user.username)
     except ApprovalError as exc:
-        if row.state == ActionState.AWAITING_APPROVAL:
+        waiting = row.state == ActionState.AWAITING_APPROVAL
+        if waiting and not isinstance(exc, RunWindowPassedError):
             raise Problem(403, str(exc), kind="separation-of-duties") from None
         raise Problem(409, str(exc), kind="invalid-state") from None
     comment = (body.comment or "").strip()
