@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from celery.beat import Scheduler
+from celery.beat import BeatLazyFunc, Scheduler
 from celery.schedules import BaseSchedule, schedstate, schedule
 
 from backend.config import Settings
@@ -37,6 +37,12 @@ class PolicyCron(BaseSchedule):
     def remaining_estimate(self, last_run_at: dt.datetime) -> dt.timedelta:
         now = self._aware(self.now())
         return self.cron.next_after(self._aware(last_run_at)) - now
+
+    def fired_at(self) -> str:
+        """The fire time a send now is for (the latest at or before now, on beat's clock),
+        so the task names its slot and judges its lateness from it, not from its own clock:
+        a beat that restarts on Monday morning sends Friday evening's run, late."""
+        return self.cron.latest_at_or_before(self._aware(self.now())).isoformat()
 
     def is_due(self, last_run_at: dt.datetime) -> schedstate:
         now = self._aware(self.now())
@@ -71,14 +77,19 @@ def beat_schedule(pack: PolicyPack, settings: Settings) -> dict[str, dict[str, A
     for policy in pack.enabled():
         if policy.schedule is not None:
             groups.setdefault(policy.schedule, []).append(policy.name)
-    entries: dict[str, dict[str, Any]] = {
-        f"cycle {s.cron} {s.timezone}": {
+    entries: dict[str, dict[str, Any]] = {}
+    for s, names in sorted(groups.items(), key=lambda item: (item[0].cron, item[0].timezone)):
+        cron = PolicyCron(s.cron, s.timezone)
+        entries[f"cycle {s.cron} {s.timezone}"] = {
             "task": "finops.start_cycle",
-            "schedule": PolicyCron(s.cron, s.timezone),
-            "kwargs": {"policies": sorted(names), "cron": s.cron, "timezone": s.timezone},
+            "schedule": cron,
+            "kwargs": {
+                "policies": sorted(names),
+                "cron": s.cron,
+                "timezone": s.timezone,
+                "fired_at": BeatLazyFunc(cron.fired_at),  # evaluated as beat sends it
+            },
         }
-        for s, names in sorted(groups.items(), key=lambda item: (item[0].cron, item[0].timezone))
-    }
     entries["reconcile"] = {
         "task": "finops.reconcile",
         "schedule": schedule(dt.timedelta(seconds=settings.dispatch_interval_seconds)),

@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -21,12 +22,15 @@ from backend.core.action_planner import ActionPlanner
 from backend.core.database import session_scope
 from backend.core.models import PolicyCycleRow
 from backend.core.scan_service import ScanService
+from backend.core.schedule_window import window_length
 from backend.core.types import utcnow
 from backend.core.upsert import dialect_insert
-from backend.domain.policy.model import PolicyPack
+from backend.domain.policy.model import PolicyPack, Schedule
+from backend.domain.safety import Rule
 from backend.runtime.services import WorkerServices
 
 SCANNING, PLANNED = "scanning", "planned"
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,46 @@ def open_cycle(
         .returning(PolicyCycleRow.id)
     ).scalar()
     return int(inserted) if inserted is not None else None
+
+
+def too_late(
+    services: WorkerServices,
+    schedule: Schedule,
+    policies: list[str],
+    fired: dt.datetime,
+    now: dt.datetime,
+) -> bool:
+    """Whether a scheduled run arrives after its run window (a beat down over the weekend
+    sends Friday's 19:00 stop on Monday morning): then it is skipped, logged and audited,
+    as the planner would refuse its policies anyway; a cycle is not even opened."""
+    late = now - fired
+    window = window_length(services.settings)
+    if late <= window:
+        return False
+    slot = schedule.slot(fired)
+    reason = (
+        f"{Rule.SCHEDULE_WINDOW.value}: scheduled run {slot} arrived {late} late, past its "
+        f"{window.total_seconds() / 60:g}-minute run window; skipped, the next run is "
+        f"{schedule.next_after(now).isoformat()}"
+    )
+    log.warning("scheduled cycle skipped: too late", slot=slot, policies=policies, late=str(late))
+    with session_scope() as session:
+        services.audit.record(
+            "safety_verdict",
+            subject_type="cycle",
+            subject_id=f"{cycle_key(policies)} {slot}",
+            actor="schedule",
+            outcome="blocked",
+            details={
+                "stage": "schedule",
+                "summary": reason,
+                "slot": slot,
+                "fired_at": fired.isoformat(),
+                "policies": sorted(policies),
+            },
+            session=session,
+        )
+    return True
 
 
 def restrict(pack: PolicyPack, names: list[str]) -> PolicyPack:
@@ -115,10 +159,15 @@ def plan_cycle(services: WorkerServices, cycle_id: int) -> int:
     with session_scope() as session:
         planner.expire_approvals(session)
         result = planner.plan(session, pack, requested_by="scheduler")
+    if result.outside_window:  # the scan outlasted the run window: said, not hidden
+        log.warning("cycle planned too late for its run window", skipped=result.outside_window)
     with session_scope() as session:
         cycle = session.get(PolicyCycleRow, cycle_id)
         if cycle is not None:
-            cycle.details = {**cycle.details, "planned": len(result.created)}
+            done: dict[str, object] = {"planned": len(result.created)}
+            if result.outside_window:
+                done["outside_window"] = result.outside_window
+            cycle.details = {**cycle.details, **done}
     return len(result.created)
 
 

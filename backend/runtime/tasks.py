@@ -55,17 +55,26 @@ def start_cycle(
     cron: str | None = None,
     timezone: str = "UTC",
     slot: str | None = None,
+    fired_at: str | None = None,
 ) -> int | None:
     """Open the cycle for this slot (once) and queue its scan parts; nothing when every
-    policy of the cycle is disabled, paused or overridden now."""
+    policy of the cycle is disabled, paused or overridden now, or when the scheduled run
+    it was sent for (`fired_at`, from beat) is already past its run window."""
     svc = services()
     now = utcnow()
     runnable = {p.name for p in svc.pack().enabled()}
     if policies and not runnable.intersection(policies):
         log.info("cycle skipped: its policies are held", policies=policies)
         return None
-    if slot is None:
-        slot = Schedule(cron, timezone).slot(now) if cron else f"manual:{uuid.uuid4()}"
+    if slot is None and cron:
+        schedule = Schedule(cron, timezone)
+        # A message from an older beat has no fire time: the latest one is the best guess.
+        fired = dt.datetime.fromisoformat(fired_at) if fired_at else None
+        fired = fired or schedule.latest_at_or_before(now)
+        if cycles.too_late(svc, schedule, list(policies or []), fired, now):
+            return None
+        slot = schedule.slot(fired)
+    slot = slot or f"manual:{uuid.uuid4()}"
     parts = cycles.parts_for(svc.settings)
     with session_scope() as session:
         cycle_id = cycles.open_cycle(session, list(policies or []), slot, parts, now)

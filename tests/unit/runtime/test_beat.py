@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import pickle
 from pathlib import Path
 
@@ -77,3 +78,22 @@ def test_file_scheduler_keeps_one_file_and_survives_its_loss(tmp_path: Path) -> 
     assert fresh.schedule["tick"].last_run_at != ran  # unreadable: starts afresh, no crash
     path.unlink()
     assert "tick" in FileScheduler(app=app, schedule_filename=str(path), lazy=False).schedule
+
+
+def test_a_send_carries_the_fire_time_it_is_for(tmp_path: Path) -> None:
+    """Beat down from Thursday to Monday 08:00 (Paris): the catch-up send names Friday's
+    19:00 run (so the task can see it is late), not a slot it derives from its own clock."""
+    from celery.beat import BeatLazyFunc
+
+    entries = beat_schedule(load_text(PACK, "p.yml"), Settings())
+    name = "cycle 0 19 * * 1-5 Europe/Paris"
+    app = Celery("t", set_as_current=False)
+    app.conf.beat_schedule = entries
+    path = tmp_path / "celerybeat-schedule"
+    path.write_text(json.dumps({name: "2026-03-05T18:00:01+00:00"}))  # Thursday 19:00 Paris
+    entry = FileScheduler(app=app, schedule_filename=str(path), lazy=False).schedule[name]
+    entry.schedule.nowfun = lambda: dt.datetime(2026, 3, 9, 7, 0, tzinfo=dt.UTC)
+    assert entry.is_due().is_due
+    fired = entry.kwargs["fired_at"]
+    assert isinstance(fired, BeatLazyFunc)  # evaluated as beat sends the task
+    assert fired() == "2026-03-06T19:00:00+01:00"
