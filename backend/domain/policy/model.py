@@ -121,11 +121,25 @@ class Schedule:
         result: dt.datetime = croniter(self.cron, local).get_prev(dt.datetime)
         return result
 
+    @property
+    def repeats_in_repeated_hour(self) -> bool:
+        """Whether the job runs again in the hour autumn repeats. As cron does (Vixie cron,
+        cronie): a job whose minute or hour field starts with `*` (`*/15 * * * *`,
+        `0 * * * *`) runs at every real instant; a job at fixed times (`30 2 * * *`) once."""
+        minute, hour = self.cron.split()[:2]
+        return minute.startswith("*") or hour.startswith("*")
+
     def slot(self, moment: dt.datetime) -> str:
         """The name of the run `moment` belongs to: the local wall-clock time and the zone.
-        In the hour that autumn repeats, 01:30 comes twice (two offsets) but is one slot,
-        as cron runs it once."""
-        wall = self.latest_at_or_before(moment).replace(tzinfo=None, fold=0)
+        In the hour that autumn repeats, 01:30 comes twice (two offsets): one slot for a
+        fixed-time job, which cron runs once; for a job that runs every few minutes or
+        every hour, the second pass is named with its offset, so its runs are not refused
+        as ones that already ran. Names outside that hour are unchanged."""
+        fired = self.latest_at_or_before(moment)
+        wall = fired.replace(tzinfo=None, fold=0)
+        repeated = fired.replace(fold=0).utcoffset() != fired.replace(fold=1).utcoffset()
+        if repeated and fired.fold == 1 and self.repeats_in_repeated_hour:
+            return f"{wall.isoformat()}{fired.isoformat()[-6:]} {self.timezone}"
         return f"{wall.isoformat()} {self.timezone}"
 
     def is_due(self, last_run: dt.datetime, now: dt.datetime) -> bool:

@@ -115,3 +115,30 @@ def test_the_repeated_autumn_hour_is_one_slot() -> None:
     second = schedule.slot(dt.datetime(2025, 11, 2, 6, 30, tzinfo=dt.UTC))  # 01:30 EST
     assert first == second == "2025-11-02T01:30:00 America/New_York"
     assert schedule.slot(dt.datetime(2025, 11, 3, 6, 30, tzinfo=dt.UTC)) != first
+
+
+def test_a_sub_hourly_schedule_runs_through_the_repeated_autumn_hour() -> None:
+    """Berlin repeats 02:00-03:00 on 2025-10-26: `*/15` fires eight times in those two real
+    hours and each is its own slot (none refused as already run); cron does the same."""
+    schedule = Schedule("*/15 * * * *", "Europe/Berlin")
+    fires, t = [], dt.datetime(2025, 10, 25, 23, 59, tzinfo=dt.UTC)
+    for _ in range(8):
+        t = schedule.next_after(t)
+        fires.append(t)
+    # in UTC, as the runtime's clocks are: a local time plus 2 s would lose its fold
+    slots = [schedule.slot(f.astimezone(dt.UTC) + dt.timedelta(seconds=2)) for f in fires]
+    assert len(set(slots)) == 8
+    assert slots[0] == "2025-10-26T02:00:00 Europe/Berlin"  # first pass: names unchanged
+    assert slots[4] == "2025-10-26T02:00:00+01:00 Europe/Berlin"  # second pass: its offset
+    # the fire time beat sends (ISO, with its offset) names the same slot in the task
+    assert schedule.slot(dt.datetime.fromisoformat(fires[5].isoformat())) == slots[5]
+    hourly = Schedule("0 * * * *", "Europe/Berlin")
+    at = [dt.datetime(2025, 10, 26, h, 0, 30, tzinfo=dt.UTC) for h in (0, 1)]
+    assert hourly.slot(at[0]) != hourly.slot(at[1])  # 02:00 CEST, then 02:00 CET: two runs
+
+
+def test_a_fixed_time_job_runs_once_in_the_repeated_hour() -> None:
+    schedule = Schedule("30 2 * * *", "Europe/Berlin")
+    first = schedule.slot(dt.datetime(2025, 10, 26, 0, 30, 5, tzinfo=dt.UTC))  # 02:30 CEST
+    second = schedule.slot(dt.datetime(2025, 10, 26, 1, 30, 5, tzinfo=dt.UTC))  # 02:30 CET
+    assert first == second == "2025-10-26T02:30:00 Europe/Berlin"
