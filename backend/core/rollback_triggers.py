@@ -168,10 +168,13 @@ class RollbackTriggers:
         now = self._clock()
         with session_scope() if session is None else nullcontext(session) as s:
             candidates = self._candidates(s, now)
+            restarted = _started_by_finops(s, candidates)
         ctx = self._context()
         results: list[TriggerResult] = []
         needed: list[tuple[_Candidate, str]] = []
         for c in candidates:
+            if c.id in restarted:
+                continue  # up because a finops start ran (the morning's scheduled start)
             state, error = self._up_again(ctx, c, now)
             if error:
                 results.append(TriggerResult(c.id, NEEDED_AGAIN, "error", error, WATCHER))
@@ -367,6 +370,34 @@ class RollbackTriggers:
         except Exception as exc:  # noqa: BLE001 - one undo's failure is this trigger's only
             return TriggerResult(action_id, trigger, "error", describe_error(exc), fired_by)
         return TriggerResult(action_id, trigger, outcome.result, outcome.detail, fired_by)
+
+
+def _started_by_finops(session: Session, candidates: list[_Candidate]) -> set[int]:
+    """The stops whose resource a later finops `start` action took (an off-hours policy's
+    morning start): running again is then no sign that someone needed it."""
+    stops = [c for c in candidates if c.action == "stop"]
+    if not stops:
+        return set()
+    starts = session.execute(
+        select(ActionRow.account_id, ActionRow.region, ActionRow.kind, ActionRow.resource_id)
+        .add_columns(ActionRow.claimed_at)
+        .where(
+            ActionRow.action == "start",
+            ActionRow.state.in_([S.EXECUTING, S.SUCCEEDED]),
+            ActionRow.resource_id.in_({c.resource for c in stops}),
+            ActionRow.claimed_at.is_not(None),
+        )
+    )
+    latest: dict[tuple[str, str, str, str], dt.datetime] = {}
+    for account, region, kind, resource, claimed in starts:
+        key = (account, region, kind, resource)
+        latest[key] = max(claimed, latest.get(key, claimed))
+    return {
+        c.id
+        for c in stops
+        if (at := latest.get((c.account, c.region, c.kind, c.resource))) is not None
+        and at >= c.finished_at
+    }
 
 
 def alarm_since(alarm: dict[str, Any]) -> dt.datetime | None:

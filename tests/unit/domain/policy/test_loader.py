@@ -55,6 +55,11 @@ def test_the_default_pack_and_the_reference_pack_are_clean() -> None:
         assert policy.source_line
         assert policy.limits.max_actions_per_run is not None
     assert default.by_name["offhours-nonprod"].schedule is not None
+    # what the evening stops, the morning starts again, read in the same zone
+    stop, start = default.by_name["offhours-nonprod"], default.by_name["onhours-nonprod"]
+    assert (stop.action.name, start.action.name) == ("stop", "start")
+    assert start.schedule is not None and stop.schedule is not None
+    assert start.schedule.timezone == stop.schedule.timezone
     assert default.by_name["gp2-to-gp3"].mode is Mode.AUTO
     assert default.by_name["unattached-ebs-delete"].notice.grace_days == 7
 
