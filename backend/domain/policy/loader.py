@@ -216,6 +216,15 @@ def _policy(node: Any, line: int | None, file: str, problems: list[PolicyProblem
         "filters",
     )
     action = _action(spec, kind, Mode(mode) if mode else Mode.REPORT)
+    if schedule is not None and notice is not None and notice.notify and notice.grace_days:
+        # A scheduled run acts in the window just after its cron fires; a grace period
+        # of days would end long after that window, and every action would be blocked.
+        sink.add(
+            f"a policy with a schedule acts just after its cron fires, so it cannot also "
+            f"wait {notice.grace_days} day(s) of owner notice; use 'grace-days: 0' or no "
+            "schedule",
+            spec.line_for("notice"),
+        )
     if (
         sink.count > before
         or name is None

@@ -106,6 +106,10 @@ CASES = [
     ("ec2", "notice: {notify: true, grace-days: 400}", 4,
      "'grace-days' must be between 0 and 90, got 400"),
     ("ec2", "notice: {notify: 1}", 4, "'notify' must be true or false, got a number (1)"),
+    ("ec2", 'schedule: {cron: "0 19 * * 1-5", timezone: UTC}\n'
+     "notice: {notify: true, grace-days: 3}", 5,
+     "a policy with a schedule acts just after its cron fires, so it cannot also wait 3 "
+     "day(s) of owner notice"),
     ("ec2", "rollback: {window-days: .nan}", 4,
      "'window-days' must be a number, got nan (not a finite number)"),
 ]  # fmt: skip
