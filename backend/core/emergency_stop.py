@@ -31,6 +31,23 @@ log = structlog.get_logger(__name__)
 
 ROW_ID = 1
 AGAIN = "run `finops resume` again once Redis answers (or: redis-cli DEL finops:emergency-stop)"
+RECORD = "run `finops emergency-stop` again once the database answers, to record it"
+
+
+def redis_only(released_before: bool) -> str:
+    """What a stop key in Redis without an engaged row means. Never released: only an
+    engage that could not reach the database left it. Released: that, or a resume that
+    could not clear the key; nothing here tells the two apart, so say both."""
+    if not released_before:
+        return (
+            "STOPPED: emergency stop engaged in Redis only; not recorded in the database: "
+            f"nothing executes; {RECORD} (to lift it: `finops resume`)"
+        )
+    return (
+        "STOPPED: emergency stop key left in Redis (the database says released: a resume "
+        "could not clear the key, or a stop was engaged while the database was down): "
+        f"nothing executes; {AGAIN}; or, to keep the stop, {RECORD}"
+    )
 
 
 class StopSignal(Protocol):
@@ -69,10 +86,7 @@ class EngineState:
             who = f"by {self.engaged_by} at {_when(self.engaged_at)}"
             return f"EMERGENCY STOP ENGAGED {who}: {self.reason}"
         if self.stop_key_left:
-            return (
-                "STOPPED: emergency stop key left in Redis (the database says released): "
-                f"nothing executes; {AGAIN}"
-            )
+            return redis_only(self.released_at is not None)
         if self.released_at is not None:
             who = f"by {self.released_by} at {_when(self.released_at)}"
             return f"running (emergency stop released {who})"

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, object_session
 
 from backend.config import Settings, get_settings, parse_window
 from backend.core.database import session_scope
-from backend.core.emergency_stop import AGAIN, EmergencyStopEngaged
+from backend.core.emergency_stop import EmergencyStopEngaged, redis_only
 from backend.core.models import (
     ActionRow,
     AuditEventRow,
@@ -132,7 +132,7 @@ class SafetyStatus:
                 f"ENGAGED by {stop.get('engaged_by')} at "
                 f"{stop.get('engaged_at')}: {stop.get('reason')}"
                 if stop.get("engaged")
-                else f"STOPPED: stop key left in Redis; {AGAIN}"
+                else redis_only(bool(stop.get("released")))
                 if stop.get("stop_key_left")
                 else "off"
             )

@@ -53,6 +53,7 @@ def build_status(checker: SafetyChecker) -> SafetyStatus:
                 "reason": row.reason if row else None,
                 "engaged_by": row.engaged_by if row else None,
                 "engaged_at": row.engaged_at.isoformat() if row and row.engaged_at else None,
+                "released": bool(row and row.released_at),
             }
             # check() refuses on a stop key left in Redis too: say so, not "off".
             stop["stop_key_left"] = not stop["engaged"] and EmergencyStop().stop_key_set()

@@ -254,7 +254,7 @@ def test_a_stop_key_left_in_redis_is_a_stop_in_ready_and_metrics(
     assert ready.status_code == 200  # a warning, as for an engaged stop
     stop = ready.json()["checks"]["emergency_stop"]
     assert stop["status"] == "warn", stop
-    assert "key left in Redis" in stop["detail"] and "finops resume" in stop["detail"]
+    assert "engaged in Redis only" in stop["detail"] and "finops resume" in stop["detail"]
     samples = scrape(client)
     assert value(samples, "finops_emergency_stop_engaged") == 1.0
     assert value(samples, "finops_automation_engine_status") == 0.0

@@ -288,7 +288,9 @@ def test_a_stop_key_left_in_redis_is_reported_and_resume_says_it_was_not_cleared
     status = AutoRemediationEngine(dispatcher=InProcessDispatcher()).get_status()
     assert status.state == "stopped (emergency stop key left in Redis)"
     assert "key left in Redis" in status.emergency_stop
-    assert "emergency stop: STOPPED: stop key left in Redis" in str(SafetyChecker().system_status())
+    assert "emergency stop: STOPPED: emergency stop key left in Redis" in str(
+        SafetyChecker().system_status()
+    )
     health = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "health-check.py"), "--exit-code"],
         capture_output=True,
