@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     schedule_run_window_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
     # API lists count their matching rows up to this many; past it, the total is a bound.
     api_count_cap: int = Field(default=10_000, ge=1, le=1_000_000)
+    # One PostgreSQL statement of an API request: cancelled by the server past this, and
+    # given up on by the API 2 s later when the server does not answer at all (503). 0: none.
+    api_database_timeout_seconds: float = Field(default=30.0, ge=0)
     # The distributed runtime (REDIS_URL set): Celery workers and beat.
     # The runbook's recovery step deletes /tmp/celerybeat-schedule: beat rebuilds it.
     beat_schedule_path: Path = Field(default=Path("/tmp/celerybeat-schedule"))

@@ -4,6 +4,7 @@ settings (refusing the default secret outside development) and wires the routers
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backend.api.context import ApiContext
 from backend.api.dashboard import install_dashboard
@@ -25,6 +26,7 @@ from backend.api.routers import (
     users,
 )
 from backend.config import Settings, get_settings
+from backend.core.db_deadline import answer_within
 
 DESCRIPTION = """Find AWS waste and remove it, safely.
 
@@ -61,4 +63,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(module.router)
     install_dashboard(app)  # the web pages at /dashboard/, and / redirects there
+    app.add_middleware(DatabaseLimit, seconds=settings.api_database_timeout_seconds)
     return app
+
+
+class DatabaseLimit:
+    """Each request's PostgreSQL statements answer within `seconds` or fail (503): a paused
+    database must not hold the API's threads, and its callers, forever."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Set in the request's context before the routes run: their thread-pool calls
+        # copy it.
+        with answer_within(self.seconds):
+            await self.app(scope, receive, send)

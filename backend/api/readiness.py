@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,6 +24,7 @@ from sqlalchemy import select
 
 from backend.api.context import ApiContext
 from backend.core.database import check_database, redacted
+from backend.core.db_deadline import answer_within
 from backend.core.migrations import current_revision, head_revision
 from backend.core.models import WorkerHeartbeatRow
 from backend.core.types import utcnow
@@ -30,6 +32,10 @@ from backend.providers.aws.retry import describe_error
 
 Status = Literal["pass", "warn", "fail"]
 REDIS_TIMEOUT = 2.0  # seconds: a probe must answer before the kubelet gives up on it
+DATABASE_LIMIT = 2.0  # seconds for one statement of the checks (db_deadline adds its grace)
+DEADLINE = 5.0  # seconds for the whole answer, whatever hangs (a reconnect, a full pool)
+# Two at most: checks stuck on a paused database queue here instead of piling up threads.
+_checks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readiness")
 
 
 @dataclass
@@ -56,6 +62,26 @@ class Readiness:
             "reasons": self.reasons,
             "checks": {n: {"status": c.status, "detail": c.detail} for n, c in self.checks.items()},
         }
+
+
+def check_readiness_within(context: ApiContext, deadline: float | None = None) -> Readiness:
+    """check_readiness(), answered within `deadline` seconds: a database that accepts
+    connections and never answers is a failed check, not a probe that hangs."""
+    deadline = deadline or DEADLINE
+    future = _checks.submit(_limited, context)
+    try:
+        return future.result(timeout=deadline)
+    except TimeoutError:
+        result = Readiness()
+        result.checks["database"] = Check("fail", f"no answer in {deadline:g} s")
+        for name in ("redis", "schema", "safety_system", "emergency_stop", "workers"):
+            result.checks[name] = Check("fail", "not checked: the database did not answer")
+        return result
+
+
+def _limited(context: ApiContext) -> Readiness:
+    with answer_within(DATABASE_LIMIT):
+        return check_readiness(context)
 
 
 def check_readiness(context: ApiContext) -> Readiness:

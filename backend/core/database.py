@@ -56,9 +56,32 @@ def _build_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args={"connect_timeout": 5}
+    engine = create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        pool_timeout=10,  # every pooled connection stuck: fail in 10 s rather than 30
+        connect_args=PG_CONNECT_ARGS,
     )
+    from backend.core import db_deadline  # psycopg: imported for PostgreSQL only
+
+    db_deadline.install(engine)  # a limit for the API and the readiness probe, by context
+    return engine
+
+
+# A server gone without a word (a dead host, a lost route) is noticed in about 25 s instead
+# of the kernel's two hours: keepalives on idle connections, tcp_user_timeout on unanswered
+# writes. Neither helps when the server's kernel still answers for a paused process: that
+# needs the per-caller limit of db_deadline.
+PG_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20_000,  # milliseconds
+}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -3,7 +3,10 @@ where it did not, and nothing waits forever on a server that does not answer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -16,6 +19,9 @@ from backend.core.emergency_stop import EmergencyStop
 from backend.core.safety_checker import SafetyChecker
 from backend.core.stop_fast_path import STOP_KEY
 from tests.support.servers import free_port
+from tests.support.tcp_proxy import TcpProxy
+
+T = TypeVar("T")
 
 
 def finops(*args: str) -> Result:
@@ -65,3 +71,70 @@ def test_emergency_stop_with_database_and_redis_down_says_nothing_engaged(
     assert result.exit_code == 3, result.output
     out = " ".join(result.output.split())
     assert "EMERGENCY STOP NOT ENGAGED" in out and "replicas=0" in out, out
+
+
+def _within(seconds: float, proxy: TcpProxy, call: Callable[[], T]) -> T:
+    """call() answered within `seconds`; else the proxy thawed (the call ends) and a fail."""
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(call)
+        try:
+            return future.result(timeout=seconds)
+        except TimeoutError:
+            proxy.thaw()
+            pytest.fail(f"no answer in {seconds} s: it waits on the paused database")
+
+
+def test_a_paused_postgresql_answers_503_in_seconds_and_the_api_recovers(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """PostgreSQL paused for the API (a proxy holds every byte, as SIGSTOP does: the
+    connection is accepted, nothing answers): readiness and requests answer 503 within
+    their deadlines instead of hanging, and the pool works again once it answers."""
+    from backend.api import readiness
+    from tests.support.api_client import build_api
+
+    migrations.upgrade()
+    host = postgres_url.split("@", 1)[1].split("/", 1)[0]
+    name, port = host.rsplit(":", 1)
+    proxy = TcpProxy(name, int(port))
+    monkeypatch.setattr(readiness, "DEADLINE", 3.0)  # the probe's whole answer
+    monkeypatch.setattr(readiness, "DATABASE_LIMIT", 0.5)
+    try:
+        monkeypatch.setenv("DATABASE_URL", postgres_url.replace(host, f"127.0.0.1:{proxy.port}"))
+        monkeypatch.setenv("FINOPS_API_DATABASE_TIMEOUT_SECONDS", "1")
+        dispose_engines()
+        api = build_api(tmp_path, monkeypatch)
+        assert api.get("/health/ready", user=None).status_code == 200  # the pool connected
+        assert api.get("/api/v1/actions").status_code == 200
+        proxy.freeze()
+        # The pooled connection's ping (1 s + 2 s of grace), then a reconnect (3 s).
+        listed = _within(8, proxy, lambda: api.get("/api/v1/actions"))
+        assert listed.status_code == 503, listed.text
+        assert listed.json()["type"].endswith("database-unavailable")
+        down = _within(4.5, proxy, lambda: api.get("/health/ready", user=None))
+        assert down.status_code == 503, down.text
+        assert down.json()["reasons"][0] == "database: no answer in 3 s", down.json()
+        proxy.thaw()
+        assert api.get("/api/v1/actions").status_code == 200
+        assert api.get("/health/ready", user=None).status_code == 200
+    finally:
+        proxy.close()
+        dispose_engines()
+
+
+def test_without_a_limit_nothing_is_cut_short(postgres_url: str) -> None:
+    """Workers, the CLI and migrations set no limit: a statement longer than the API's
+    runs to its end; under a limit, the server cancels it (the connection survives)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from backend.core.database import session_scope
+    from backend.core.db_deadline import answer_within
+
+    with session_scope() as session:
+        assert session.execute(text("SELECT pg_sleep(1.2), 1")).one()[1] == 1
+    timed_out = pytest.raises(OperationalError, match="statement timeout")
+    with timed_out, answer_within(0.3), session_scope() as session:
+        session.execute(text("SELECT pg_sleep(5)"))
+    with answer_within(0.3), session_scope() as session:
+        assert session.execute(text("SELECT 2")).scalar_one() == 2

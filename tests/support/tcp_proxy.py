@@ -16,6 +16,8 @@ class TcpProxy:
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
         self.cut_off = False
+        self._flowing = threading.Event()  # cleared: frozen
+        self._flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -27,19 +29,26 @@ class TcpProxy:
             if self.cut_off:
                 client.close()
                 continue
-            try:
-                server = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._open += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        with self._lock:
+            self._open.append(client)
+        self._flowing.wait()  # frozen: accepted, and never answered
+        try:
+            server = socket.create_connection(self.upstream, timeout=5)
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._open.append(server)
+        for a, b in ((client, server), (server, client)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         for s in (source, sink):
             with contextlib.suppress(OSError):
@@ -55,9 +64,18 @@ class TcpProxy:
                     s.close()
             self._open.clear()
 
+    def freeze(self) -> None:
+        """Hold every byte and every new connection, as a SIGSTOPped server does: the
+        kernel still accepts, nothing answers."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
     def restore(self) -> None:
         self.cut_off = False
 
     def close(self) -> None:
+        self.thaw()
         self.cut()
         self._listener.close()

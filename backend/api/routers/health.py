@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from backend.api.deps import ContextDep
-from backend.api.readiness import check_readiness
+from backend.api.readiness import check_readiness_within
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -23,5 +23,5 @@ def live() -> dict[str, str]:
 )
 def ready(context: ContextDep) -> JSONResponse:
     """200 with each check when ready; 503 with the reasons when not."""
-    result = check_readiness(context)
+    result = check_readiness_within(context)
     return JSONResponse(result.as_dict(), status_code=200 if result.ready else 503)
