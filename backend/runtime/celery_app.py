@@ -38,7 +38,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": settings.task_visibility_timeout_seconds,
+            # A paused Redis (accepts, never answers) must fail a call, not hang it: the
+            # emergency stop's broadcast waited forever. Above kombu's 1 s BRPOP poll.
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
         },
+        "broker_connection_timeout": 5,
         "result_backend": None,  # results live in PostgreSQL, not in Celery
         "task_ignore_result": True,
         "task_queues": [Queue(q, exchange, routing_key=q) for q in QUEUES],

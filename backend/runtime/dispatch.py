@@ -10,7 +10,9 @@ that did survive is harmless: the claim in PostgreSQL lets one execution through
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 from sqlalchemy import select
@@ -24,6 +26,32 @@ from backend.runtime.celery_app import ACTIONS, app
 from backend.runtime.services import WorkerServices, services
 
 QUEUED_KEY = "finops:queued:{}"
+CONTROL_DEADLINE = 10.0  # seconds for a broadcast or a purge; kombu retries a lost broker
+T = TypeVar("T")
+
+
+def bounded(call: Callable[[], T], seconds: float | None = None) -> T:
+    """call()'s answer within `seconds`, or TimeoutError: kombu reconnects and retries a
+    broker that does not answer for far longer than an operator waits for the brake. A
+    daemon thread, so one left waiting never holds the process at exit."""
+    seconds = seconds or CONTROL_DEADLINE
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="finops-broker-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"Redis did not answer in {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value
 
 
 def due_ids() -> list[int]:
@@ -74,6 +102,11 @@ def forget_queued(svc: WorkerServices, action_id: int) -> None:
         _redis(svc).delete(QUEUED_KEY.format(action_id))
 
 
+def _purge_actions() -> int:
+    with app.connection_for_write() as conn:
+        return int(conn.default_channel.queue_purge(ACTIONS) or 0)  # type: ignore[attr-defined]
+
+
 class CeleryDispatcher:
     """AutoRemediationEngine's dispatcher in the distributed mode: queue, do not run."""
 
@@ -89,15 +122,21 @@ class CeleryDispatcher:
         (they stay approved in PostgreSQL and are queued again after the resume)."""
         notes: list[str] = []
         try:
-            replies: list[dict[str, Any]] = (
-                app.control.broadcast("finops_emergency_stop", reply=True, timeout=1.0) or []
+            replies: list[dict[str, Any]] = bounded(
+                lambda: (
+                    app.control.broadcast("finops_emergency_stop", reply=True, timeout=1.0) or []
+                )
             )
             notes.append(f"{len(replies)} worker(s) acknowledged the stop broadcast")
+        except TimeoutError as exc:  # a paused Redis: a purge would wait as long again
+            return (
+                f"workers NOT told and queue not purged ({exc}); "
+                "each worker checks the stop before every claim"
+            )
         except Exception as exc:  # noqa: BLE001 - the database stop holds regardless
             notes.append(f"broadcast failed ({exc}); workers still check before each claim")
         try:
-            with app.connection_for_write() as conn:
-                dropped = conn.default_channel.queue_purge(ACTIONS) or 0  # type: ignore[attr-defined]
+            dropped = bounded(_purge_actions)
             notes.append(f"{dropped} queued action task(s) dropped (still approved in the db)")
             client = _redis(services())
             for key in client.scan_iter(QUEUED_KEY.format("*")):
@@ -110,8 +149,8 @@ class CeleryDispatcher:
         """After a release: every worker consumes the actions queue again now. Best effort:
         the scheduler's reconcile tick sends the same broadcast as a backstop."""
         try:
-            replies: list[dict[str, Any]] = (
-                app.control.broadcast("finops_resume", reply=True, timeout=1.0) or []
+            replies: list[dict[str, Any]] = bounded(
+                lambda: app.control.broadcast("finops_resume", reply=True, timeout=1.0) or []
             )
         except Exception as exc:  # noqa: BLE001 - the release stands; the tick catches up
             return (

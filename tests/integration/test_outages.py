@@ -3,7 +3,9 @@ where it did not, and nothing waits forever on a server that does not answer."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -20,6 +22,7 @@ from backend.core.safety_checker import SafetyChecker
 from backend.core.stop_fast_path import STOP_KEY
 from tests.support.servers import free_port
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.workers import private_redis
 
 T = TypeVar("T")
 
@@ -39,9 +42,24 @@ def _database_down(monkeypatch: pytest.MonkeyPatch) -> None:
     dispose_engines()
 
 
+@pytest.fixture
+def own_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    """A redis-server of this test's own (the shared one's keys are other tests' too), and
+    the Celery dispatcher's halt stubbed: what it does is not the point here."""
+    from backend.runtime.dispatch import CeleryDispatcher
+
+    monkeypatch.setattr(CeleryDispatcher, "halt", lambda _self: "halt stubbed")
+    port = free_port()
+    with private_redis(port):
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
+        reset_settings_cache()
+        yield redis.Redis(port=port)
+
+
 def test_emergency_stop_with_the_database_down_sets_the_redis_key_and_says_not_persisted(
-    broker: redis.Redis, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    own_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    broker = own_redis
     _database_down(monkeypatch)
     result = finops("emergency-stop", "--reason", "drill: db down", "--actor", "oncall")
     assert result.exit_code == 3, result.output
@@ -65,6 +83,9 @@ def test_emergency_stop_with_the_database_down_sets_the_redis_key_and_says_not_p
 def test_emergency_stop_with_database_and_redis_down_says_nothing_engaged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from backend.runtime.dispatch import CeleryDispatcher
+
+    monkeypatch.setattr(CeleryDispatcher, "halt", lambda _self: "halt stubbed")
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     _database_down(monkeypatch)
     result = finops("emergency-stop", "--reason", "drill", "--actor", "oncall")
@@ -81,7 +102,7 @@ def _within(seconds: float, proxy: TcpProxy, call: Callable[[], T]) -> T:
             return future.result(timeout=seconds)
         except TimeoutError:
             proxy.thaw()
-            pytest.fail(f"no answer in {seconds} s: it waits on the paused database")
+            pytest.fail(f"no answer in {seconds} s: it waits on the paused server")
 
 
 def test_a_paused_postgresql_answers_503_in_seconds_and_the_api_recovers(
@@ -138,3 +159,50 @@ def test_without_a_limit_nothing_is_cut_short(postgres_url: str) -> None:
         session.execute(text("SELECT pg_sleep(5)"))
     with answer_within(0.3), session_scope() as session:
         assert session.execute(text("SELECT 2")).scalar_one() == 2
+
+
+def test_stop_and_resume_finish_with_redis_paused_and_say_the_workers_were_not_told(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Redis paused: the broadcast and the purge never return (kombu reconnects and retries
+    a broker that accepts and does not answer). The commands end within their deadline,
+    the stop persisted, and say the workers were not told."""
+    from celery.app.control import Control
+
+    from backend.runtime import dispatch
+
+    paused = threading.Event()  # never set: the paused broker
+
+    def hang(*_args: object, **_kwargs: object) -> None:
+        paused.wait(30)
+
+    monkeypatch.setattr(dispatch, "CONTROL_DEADLINE", 1.0)
+    monkeypatch.setattr(Control, "broadcast", hang)  # the class: no app configured yet
+    monkeypatch.setattr(dispatch, "_purge_actions", hang)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    reset_settings_cache()
+    migrations.upgrade()
+    try:
+        started = time.monotonic()
+        stopped = finops("emergency-stop", "--reason", "drill")
+        assert stopped.exit_code == 0, stopped.output
+        out = " ".join(stopped.output.split())
+        assert "workers NOT told and queue not purged (Redis did not answer in 1 s)" in out, out
+        assert EmergencyStop().state().engaged  # persisted in the database
+        resumed = finops("resume", "--actor", "a", "--i-am-admin")
+        out = " ".join(resumed.output.split())
+        assert "resume broadcast failed (Redis did not answer in 1 s)" in out, out
+        assert not EmergencyStop().state().engaged
+        assert time.monotonic() - started < 10
+    finally:
+        paused.set()
+
+
+def test_the_broker_connection_has_socket_timeouts() -> None:
+    from backend.config import get_settings
+    from backend.runtime.celery_app import celery_config
+
+    options = celery_config(get_settings().model_copy(update={"redis_url": "redis://x:1/0"}))
+    transport = options["broker_transport_options"]
+    assert transport["socket_timeout"] > 1 and transport["socket_connect_timeout"] > 0

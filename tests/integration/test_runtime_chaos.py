@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import random
 import shutil
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from tests.integration.execution_support import PACK, scan_and_plan
 from tests.support.servers import free_port
 from tests.support.staged_fault_proxy import StagedFaultProxy, stop_calls
 from tests.support.tcp_proxy import TcpProxy
-from tests.support.workers import Workers, redis_available, wait_until
+from tests.support.workers import Workers, private_redis, wait_until
 
 pytestmark = [pytest.mark.moto_server]
 IDLE = 20
@@ -214,32 +212,6 @@ def test_postgresql_stopped_mid_run(world: World, postgres_url: str) -> None:
         if world.fleet.instance_state(iid) in ("stopping", "stopped"):
             record = by_instance[iid]
             assert record.pre_state and record.state in ("succeeded", "failed"), record.id
-
-
-@contextmanager
-def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
-        wait_until(lambda: redis_available(url), 10, "a private redis-server")
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def test_redis_restarted_mid_run(world: World) -> None:

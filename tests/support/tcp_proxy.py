@@ -76,6 +76,6 @@ class TcpProxy:
         self.cut_off = False
 
     def close(self) -> None:
+        self.cut()  # first: what a freeze held is dropped, never delivered late
         self.thaw()
-        self.cut()
         self._listener.close()

@@ -92,3 +92,29 @@ def workers(log_dir: Path, count: int) -> Iterator[Workers]:
         yield pool
     finally:
         pool.stop_all()
+
+
+@contextmanager
+def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_until(lambda: redis_available(url), 10, "a private redis-server")
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
