@@ -65,21 +65,40 @@ class DeadlineConnection(psycopg.Connection[Any]):
             raise NoAnswerError(f"no answer in {limit + GRACE:g} s") from None
 
 
+_BAKED = "finops_statement_timeout_ms"  # the connection's own statement_timeout
+
+
+def _milliseconds(limit: float | None) -> int:
+    return int(limit * 1000) if limit is not None else 0  # 0: no timeout
+
+
 def install(engine: Engine) -> None:
-    """Connect with DeadlineConnection, and set the server's timeout under a limit."""
+    """Connect with DeadlineConnection, and give the server the caller's limit.
+
+    A connection made under a limit has it as its own statement_timeout (a connection
+    option: no statement). A transaction under another limit, or none, sets its own with
+    SET LOCAL: one more round trip, for the readiness probe's shorter limit, say, but not
+    for every API request, which all share one limit.
+    """
 
     @event.listens_for(engine, "do_connect")
-    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+    def _connect(_dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         limit = _limit.get()
         if limit is not None:  # a reconnect within the limit too (libpq's least is 2 s)
             most = int(cparams.get("connect_timeout") or 5)
-            cparams = {**cparams, "connect_timeout": max(2, min(most, math.ceil(limit + GRACE)))}
+            timeout = _milliseconds(limit)
+            cparams = {
+                **cparams,
+                "connect_timeout": max(2, min(most, math.ceil(limit + GRACE))),
+                "options": f"{cparams.get('options', '')} -c statement_timeout={timeout}".strip(),
+            }
+        record.info[_BAKED] = _milliseconds(limit)
         return DeadlineConnection.connect(*cargs, **cparams)
 
     @event.listens_for(engine, "begin")
     def _statement_timeout(connection: Any) -> None:
-        limit = _limit.get()
-        if limit is not None:
+        wanted = _milliseconds(_limit.get())
+        if connection.connection.info.get(_BAKED, 0) != wanted:
             # The raw cursor: the transaction SQLAlchemy is beginning is not usable yet.
             with connection.connection.dbapi_connection.cursor() as cursor:
-                cursor.execute(f"SET LOCAL statement_timeout = {int(limit * 1000)}")
+                cursor.execute(f"SET LOCAL statement_timeout = {wanted}")

@@ -161,6 +161,41 @@ def test_without_a_limit_nothing_is_cut_short(postgres_url: str) -> None:
         assert session.execute(text("SELECT 2")).scalar_one() == 2
 
 
+def test_each_transaction_has_its_callers_limit_and_api_requests_set_none(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection made under a limit keeps it as its own: later transactions under the
+    same limit (every API request) send no SET; another limit, or none, gets its own."""
+    import psycopg
+    from sqlalchemy import text
+
+    from backend.core.database import session_scope
+    from backend.core.db_deadline import answer_within
+
+    sent: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def counting(self: psycopg.Cursor, query: object, *args: object, **kw: object) -> object:
+        sent.append(str(query))
+        return execute(self, query, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", counting)
+    dispose_engines()
+
+    def timeout() -> str:
+        with session_scope() as session:
+            return str(session.execute(text("SHOW statement_timeout")).scalar_one())
+
+    with answer_within(3):
+        assert timeout() == "3s"
+        assert timeout() == "3s"
+    assert not [q for q in sent if "SET LOCAL" in q]
+    with answer_within(0.5):
+        assert timeout() == "500ms"
+    assert timeout() == "0"  # the same pooled connection, no limit
+    assert len([q for q in sent if "SET LOCAL" in q]) == 2
+
+
 def test_stop_and_resume_finish_with_redis_paused_and_say_the_workers_were_not_told(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
