@@ -1,39 +1,47 @@
-"""Alembic environment: the URL comes from the caller or from the project's settings."""
+"""Alembic environment: the URL comes from the caller or from the project's settings.
+
+SQLite: the whole run is one transaction begun with BEGIN IMMEDIATE (one writer at a time),
+so that a failure anywhere leaves the database as it was. See backend/core/migration_env.py.
+"""
 
 from __future__ import annotations
 
 from alembic import context
 
-from backend.core.database import get_engine
+from backend.core import migration_env
+from backend.core.database import database_url
 from backend.core.models import Base
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url") or None
-engine = get_engine(url)
-
-with engine.connect() as connection:
-    sqlite = connection.dialect.name == "sqlite"
-    if sqlite:
-        # SQLite alters a table by copying it and dropping the old one, which it refuses
-        # while rows elsewhere reference it and foreign keys are enforced: off for the
-        # migration (outside a transaction, where the pragma takes effect), checked after.
-        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-        connection.commit()  # else Alembic would run inside this autobegun one, uncommitted
-    try:
-        context.configure(
-            connection=connection,
-            target_metadata=Base.metadata,
-            render_as_batch=sqlite,
-            compare_type=True,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-            if sqlite:
-                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-                if broken:
-                    raise RuntimeError(f"migration left rows with broken references: {broken}")
-    finally:
+url = config.get_main_option("sqlalchemy.url") or database_url()
+engine = migration_env.migration_engine(url)
+try:
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
         if sqlite:
-            connection.rollback()  # whatever a failure left open, so that the pragma applies
-            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
-            connection.commit()
+            # Begun here, so Alembic commits nothing of its own: this block decides.
+            transaction = connection.begin()
+            try:
+                migration_env.drop_stale_batch_tables(connection)
+                context.configure(
+                    connection=connection,
+                    target_metadata=Base.metadata,
+                    render_as_batch=True,
+                    compare_type=True,
+                )
+                context.run_migrations()
+                migration_env.check_references(connection)
+            except BaseException:
+                transaction.rollback()
+                raise
+            transaction.commit()
+        else:
+            context.configure(
+                connection=connection,
+                target_metadata=Base.metadata,
+                compare_type=True,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+finally:
+    engine.dispose()

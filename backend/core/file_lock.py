@@ -1,8 +1,9 @@
-"""An exclusive lock on a file, for one host's processes, never waited for."""
+"""An exclusive lock on a file, for one host's processes: tried once, or waited for."""
 
 from __future__ import annotations
 
 import fcntl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,3 +25,16 @@ def file_lock(path: Path) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def waited_file_lock(path: Path, timeout: float, poll: float = 0.05) -> Iterator[bool]:
+    """As file_lock, but waits up to `timeout` seconds for the holder to let go: yields
+    True once held, False if the wait ran out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with file_lock(path) as held:
+            if held or time.monotonic() >= deadline:
+                yield held
+                return
+        time.sleep(poll)

@@ -1,16 +1,28 @@
-"""Run Alembic from code: `finops db upgrade`, and the embedded mode's automatic upgrade."""
+"""Run Alembic from code: `finops db upgrade`, and the embedded mode's automatic upgrade.
+
+One migration at a time per embedded SQLite file: a file lock beside it (and SQLite's BEGIN
+IMMEDIATE, in migrations/env.py).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
 
-from backend.core.database import check_database, database_url, get_engine
+from backend.core.database import check_database, database_url, get_engine, redacted
+from backend.core.file_lock import waited_file_lock
+
+# How long a migration waits for another one on the same database to finish.
+MIGRATION_WAIT_SECONDS = 600.0
 
 
 def _project_root() -> Path:
@@ -29,11 +41,44 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+    url = url or database_url()
+    current = current_revision(url)
+    if revision == "head" and current == head_revision() and not _stale_batch_tables(url):
+        return  # every command of the embedded mode comes here: no lock when nothing to do
+    with _one_migration_at_a_time(url):
+        command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str | None = None, revision: str = "base") -> None:
-    command.downgrade(alembic_config(url), revision)
+    url = url or database_url()
+    with _one_migration_at_a_time(url):
+        command.downgrade(alembic_config(url), revision)
+
+
+@contextmanager
+def _one_migration_at_a_time(url: str) -> Iterator[None]:
+    """A file lock beside an SQLite file, so that a second process waits for the first and
+    then finds nothing to do."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        yield
+        return
+    path = Path(f"{parsed.database}.migration-lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with waited_file_lock(path, MIGRATION_WAIT_SECONDS) as held:
+        if not held:
+            raise RuntimeError(
+                f"another process has been migrating {redacted(url)} for over "
+                f"{MIGRATION_WAIT_SECONDS:.0f} s (it holds {path}); let it finish, then retry"
+            )
+        yield
+
+
+def _stale_batch_tables(url: str) -> bool:
+    if make_url(url).get_backend_name() != "sqlite":
+        return False
+    with get_engine(url).connect() as connection:
+        return any(n.startswith("_alembic_tmp_") for n in inspect(connection).get_table_names())
 
 
 def current_revision(url: str | None = None) -> str | None:
