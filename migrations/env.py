@@ -1,12 +1,16 @@
 """Alembic environment: the URL comes from the caller or from the project's settings.
 
 SQLite: the whole run is one transaction begun with BEGIN IMMEDIATE (one writer at a time),
-so that a failure anywhere leaves the database as it was. See backend/core/migration_env.py.
+so that a failure anywhere leaves the database as it was. PostgreSQL: one transaction per
+revision, each statement waiting at most FINOPS_MIGRATION_LOCK_TIMEOUT for a lock, so that
+a migration queued behind a long transaction fails instead of holding every reader of the
+table behind it. See backend/core/migration_env.py.
 """
 
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy.exc import DBAPIError
 
 from backend.core import migration_env
 from backend.core.database import database_url
@@ -15,9 +19,12 @@ from backend.core.models import Base
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or database_url()
 engine = migration_env.migration_engine(url)
+lock_timeout = 0.0
 try:
     with engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"
+        if not sqlite:
+            lock_timeout = migration_env.prepare_postgres(connection)
         if sqlite:
             # Begun here, so Alembic commits nothing of its own: this block decides.
             transaction = connection.begin()
@@ -40,8 +47,14 @@ try:
                 connection=connection,
                 target_metadata=Base.metadata,
                 compare_type=True,
+                transaction_per_migration=True,  # a revision's locks end with it
             )
             with context.begin_transaction():
                 context.run_migrations()
+except DBAPIError as exc:
+    stopped = migration_env.lock_wait_error(exc, lock_timeout)
+    if stopped is None:
+        raise
+    raise stopped from exc
 finally:
     engine.dispose()

@@ -6,16 +6,44 @@ The connection is never one of the process's pooled ones, so that its session se
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
+from backend.config import SettingsError
 from backend.core.database import redacted
 
 log = structlog.get_logger(__name__)
+
+LOCK_TIMEOUT_VARIABLE = "FINOPS_MIGRATION_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT_SECONDS = 10.0
+# How long a migration waits for another one on the same database to finish.
+MIGRATION_WAIT_SECONDS = 600.0
+# Any constant: the PostgreSQL advisory lock that one migration at a time holds.
+_ADVISORY_LOCK_KEY = 0x46494E4F5053  # "FINOPS"
+_LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's lock_timeout
+
+
+def lock_timeout_seconds() -> float:
+    raw = os.environ.get(LOCK_TIMEOUT_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_LOCK_TIMEOUT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86_400:
+        raise SettingsError(
+            f"{LOCK_TIMEOUT_VARIABLE}={raw!r}: give the seconds a migration's statement may "
+            "wait for a table lock, more than 0 (e.g. 10)"
+        )
+    return value
 
 
 def migration_engine(url: str) -> Engine:
@@ -71,3 +99,35 @@ def check_references(connection: Connection) -> None:
     broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
     if broken:
         raise RuntimeError(f"migration left rows with broken references: {broken[:20]}")
+
+
+def prepare_postgres(connection: Connection) -> float:
+    """Waits for any other migration of this database to end, then bounds every lock wait
+    of this one's statements. Returns the bound, in seconds. Leaves no transaction open."""
+    deadline = time.monotonic() + MIGRATION_WAIT_SECONDS
+    lock = text("SELECT pg_try_advisory_lock(:key)")
+    while not connection.execute(lock, {"key": _ADVISORY_LOCK_KEY}).scalar():
+        connection.rollback()
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                f"another migration of this database has run for over "
+                f"{MIGRATION_WAIT_SECONDS:.0f} s; let it finish, then run this one again"
+            )
+        time.sleep(0.5)
+    seconds = lock_timeout_seconds()
+    setting = text("SELECT set_config('lock_timeout', :value, false)")
+    connection.execute(setting, {"value": f"{max(1, round(seconds * 1000))}ms"})
+    connection.commit()  # the advisory lock and the setting are the session's: they stay
+    return seconds
+
+
+def lock_wait_error(exc: DBAPIError, seconds: float) -> RuntimeError | None:
+    """The one line to say for a statement that gave up waiting for a lock, or None."""
+    if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+        return None
+    statement = " ".join((exc.statement or "?").split())[:120]
+    return RuntimeError(
+        f"migration stopped: waited {seconds:g} s ({LOCK_TIMEOUT_VARIABLE}) for a lock that "
+        f"another transaction holds, for `{statement}`; let that transaction end (see "
+        "pg_stat_activity), then run the migration again"
+    )

@@ -1,7 +1,7 @@
 """Run Alembic from code: `finops db upgrade`, and the embedded mode's automatic upgrade.
 
-One migration at a time per embedded SQLite file: a file lock beside it (and SQLite's BEGIN
-IMMEDIATE, in migrations/env.py).
+One migration at a time per database: a file lock beside an embedded SQLite file (and
+SQLite's BEGIN IMMEDIATE), a PostgreSQL advisory lock (migrations/env.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ from sqlalchemy.engine import make_url
 
 from backend.core.database import check_database, database_url, get_engine, redacted
 from backend.core.file_lock import waited_file_lock
-
-# How long a migration waits for another one on the same database to finish.
-MIGRATION_WAIT_SECONDS = 600.0
+from backend.core.migration_env import MIGRATION_WAIT_SECONDS
 
 
 def _project_root() -> Path:

@@ -6,11 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import create_engine, inspect, text
 from structlog.testing import capture_logs
 from typer.testing import CliRunner, Result
 
@@ -152,3 +153,37 @@ def test_two_processes_upgrading_one_sqlite_file_both_end_well(
         ]
         assert connection.exec_driver_sql("PRAGMA foreign_key_check").all() == []
     assert not any(t.startswith("_alembic_tmp_") for t in tables(url))
+
+
+def test_a_migration_waiting_for_a_lock_fails_within_the_timeout(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0007 alters actions: behind an old worker's open transaction it must give up, not
+    make every later reader of actions queue behind it; 0006, done before it, stays."""
+    migrations.upgrade(revision="0005")
+    monkeypatch.setenv("FINOPS_MIGRATION_LOCK_TIMEOUT", "0.5")
+    worker = create_engine(postgres_url).connect()
+    worker.execute(text("SELECT count(*) FROM actions"))  # holds its lock until it ends
+    ends = threading.Timer(8, worker.rollback)  # without the timeout, the test still ends
+    ends.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(
+            RuntimeError,
+            match=r"waited 0\.5 s \(FINOPS_MIGRATION_LOCK_TIMEOUT\) for a lock .*"
+            r"`ALTER TABLE actions ",
+        ):
+            migrations.upgrade(revision="0007")  # 0006 goes through, 0007 waits
+        assert time.monotonic() - started < 5
+    finally:
+        ends.cancel()
+        worker.close()
+    assert migrations.current_revision() == "0006"
+    migrations.upgrade()
+    assert migrations.current_revision() == migrations.head_revision()
+
+
+def test_a_bad_lock_timeout_is_named(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINOPS_MIGRATION_LOCK_TIMEOUT", "soon")
+    result = finops("db", "upgrade")
+    assert result.exit_code == 2 and "FINOPS_MIGRATION_LOCK_TIMEOUT='soon'" in result.output
