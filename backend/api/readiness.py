@@ -25,7 +25,7 @@ from sqlalchemy import select
 from backend.api.context import ApiContext
 from backend.core.database import check_database, redacted
 from backend.core.db_deadline import answer_within
-from backend.core.migrations import current_revision, head_revision
+from backend.core.migrations import current_revision, head_revision, schema_advice
 from backend.core.models import WorkerHeartbeatRow
 from backend.core.types import utcnow
 from backend.providers.aws.retry import describe_error
@@ -119,10 +119,7 @@ def _database(url: str) -> Check:
 def _schema(url: str) -> Check:
     current, head = current_revision(url), head_revision()
     if current != head:
-        return Check(
-            "fail",
-            f"at revision {current or 'none'}, the code needs {head}: run `finops db upgrade`",
-        )
+        return Check("fail", schema_advice(current, head))
     return Check("pass", f"at revision {head}")
 
 

@@ -6,8 +6,9 @@ SQLite's BEGIN IMMEDIATE), a PostgreSQL advisory lock (migrations/env.py).
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
@@ -38,25 +40,58 @@ def alembic_config(url: str | None = None) -> Config:
     return cfg
 
 
+class SchemaOutOfDateError(RuntimeError):
+    """The database's schema is not the one this code needs; the message says what to do."""
+
+
+class MigrationFailedError(SchemaOutOfDateError):
+    """A migration stopped or was refused: one line, with the revision the database is at."""
+
+
 def upgrade(url: str | None = None, revision: str = "head") -> None:
     url = url or database_url()
-    current = current_revision(url)
+    current = _known_revision(url)
     if revision == "head" and current == head_revision() and not _stale_batch_tables(url):
         return  # every command of the embedded mode comes here: no lock when nothing to do
     with _one_migration_at_a_time(url):
-        command.upgrade(alembic_config(url), revision)
+        _run(url, lambda cfg: command.upgrade(cfg, revision))
 
 
 def downgrade(url: str | None = None, revision: str = "base") -> None:
     url = url or database_url()
+    _known_revision(url)
     with _one_migration_at_a_time(url):
-        command.downgrade(alembic_config(url), revision)
+        _run(url, lambda cfg: command.downgrade(cfg, revision))
+
+
+def _run(url: str, migrate: Callable[[Config], None]) -> None:
+    cfg = alembic_config(url)
+    try:
+        migrate(cfg)
+    except MigrationFailedError:
+        raise
+    except CommandError as exc:
+        raise MigrationFailedError(f"{_first_line(exc)}{_where(url)}") from exc
+    except RuntimeError as exc:
+        if type(exc) is not RuntimeError:  # NotImplementedError and the like: bugs
+            raise
+        raise MigrationFailedError(f"{_first_line(exc)}{_where(url)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _where(url: str) -> str:
+    try:
+        return f" (the database is at revision {current_revision(url) or 'none'})"
+    except Exception:  # noqa: BLE001 - the failure being reported matters more
+        return ""
 
 
 @contextmanager
 def _one_migration_at_a_time(url: str) -> Iterator[None]:
-    """A file lock beside an SQLite file, so that a second process waits for the first and
-    then finds nothing to do."""
+    """A file lock beside an SQLite file; PostgreSQL's advisory lock is taken in env.py."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         yield
@@ -65,7 +100,7 @@ def _one_migration_at_a_time(url: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with waited_file_lock(path, MIGRATION_WAIT_SECONDS) as held:
         if not held:
-            raise RuntimeError(
+            raise MigrationFailedError(
                 f"another process has been migrating {redacted(url)} for over "
                 f"{MIGRATION_WAIT_SECONDS:.0f} s (it holds {path}); let it finish, then retry"
             )
@@ -85,11 +120,43 @@ def current_revision(url: str | None = None) -> str | None:
 
 
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return _scripts(str(_project_root())).get_current_head()
 
 
-class SchemaOutOfDateError(RuntimeError):
-    pass
+@functools.lru_cache(maxsize=8)
+def _scripts(root: str) -> ScriptDirectory:
+    # Read once per process: every embedded command asks, and reading them takes ~10 ms.
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
+def _is_known(revision: str) -> bool:
+    try:
+        return _scripts(str(_project_root())).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def _known_revision(url: str) -> str | None:
+    """The database's revision, or SchemaOutOfDateError when this code does not know it:
+    the database was migrated by newer code, and only that code can move it."""
+    current = current_revision(url)
+    if current is not None and not _is_known(current):
+        raise SchemaOutOfDateError(schema_advice(current, head_revision()))
+    return current
+
+
+def schema_advice(current: str | None, head: str | None) -> str:
+    """What to do about a database at `current` when the code needs `head`."""
+    if current is not None and not _is_known(current):
+        return (
+            f"database schema is at revision {current}, newer than this code's {head}: "
+            "deploy the image that has it (to go back, run `finops db downgrade "
+            f"{head}` with that newer image)"
+        )
+    return (
+        f"database schema is at revision {current or 'none'}, the code needs {head}: "
+        "run `finops db upgrade`"
+    )
 
 
 def ensure_schema(url: str | None = None) -> None:
@@ -101,10 +168,7 @@ def ensure_schema(url: str | None = None) -> None:
     check_database(url)  # down or refused: said plainly, before alembic's own error
     current, head = current_revision(url), head_revision()
     if current != head:
-        raise SchemaOutOfDateError(
-            f"database schema is at revision {current or 'none'}, the code needs {head}: "
-            "run `finops db upgrade`"
-        )
+        raise SchemaOutOfDateError(schema_advice(current, head))
 
 
 def ensure_embedded_schema(url: str | None = None) -> None:

@@ -77,7 +77,10 @@ def test_a_step_failing_half_way_leaves_the_previous_revision(
     migrations.upgrade(revision="0003")
     before = tables(any_database)
     migrations_copy(tmp_path, monkeypatch, "0004", INTERRUPTED)
-    with pytest.raises(RuntimeError, match=r"interrupted \(injected\)"):
+    with pytest.raises(
+        migrations.MigrationFailedError,
+        match=r"interrupted \(injected\) \(the database is at revision 0003\)",
+    ):
         migrations.upgrade()
     assert migrations.current_revision() == "0003"
     assert tables(any_database) == before
@@ -169,9 +172,9 @@ def test_a_migration_waiting_for_a_lock_fails_within_the_timeout(
     try:
         started = time.monotonic()
         with pytest.raises(
-            RuntimeError,
+            migrations.MigrationFailedError,
             match=r"waited 0\.5 s \(FINOPS_MIGRATION_LOCK_TIMEOUT\) for a lock .*"
-            r"`ALTER TABLE actions ",
+            r"`ALTER TABLE actions .*revision 0006\)",
         ):
             migrations.upgrade(revision="0007")  # 0006 goes through, 0007 waits
         assert time.monotonic() - started < 5
