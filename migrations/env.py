@@ -4,12 +4,14 @@ SQLite: the whole run is one transaction begun with BEGIN IMMEDIATE (one writer 
 so that a failure anywhere leaves the database as it was. PostgreSQL: one transaction per
 revision, each statement waiting at most FINOPS_MIGRATION_LOCK_TIMEOUT for a lock, so that
 a migration queued behind a long transaction fails instead of holding every reader of the
-table behind it. See backend/core/migration_env.py.
+table behind it. A dry run (config.attributes[DRY_RUN]) runs in one transaction, notes the
+tables left and rolls back. See backend/core/migration_env.py.
 """
 
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import inspect
 from sqlalchemy.exc import DBAPIError
 
 from backend.core import migration_env
@@ -18,6 +20,7 @@ from backend.core.models import Base
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or database_url()
+dry_run = config.attributes.get(migration_env.DRY_RUN)
 engine = migration_env.migration_engine(url)
 lock_timeout = 0.0
 try:
@@ -25,23 +28,30 @@ try:
         sqlite = connection.dialect.name == "sqlite"
         if not sqlite:
             lock_timeout = migration_env.prepare_postgres(connection)
-        if sqlite:
+        if sqlite or dry_run is not None:
             # Begun here, so Alembic commits nothing of its own: this block decides.
             transaction = connection.begin()
             try:
-                migration_env.drop_stale_batch_tables(connection)
+                if sqlite:
+                    migration_env.drop_stale_batch_tables(connection)
                 context.configure(
                     connection=connection,
                     target_metadata=Base.metadata,
-                    render_as_batch=True,
+                    render_as_batch=sqlite,
                     compare_type=True,
                 )
                 context.run_migrations()
-                migration_env.check_references(connection)
+                if sqlite:
+                    migration_env.check_references(connection)
+                if dry_run is not None:
+                    dry_run["tables"] = set(inspect(connection).get_table_names())
             except BaseException:
                 transaction.rollback()
                 raise
-            transaction.commit()
+            if dry_run is None:
+                transaction.commit()
+            else:
+                transaction.rollback()
         else:
             context.configure(
                 connection=connection,

@@ -22,10 +22,16 @@ def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> 
 
 @db_app.command("downgrade")
 @handle_errors
-def downgrade(revision: str = typer.Argument(..., help="Target revision, or 'base'.")) -> None:
-    """Migrate the database down to REVISION."""
+def downgrade(
+    revision: str = typer.Argument(..., help="Target revision, or 'base'."),
+    force: bool = typer.Option(
+        False, "--force", help="Drop tables that have rows (never a non-empty audit_events)."
+    ),
+) -> None:
+    """Migrate the database down to REVISION. Refuses to drop a table that has rows unless
+    --force is given, and to drop a non-empty audit_events at all."""
     check_database()
-    migrations.downgrade(revision=revision)
+    migrations.downgrade(revision=revision, force=force)
     console.print(f"database at revision {migrations.current_revision() or 'base'}")
 
 

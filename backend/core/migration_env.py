@@ -25,6 +25,8 @@ LOCK_TIMEOUT_VARIABLE = "FINOPS_MIGRATION_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT_SECONDS = 10.0
 # How long a migration waits for another one on the same database to finish.
 MIGRATION_WAIT_SECONDS = 600.0
+# config.attributes key: a dict that a dry run fills with "tables" (those left after it).
+DRY_RUN = "finops_dry_run"
 # Any constant: the PostgreSQL advisory lock that one migration at a time holds.
 _ADVISORY_LOCK_KEY = 0x46494E4F5053  # "FINOPS"
 _LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's lock_timeout

@@ -17,12 +17,15 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import inspect
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import make_url
 
 from backend.core.database import check_database, database_url, get_engine, redacted
 from backend.core.file_lock import waited_file_lock
-from backend.core.migration_env import MIGRATION_WAIT_SECONDS
+from backend.core.migration_env import DRY_RUN, MIGRATION_WAIT_SECONDS
+
+# Never dropped while it has rows, --force or not: the hash-chained record of every action.
+AUDIT_TABLE = "audit_events"
 
 
 def _project_root() -> Path:
@@ -57,15 +60,58 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
         _run(url, lambda cfg: command.upgrade(cfg, revision))
 
 
-def downgrade(url: str | None = None, revision: str = "base") -> None:
+def downgrade(url: str | None = None, revision: str = "base", *, force: bool = False) -> None:
+    """Refuses when the target would drop a table that has rows (unless `force`), and always
+    when that table is audit_events."""
     url = url or database_url()
     _known_revision(url)
     with _one_migration_at_a_time(url):
+        dropped = tables_dropped(url, revision)
+        refused = dropped if not force else {t: n for t, n in dropped.items() if t == AUDIT_TABLE}
+        if refused:
+            raise MigrationFailedError(_refusal(revision, dropped, refused))
         _run(url, lambda cfg: command.downgrade(cfg, revision))
 
 
-def _run(url: str, migrate: Callable[[Config], None]) -> None:
+def tables_dropped(url: str, revision: str) -> dict[str, int]:
+    """The tables with rows that a downgrade to `revision` would drop, and their row counts:
+    the downgrade is run in a transaction that is rolled back (skipped if no table has rows)."""
+    with get_engine(url).connect() as connection:
+        names = [n for n in inspect(connection).get_table_names() if n != "alembic_version"]
+        filled = [n for n in names if _has_rows(connection, n)]
+    if not filled:
+        return {}
+    left: dict[str, set[str]] = {}
+    _run(url, lambda cfg: command.downgrade(cfg, revision), {DRY_RUN: left})
+    gone = [n for n in filled if n not in left.get("tables", set(names))]
+    with get_engine(url).connect() as connection:
+        return {
+            n: connection.execute(text(f'SELECT count(*) FROM "{n}"')).scalar_one() for n in gone
+        }
+
+
+def _has_rows(connection: Connection, table: str) -> bool:
+    return connection.execute(text(f'SELECT 1 FROM "{table}" LIMIT 1')).first() is not None
+
+
+def _refusal(revision: str, dropped: dict[str, int], refused: dict[str, int]) -> str:
+    listed = ", ".join(f"{t} ({n} rows)" for t, n in sorted(dropped.items()))
+    if AUDIT_TABLE in refused:
+        return (
+            f"refusing to downgrade to {revision}: it would drop {listed}; {AUDIT_TABLE} is the "
+            "hash-chained audit trail and is never dropped while it has rows, --force or not"
+        )
+    return (
+        f"refusing to downgrade to {revision}: it would drop {listed}; back them up, then "
+        "pass --force to drop them"
+    )
+
+
+def _run(
+    url: str, migrate: Callable[[Config], None], attributes: dict[str, object] | None = None
+) -> None:
     cfg = alembic_config(url)
+    cfg.attributes.update(attributes or {})
     try:
         migrate(cfg)
     except MigrationFailedError:

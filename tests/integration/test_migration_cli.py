@@ -1,5 +1,5 @@
-"""`finops db ...` on a migration that refuses or a database newer than the code: one line
-and exit 3, never a traceback."""
+"""`finops db ...` on a migration that refuses, a database newer than the code, and data a
+downgrade would drop: one line and exit 3, never a traceback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from sqlalchemy import text
 from typer.testing import CliRunner, Result
 
 from backend.core import migrations
-from backend.core.database import get_engine
+from backend.core.database import get_engine, session_scope
+from backend.core.models import AuditEventRow, InventoryPartRow, ScanRunRow
 from tests.support.api_client import seed_action
 
 
@@ -70,3 +71,56 @@ def test_a_database_behind_the_code_is_told_to_upgrade(postgres_url: str) -> Non
         match=r"at revision 0005, the code needs .*: run `finops db upgrade`$",
     ):
         migrations.ensure_schema()
+
+
+def seed_inventory_part() -> None:
+    with session_scope() as session:
+        scan = ScanRunRow(status="succeeded")
+        session.add(scan)
+        session.flush()
+        session.add(
+            InventoryPartRow(
+                account_id="123456789012", region="us-east-1", kind="ebs", scan_id=scan.id
+            )
+        )
+
+
+def test_a_downgrade_that_would_drop_rows_needs_force(any_database: str) -> None:
+    migrations.upgrade()
+    seed_inventory_part()  # 0006's table
+    result = finops("db", "downgrade", "0005")
+    assert result.exit_code == 3
+    assert error_line(result) == (
+        "database error: refusing to downgrade to 0005: it would drop inventory_parts (1 rows); "
+        "back them up, then pass --force to drop them"
+    )
+    assert migrations.current_revision() == migrations.head_revision()
+    result = finops("db", "downgrade", "0005", "--force")
+    assert result.exit_code == 0, result.output
+    assert migrations.current_revision() == "0005"
+
+
+def test_a_downgrade_never_drops_a_non_empty_audit_trail(any_database: str) -> None:
+    migrations.upgrade()
+    with session_scope() as session:
+        session.add(
+            AuditEventRow(
+                actor="a",
+                event_type="x",
+                subject_type="s",
+                subject_id="1",
+                outcome="ok",
+                prev_hash="0" * 64,
+                hash="1" * 64,
+            )
+        )
+    seed_inventory_part()
+    for force in ([], ["--force"]):
+        result = finops("db", "downgrade", "base", *force)
+        assert result.exit_code == 3
+        line = error_line(result)
+        assert "drop audit_events (1 rows), inventory_parts (1 rows), scan_runs (1 rows);" in line
+        assert "never dropped while it has rows, --force or not" in line
+    assert migrations.current_revision() == migrations.head_revision()
+    with session_scope() as session:
+        assert session.query(AuditEventRow).count() == 1
