@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 
 from backend.core import migrations
 from backend.core.database import get_engine
-from tests.support.api_client import seed_action
+from tests.integration.test_migrations import seed_old_action
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,7 +130,7 @@ def test_two_processes_upgrading_one_sqlite_file_both_end_well(
 ) -> None:
     url = sqlite_url(tmp_path, monkeypatch)
     migrations.upgrade(revision="0003")
-    action = seed_action()
+    action = seed_old_action()
     migrations_copy(tmp_path, monkeypatch, "0004", SLOW)
     started = tmp_path / "started"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MIGRATION_STARTED": str(started)}
