@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     max_actions_per_hour: int = Field(default=100, ge=0)
     max_percent_of_fleet_per_run: float = Field(default=10.0, ge=0, le=100)
     approval_ttl_hours: float = Field(default=24.0, gt=0)
+    # Inventory and metrics older than this block planning and execution (fail closed):
+    # an account whose scans keep failing must not be acted on from old evidence.
+    max_inventory_age_hours: float = Field(default=24.0, gt=0)
     action_deadline_minutes: float = Field(default=30.0, gt=0)
     # A scheduled policy plans, and its actions run, only this long after its cron fires:
     # scan, plan and execution must fit in it; later, the run is skipped, not run late.

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from backend.config import Settings, get_settings
 from backend.core.automation_audit_logger import AuditLogger
+from backend.core.freshness import Observed, planning_evidence, planning_metric_stamps
 from backend.core.models import ActionRow, OpportunityRow, ResourceRow
 from backend.core.repositories import to_resource
 from backend.core.safety_checker import SafetyChecker
@@ -192,6 +193,7 @@ class ActionPlanner:
             )
             .order_by(OpportunityRow.id)
         )
+        stamps = planning_metric_stamps(session, acting)
         for opp, resource in rows:
             policy = acting[opp.policy_name]
             window = windows.get(policy.name)
@@ -230,7 +232,8 @@ class ActionPlanner:
                 # due the minute its owner is first told.
                 grace = now + dt.timedelta(days=policy.notice.grace_days)
                 action.not_before = max(action.not_before or grace, grace)
-            self._decide(session, action, to_resource(resource), out, now)
+            evidence = planning_evidence(policy, opp, resource, stamps)
+            self._decide(session, action, to_resource(resource), out, now, evidence)
             if policy.notice.notify and action.state != S.BLOCKED:
                 to_notice.append(action)
         if to_notice:
@@ -311,9 +314,17 @@ class ActionPlanner:
         return row
 
     def _decide(
-        self, session: Session, row: ActionRow, resource: Any, out: PlanResult, now: dt.datetime
+        self,
+        session: Session,
+        row: ActionRow,
+        resource: Any,
+        out: PlanResult,
+        now: dt.datetime,
+        evidence: Observed,
     ) -> None:
-        judgement = self._safety.judge_planned(row, resource)
+        # Stale evidence blocks with its age as the reason; planned again after a good scan,
+        # the blocked action is decided afresh (see _plan_open).
+        judgement = self._safety.judge_planned(row, resource, observed=evidence)
         row.safety_verdict = judgement.as_dict()
         # At planning, a missing approval is the normal case: it decides the queue, not a block.
         blocking = [v for v in judgement.blocking if v.rule.value != "approval-required"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, object_session
 from backend.config import Settings, get_settings, parse_window
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStopEngaged, redis_only
+from backend.core.freshness import execution_evidence, max_age, max_age_at_execution
 from backend.core.models import (
     ActionRow,
     AuditEventRow,
@@ -44,6 +45,7 @@ from backend.domain.safety import (
     SafetyConfig,
     Verdict,
     check_batch,
+    fresh_data,
     judge,
 )
 from backend.providers.aws.dependencies import probe_dependencies
@@ -184,24 +186,35 @@ class SafetyChecker:
 
     # -- judging ------------------------------------------------------------------------
     def judge_planned(
-        self, row: ActionRow, resource: Resource | None, session: Session | None = None
+        self,
+        row: ActionRow,
+        resource: Resource | None,
+        session: Session | None = None,
+        *,
+        observed: Sequence[tuple[str, dt.datetime]] | None = None,
     ) -> Judgement:
         """At planning, on the stored inventory: the static rules (no AWS calls).
 
         Overrides are read in `session`, else in the row's own (the planner's transaction),
         else in a new one; if they cannot be read, the action is blocked (fail closed).
+        `observed` (what the plan rests on, and when it was collected) is judged against
+        the freshness bound: stale evidence blocks.
         """
         now = self._clock()
         try:
             exemptions = self._exemptions(
                 session if session is not None else object_session(row), now
             )
-            return judge(
+            judgement = judge(
                 facts_for(row, resource, now=now, exemptions=exemptions),
                 self.config,
                 now,
                 before_execution=False,
             )
+            if observed is not None:
+                fresh = fresh_data(observed, now, max_age(self.settings))
+                judgement = Judgement((*judgement.verdicts, fresh))
+            return judgement
         except Exception as exc:  # noqa: BLE001 - any error judging blocks
             return _fail_closed(exc)
 
@@ -252,7 +265,11 @@ class SafetyChecker:
             judgement = judge(facts, self.config, now, before_execution=True)
             if policy is not None:
                 changed = _policy_changed_since_planned(row, policy, noticed_at, now)
-                judgement = Judgement((*judgement.verdicts, *changed))
+                # The fresh describe renews state and tags, not the stored metrics or the
+                # inventory the policy's other filters read: their age is judged too.
+                bound = max_age_at_execution(self.settings, policy)
+                fresh_enough = fresh_data(execution_evidence(session, row, policy), now, bound)
+                judgement = Judgement((*judgement.verdicts, *changed, fresh_enough))
             if policy is not None and not policy.enabled:
                 disabled = f"policy {row.policy_name} is disabled or paused"
                 judgement = Judgement(

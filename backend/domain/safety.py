@@ -36,6 +36,7 @@ class Rule(StrEnum):
     OWNER_NOTICE = "owner-notice"
     EXEMPTED = "exempted"  # exempted by a resource- or account-scope override
     SCHEDULE_WINDOW = "schedule-window"  # a scheduled policy's run window has passed
+    FRESH_DATA = "fresh-data"  # the inventory and metrics the decision rests on are recent
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,33 @@ def _tag_values(r: Resource, key: str) -> list[tuple[str, str]]:
     `Env` or `FinOps:Opt-Out ` protects as surely as the canonical spelling (fail closed)."""
     wanted = key.strip().casefold()
     return [(k, v) for k, v in r.tags.items() if k.strip().casefold() == wanted]
+
+
+def fresh_data(
+    observed: Sequence[tuple[str, dt.datetime]], now: dt.datetime, max_age: dt.timedelta
+) -> Verdict:
+    """Invariant 1: a decision resting on data older than `max_age` blocks (fail closed).
+
+    `observed` names each piece of evidence and when it was collected. An account whose
+    scans fail keeps its old rows; without this, 30-day-old utilisation stops a busy box.
+    """
+    stale = [(what, now - at) for what, at in observed if now - at > max_age]
+    if not stale:
+        return Verdict(Rule.FRESH_DATA, True, f"evidence at most {_age(max_age)} old")
+    ages = "; ".join(f"{what} is {_age(age)} old" for what, age in stale)
+    return Verdict(
+        Rule.FRESH_DATA,
+        False,
+        f"stale inventory: {ages}, beyond the {_age(max_age)} bound "
+        "(are the account's scans failing?)",
+    )
+
+
+def _age(delta: dt.timedelta) -> str:
+    hours = int(delta.total_seconds() // 3600)
+    if hours >= 48:
+        return f"{hours // 24}d {hours % 24}h"
+    return f"{hours}h" if hours else f"{int(delta.total_seconds() // 60)}min"
 
 
 def _protected(r: Resource, c: SafetyConfig) -> Verdict:

@@ -83,8 +83,8 @@ def exists(url: str, vid: str) -> bool:
     return any(v["VolumeId"] == vid for v in ec2(url).describe_volumes()["Volumes"])
 
 
-def scan() -> None:
-    ScanService(get_settings()).run(pack=pack(), regions=["us-east-1"])
+def scan(clock: Clock | None = None) -> None:
+    ScanService(get_settings(), now=clock or utcnow).run(pack=pack(), regions=["us-east-1"])
 
 
 def plan(clock: Clock, **kw: Any) -> PlanResult:
@@ -169,6 +169,26 @@ def test_mark_notify_wait_recheck_act(moto_url: str, any_database: str, smtp: Sm
     assert [o.result for o in late.outcomes] == ["succeeded"]
     assert not exists(moto_url, vid)
     assert AuditLogger().verify().ok
+
+
+def test_evidence_older_than_the_grace_and_the_bound_blocks_a_notified_action(
+    moto_url: str, sqlite: str, smtp: SmtpPeer
+) -> None:
+    """The 7.5 days above pass (7 days' grace + the 24-hour bound); 8.5 days without a
+    scan since the plan do not."""
+    vid = volume(moto_url, {"owner": "bob@example.com"})
+    _start(moto_url)
+    t0 = Clock()
+    plan(t0, notify_owners=True)
+    row = actions()[vid]
+    approve(t0.days(8.4), row.id)
+    report = ActionEngine(pack=pack(), clock=t0.days(8.5)).execute(dry_run=False)
+    assert [o.result for o in report.outcomes] == ["blocked"]
+    assert f"fresh-data: stale inventory: inventory of {vid} is 8d 12h old" in (
+        report.outcomes[0].detail
+    )
+    assert "beyond the 8d 0h bound" in report.outcomes[0].detail
+    assert exists(moto_url, vid)
 
 
 def test_opt_out_during_grace_prevents_the_action(
@@ -279,6 +299,9 @@ def test_a_failed_notice_holds_the_action(
     monkeypatch.setenv("FINOPS_NOTIFY_SMTP_PORT", str(smtp.port))
     reset_notification_settings_cache()
     t8 = t0.days(8)
+    stale = plan(t8, notify_owners=True)  # on the week-old scan: blocked, nobody told
+    assert "fresh-data: stale inventory" in stale.blocked[row.id] and smtp.mail == []
+    scan(t8)
     plan(t8, notify_owners=True)
     row = actions()[vid]
     assert row.state == "awaiting_approval" and len(smtp.mail) == 1
