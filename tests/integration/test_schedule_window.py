@@ -95,7 +95,7 @@ def test_a_plan_in_office_hours_makes_no_off_hours_stop(any_database: str) -> No
 
 
 def test_a_plan_in_the_window_approves_until_the_window_ends(any_database: str) -> None:
-    seed(FRI_1900_PARIS - dt.timedelta(days=1))
+    seed(FRI_1900_PARIS - dt.timedelta(hours=1))  # a scan just before: fresh evidence
     result = plan_at(FRI_1900_PARIS + dt.timedelta(minutes=20))  # 19:20: in the window
     assert len(result.approved) == 1 and result.outside_window == {}
     row = only_action()
@@ -112,7 +112,7 @@ def test_the_window_is_configurable(any_database: str, monkeypatch: pytest.Monke
 
     monkeypatch.setenv("FINOPS_SCHEDULE_RUN_WINDOW_MINUTES", "120")
     reset_settings_cache()
-    seed(FRI_1900_PARIS - dt.timedelta(days=1))
+    seed(FRI_1900_PARIS - dt.timedelta(hours=1))
     assert len(plan_at(FRI_1900_PARIS + dt.timedelta(minutes=90)).approved) == 1
     assert only_action().not_after == dt.datetime(2026, 3, 6, 20, 0, tzinfo=UTC)
 
