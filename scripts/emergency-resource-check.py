@@ -168,7 +168,11 @@ def examine(
         found.lines.append(f"backup: {row.backup_ref[:80]}")
     found.rollback = f"finops actions rollback {row.id}"
     if row.state == "executing":
-        found.rollback += "  (once it has finished or failed)"
+        # Past its deadline, the process may be gone: the reconcile settles it from AWS.
+        found.rollback += (
+            "  (once it has finished or failed; past its deadline, "
+            "`finops actions reconcile` settles it)"
+        )
     elif not row.pre_state:
         found.rollback += "  (nothing to undo: it failed before recording a pre-state)"
     return found

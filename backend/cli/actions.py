@@ -1,4 +1,6 @@
-"""`finops plan`, `finops apply`, `finops actions ...` and `finops status`."""
+"""`finops plan`, `finops apply`, `finops actions ...` (reconcile included: without the
+distributed runtime nothing else settles what a dead process left executing) and
+`finops status`."""
 
 from __future__ import annotations
 
@@ -304,6 +306,39 @@ def rollback(
         console.print(f"action {o.action_id}: {o.result} {o.detail}", highlight=False)
     if any(o.result in ("failed", "stopped") for o in outcomes):
         raise typer.Exit(1)
+
+
+@actions_app.command("reconcile")
+@handle_errors
+def reconcile_actions(
+    action_ids: Annotated[
+        list[int] | None, typer.Argument(help="These actions only (default: every stuck one).")
+    ] = None,
+) -> None:
+    """Settle actions left executing past their deadline by a process that died: from the
+    record, then from the account itself (succeeded if the change is there, failed with its
+    pre-state and backup kept if not; an account that cannot be read leaves it as it is).
+    An action still within its deadline, or held by a live worker, is left alone: its
+    process may still be working on it."""
+    from backend.runtime.reconcile import reconcile, stuck_actions
+    from backend.runtime.services import WorkerServices
+
+    ensure_schema()
+    services = WorkerServices(settings())
+    stuck = stuck_actions(services, utcnow())
+    chosen = action_ids or stuck
+    if not chosen:
+        console.print("nothing to reconcile: no action is executing past its deadline")
+        return
+    for action_id in chosen:
+        if action_id not in stuck:
+            console.print(
+                f"action {action_id}: left alone: not executing past its deadline "
+                "(or a live worker holds it)",
+                highlight=False,
+            )
+            continue
+        console.print(f"action {action_id}: {reconcile(services, action_id)}", highlight=False)
 
 
 @app.command()

@@ -18,6 +18,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from moto import mock_aws
 from sqlalchemy import select, update
+from typer.testing import CliRunner, Result
 
 from backend.config import get_settings, reset_settings_cache
 from backend.core.action_planner import ActionPlanner
@@ -151,3 +152,36 @@ def test_a_read_that_shows_no_change_fails_the_action(account: Unreadable) -> No
     assert reconcile(services(account), action_id) == "failed"
     error = row(action_id).error or ""
     assert "the account does not show the change" in error and "running" in error
+
+
+def cli(*args: str) -> Result:
+    import backend.cli.actions  # noqa: F401 - registers the `actions` commands
+    from backend.cli.app import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_reconcile_settles_what_a_dead_process_left_executing(account: Unreadable) -> None:
+    """Without the distributed runtime (embedded, `finops apply`), nothing else settles an
+    action whose process died after its AWS call: it stayed executing, refused by both
+    retry and rollback."""
+    action_id, instance = stuck_action(account)
+    boto3.client("ec2", region_name="us-east-1").stop_instances(InstanceIds=[instance])
+    result = cli("actions", "reconcile")
+    assert result.exit_code == 0, result.output
+    assert f"action {action_id}: succeeded" in result.output
+    assert row(action_id).state == "succeeded"
+    assert "nothing to reconcile" in cli("actions", "reconcile").output
+
+
+def test_cli_reconcile_leaves_an_action_its_process_may_still_be_running(
+    account: Unreadable,
+) -> None:
+    action_id, _ = stuck_action(account)
+    with session_scope() as session:
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
+        session.execute(update(ActionRow).where(ActionRow.id == action_id).values(deadline=later))
+    result = cli("actions", "reconcile", str(action_id))
+    assert result.exit_code == 0, result.output
+    assert f"action {action_id}: left alone: not executing past its deadline" in result.output
+    assert row(action_id).state == "executing"
