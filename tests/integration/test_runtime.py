@@ -18,7 +18,13 @@ from backend.config import reset_settings_cache
 from backend.core.auto_remediation_engine import AutoRemediationEngine
 from backend.core.database import dispose_engines, session_scope
 from backend.core.migrations import upgrade
-from backend.core.models import ActionRow, OpportunityRow, PolicyCycleRow, ResourceRow
+from backend.core.models import (
+    ActionRow,
+    AuditEventRow,
+    OpportunityRow,
+    PolicyCycleRow,
+    ResourceRow,
+)
 from backend.core.policy_manager import PolicyManager
 from backend.core.types import utcnow
 from backend.runtime.celery_app import app
@@ -55,11 +61,22 @@ def outcome() -> tuple[set[tuple[str, ...]], set[tuple[str, ...]]]:
 
 
 def blocked_verdicts(differing: set[tuple[str, ...]]) -> dict[str, object]:
-    """The safety verdict recorded on each of these actions (by resource id)."""
+    """The safety verdict recorded on each of these actions (by resource id), and the
+    details of their blocking events (an owner notice's block is only there)."""
     ids = {a[3] for a in differing}
     with session_scope() as session:
-        rows = session.scalars(select(ActionRow).where(ActionRow.resource_id.in_(ids)))
-        return {r.resource_id: (r.state, r.safety_verdict, r.error) for r in rows}
+        rows = list(session.scalars(select(ActionRow).where(ActionRow.resource_id.in_(ids))))
+        events = session.scalars(
+            select(AuditEventRow).where(
+                AuditEventRow.subject_type == "action",
+                AuditEventRow.subject_id.in_([str(r.id) for r in rows]),
+                AuditEventRow.outcome == "blocked",
+            )
+        )
+        why = {e.subject_id: e.details for e in events}
+        return {
+            r.resource_id: (r.state, r.safety_verdict, r.error, why.get(str(r.id))) for r in rows
+        }
 
 
 def test_a_cycle_on_workers_ends_as_the_embedded_one(
