@@ -33,7 +33,7 @@ from backend.core.schedule_window import (
     window_passed,
 )
 from backend.core.types import utcnow
-from backend.domain.lifecycle import ActionState, check_transition
+from backend.domain.lifecycle import ActionState, check_transition, policy_approver
 from backend.domain.policy.model import Policy, PolicyPack
 from backend.domain.resources import ResourceKind
 from backend.domain.safety import needs_approval
@@ -356,12 +356,9 @@ class ActionPlanner:
             row.action, ResourceKind(row.kind), row.risk
         )
         if auto:
-            row.approved_by = f"policy:{row.policy_name}"
+            row.approved_by = policy_approver(row.policy_name)
             row.approved_at = now
-            # The approval's lifetime starts when the action may run (after the owner's
-            # notice); counted from now it would expire during the grace period.
-            due = max(now, row.not_before or now)
-            row.approval_expires_at = self._expiry(row, due)
+            row.approval_expires_at = self._expiry(row, now)
             transition(
                 session,
                 row,
@@ -398,10 +395,7 @@ class ActionPlanner:
         if window_passed(row, now):
             raise RunWindowPassedError(f"action {action_id} {missed_reason(row)}")
         row.approved_by, row.approved_at = approver, now
-        # As for a policy's approval: its life starts when the action may run, so an
-        # approval given during the owner's grace period does not lapse before it ends.
-        due = max(now, row.not_before or now)
-        row.approval_expires_at = self._expiry(row, due)
+        row.approval_expires_at = self._expiry(row, now)
         transition(
             session,
             row,
@@ -443,8 +437,11 @@ class ActionPlanner:
         )
         return row
 
-    def _expiry(self, row: ActionRow, due: dt.datetime) -> dt.datetime:
-        """The approval's end: the TTL from when it may run, and never past its run window."""
+    def _expiry(self, row: ActionRow, now: dt.datetime) -> dt.datetime:
+        """The end of an approval given now, by a policy or a person: the TTL counted from
+        when the action may run (after the owner's notice; counted from now it would lapse
+        during the grace period), and never past its run window."""
+        due = max(now, row.not_before or now)
         expires = due + dt.timedelta(hours=self.settings.approval_ttl_hours)
         return min(expires, row.not_after) if row.not_after is not None else expires
 

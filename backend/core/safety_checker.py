@@ -30,6 +30,7 @@ from backend.core.models import (
 )
 from backend.core.repositories import relations_inventoried, to_resource
 from backend.core.types import utcnow
+from backend.domain.lifecycle import policy_approver
 from backend.domain.policy.evaluate import EvaluationContext
 from backend.domain.policy.model import Mode, Policy
 from backend.domain.policy.truth import Truth
@@ -360,7 +361,7 @@ class SafetyChecker:
 def _notice_delivered_at(session: Session, action_id: int) -> dt.datetime | None:
     """When the owner was last told (the owner-notice flow records a delivered notice as
     outcome 'notified'), or None if never."""
-    found = session.scalar(
+    return session.scalar(
         select(AuditEventRow.occurred_at)
         .where(
             AuditEventRow.subject_type == "action",
@@ -371,7 +372,6 @@ def _notice_delivered_at(session: Session, action_id: int) -> dt.datetime | None
         .order_by(AuditEventRow.occurred_at.desc())
         .limit(1)
     )
-    return found
 
 
 def _policy_changed_since_planned(
@@ -385,7 +385,7 @@ def _policy_changed_since_planned(
     the days the policy now promises.
     """
     refused: list[Verdict] = []
-    if row.approved_by == f"policy:{row.policy_name}" and policy.mode != Mode.AUTO:
+    if row.approved_by == policy_approver(row.policy_name) and policy.mode != Mode.AUTO:
         refused.append(
             Verdict(
                 Rule.APPROVAL,

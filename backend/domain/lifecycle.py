@@ -47,3 +47,8 @@ class IllegalTransitionError(ValueError):
 def check_transition(current: str, wanted: str) -> None:
     if ActionState(wanted) not in TRANSITIONS[ActionState(current)]:
         raise IllegalTransitionError(current, wanted)
+
+
+def policy_approver(policy_name: str) -> str:
+    """Who approved an action a policy in `auto` mode approved itself (its `approved_by`)."""
+    return f"policy:{policy_name}"
