@@ -29,6 +29,16 @@ def assumed_credentials(endpoint: str, account: str = SECOND_ACCOUNT) -> dict[st
     return dict(sts.assume_role(RoleArn=arn, RoleSessionName="seed")["Credentials"])
 
 
+def launch(ec2: Any, tags: dict[str, str], instance_type: str = "t3.micro") -> str:
+    """One instance of an Amazon image, with these tags; its id."""
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+    run = ec2.run_instances(
+        ImageId=image, MinCount=1, MaxCount=1, InstanceType=instance_type, TagSpecifications=spec
+    )
+    return str(run["Instances"][0]["InstanceId"])
+
+
 @dataclass
 class Fleet:
     ids: dict[str, list[str]] = field(default_factory=dict)

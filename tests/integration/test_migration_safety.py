@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 
 from backend.core import migrations
 from backend.core.database import get_engine
-from tests.integration.test_migrations import seed_old_action
+from tests.support.api_client import seed_old_action
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import insert, inspect, select
+from sqlalchemy import inspect, select
 
 from backend.core import migrations
 from backend.core.database import get_db, get_engine, session_scope
 from backend.core.models import ActionRow, Base, OpportunityRow
-from backend.core.types import utcnow
-from tests.support.api_client import seed_action, seed_opportunity, seed_resource
+from tests.support.api_client import (
+    seed_action,
+    seed_old_action,
+    seed_opportunity,
+    seed_resource,
+)
 
 
 def test_upgrade_then_downgrade_then_upgrade(any_database: str) -> None:
@@ -71,28 +75,3 @@ def test_0007_keeps_long_backups_and_refuses_to_downgrade_over_them(any_database
     with session_scope() as session:
         kept = session.get(ActionRow, long_one)
         assert kept is not None and kept.backup_ref == config
-
-
-def seed_old_action(**values: object) -> int:
-    """An action written at an older revision: a Core insert names only these columns (and
-    those with defaults); the ORM row would name the columns later revisions added."""
-    now = utcnow()
-    table = ActionRow.__table__
-    row = {
-        "idempotency_key": "old-action",
-        "policy_name": "unattached-ebs-delete",
-        "account_id": "111111111111",
-        "region": "us-east-1",
-        "kind": "ebs",
-        "resource_id": "vol-0123456789ab",
-        "action": "delete",
-        "mode": "approval",
-        "state": "awaiting_approval",
-        "risk": "high",
-        "requested_by": "otto",
-        "created_at": now,
-        "updated_at": now,
-        **values,
-    }
-    with session_scope() as session:
-        return int(session.execute(insert(table).values(row).returning(table.c.id)).scalar_one())

@@ -20,7 +20,7 @@ from backend.core.scan_service import ScanService
 from backend.core.types import utcnow
 from backend.domain.policy import load_text
 from backend.domain.policy.model import PolicyPack, Schedule
-from tests.integration.aws_fleet import client
+from tests.integration.aws_fleet import client, launch
 
 PACK = """
 policies:
@@ -59,15 +59,7 @@ def test_the_morning_start_is_not_a_rollback_of_the_stop(
     monkeypatch.setenv("FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN", "100")
     reset_settings_cache()
     ec2 = client(moto_url, "ec2", "us-east-1")
-    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    tags = [{"Key": "finops:schedule", "Value": "office-hours"}]
-    iid = ec2.run_instances(
-        ImageId=ami,
-        MinCount=1,
-        MaxCount=1,
-        InstanceType="t3.micro",
-        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
-    )["Instances"][0]["InstanceId"]
+    iid = launch(ec2, {"finops:schedule": "office-hours"})
     upgrade()
     pack = load_text(PACK, "p.yml")
     # the last evening run before now, and the next morning run after it (in their windows)

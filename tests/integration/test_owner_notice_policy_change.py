@@ -19,7 +19,7 @@ from backend.core.scan_service import ScanService
 from backend.domain.policy import load_text
 from backend.domain.policy.model import PolicyPack
 from tests.integration import test_owner_notice as notice
-from tests.integration.aws_fleet import client
+from tests.integration.aws_fleet import client, launch
 from tests.support.peers import SmtpPeer
 
 pytestmark = pytest.mark.moto_server
@@ -45,16 +45,7 @@ def pack(mode: str = "auto", grace: int = 3) -> PolicyPack:
 
 def instance(url: str) -> str:
     ec2 = client(url, "ec2", "us-east-1")
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    tags = [{"Key": "env", "Value": "dev"}, {"Key": "owner", "Value": "bob@example.com"}]
-    run = ec2.run_instances(
-        ImageId=image,
-        MinCount=1,
-        MaxCount=1,
-        InstanceType="t3.micro",
-        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
-    )
-    return str(run["Instances"][0]["InstanceId"])
+    return launch(ec2, {"env": "dev", "owner": "bob@example.com"})
 
 
 def state_of(url: str, iid: str) -> str:

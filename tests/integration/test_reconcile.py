@@ -30,6 +30,7 @@ from backend.providers.aws.breakers import BreakerKey, CircuitOpenError
 from backend.providers.aws.session import AwsClients
 from backend.runtime.reconcile import reconcile
 from backend.runtime.services import WorkerServices
+from tests.integration.aws_fleet import launch
 
 PACK = """
 policies:
@@ -70,17 +71,7 @@ def account(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Unreada
 
 def stuck_action(account: Unreadable) -> tuple[int, str]:
     """A stop whose worker died after recording the pre-state: the change may have run."""
-    ec2 = boto3.client("ec2", region_name="us-east-1")
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    instance = ec2.run_instances(
-        ImageId=image,
-        MinCount=1,
-        MaxCount=1,
-        InstanceType="t3.micro",
-        TagSpecifications=[
-            {"ResourceType": "instance", "Tags": [{"Key": "role", "Value": "idle"}]}
-        ],
-    )["Instances"][0]["InstanceId"]
+    instance = launch(boto3.client("ec2", region_name="us-east-1"), {"role": "idle"})
     pack = WorkerServices(get_settings()).pack()
     ScanService(get_settings()).run(pack=pack, regions=["us-east-1"])
     with session_scope() as session:
@@ -96,7 +87,7 @@ def stuck_action(account: Unreadable) -> tuple[int, str]:
                 claimed_by="dead-worker",
             )
         )
-    return action_id, str(instance)
+    return action_id, instance
 
 
 def services(account: Unreadable) -> WorkerServices:

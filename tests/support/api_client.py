@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
+from sqlalchemy import insert
 
 from backend.api import create_app
 from backend.api.accounts import create_user, issue_token
@@ -126,30 +127,42 @@ def seed_opportunity(resource_pk: int, **values: Any) -> int:
         return row.id
 
 
-def seed_action(**values: Any) -> int:
+def action_fields(**values: Any) -> dict[str, Any]:
+    """A volume delete awaiting approval, with `values` over these."""
     now = utcnow()
-    row = ActionRow(
-        **{
-            "idempotency_key": uuid.uuid4().hex,
-            "policy_name": "unattached-ebs-delete",
-            "account_id": "111111111111",
-            "region": "us-east-1",
-            "kind": "ebs",
-            "resource_id": f"vol-{uuid.uuid4().hex[:12]}",
-            "action": "delete",
-            "mode": "approval",
-            "state": "awaiting_approval",
-            "risk": "high",
-            "requested_by": "otto",
-            "created_at": now,
-            "updated_at": now,
-            **values,
-        }
-    )
+    return {
+        "idempotency_key": uuid.uuid4().hex,
+        "policy_name": "unattached-ebs-delete",
+        "account_id": "111111111111",
+        "region": "us-east-1",
+        "kind": "ebs",
+        "resource_id": f"vol-{uuid.uuid4().hex[:12]}",
+        "action": "delete",
+        "mode": "approval",
+        "state": "awaiting_approval",
+        "risk": "high",
+        "requested_by": "otto",
+        "created_at": now,
+        "updated_at": now,
+        **values,
+    }
+
+
+def seed_action(**values: Any) -> int:
+    row = ActionRow(**action_fields(**values))
     with session_scope() as session:
         session.add(row)
         session.flush()
         return row.id
+
+
+def seed_old_action(**values: Any) -> int:
+    """An action written at an older revision: a Core insert names only these columns (and
+    those with defaults); the ORM row would name the columns later revisions added."""
+    table = ActionRow.__table__
+    with session_scope() as session:
+        inserted = insert(table).values(action_fields(**values)).returning(table.c.id)
+        return int(session.execute(inserted).scalar_one())
 
 
 def is_problem(response: Response, status: int, kind: str | None = None) -> dict[str, Any]:
