@@ -255,8 +255,13 @@ def get_settings() -> Settings:
 
 
 def reset_settings_cache() -> None:
-    """Forget the cached settings (tests, and after the environment changes)."""
+    """Forget the cached settings, the notification settings too (tests, and after the
+    environment changes): a stale copy of either outlives the environment it was read from."""
+    # Imported here: notification_settings imports this module.
+    from backend.core.notification_settings import reset_notification_settings_cache
+
     get_settings.cache_clear()
+    reset_notification_settings_cache()
 
 
 @contextmanager

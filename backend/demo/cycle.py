@@ -21,7 +21,6 @@ from backend.core.action_planner import ActionPlanner, PlanResult
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.models import ActionRow, ResourceRow
-from backend.core.notification_settings import reset_notification_settings_cache
 from backend.core.safety_checker import safety_config
 from backend.core.types import utcnow
 from backend.demo.mailbox import SmtpPeer
@@ -165,11 +164,7 @@ def demo_mailbox() -> Iterator[SmtpPeer]:
         SmtpPeer() as mailbox,
         overridden_environment(names | {"FINOPS_NOTIFY_SMTP_PORT": str(mailbox.port)}),
     ):
-        reset_notification_settings_cache()
-        try:
-            yield mailbox
-        finally:
-            reset_notification_settings_cache()
+        yield mailbox
 
 
 def fixed(moment: dt.datetime) -> Callable[[], dt.datetime]:

@@ -129,7 +129,7 @@ def test_a_cycle_on_workers_ends_as_the_embedded_one(
                 cycle = session.scalars(select(PolicyCycleRow)).one()
                 assert (cycle.parts_total, cycle.parts_done, cycle.state) == (4, 4, "planned")
             got = outcome()
-            if got != expected:  # seen once under CI load: say why each differing one ended so
+            if got != expected:  # say why each differing action ended so
                 print("verdicts:", blocked_verdicts(got[1] - expected[1]))
             # the same slot again (beat restarted, schedule file deleted): nothing runs twice
             app.send_task("finops.start_cycle", kwargs={"slot": "test-cycle"})

@@ -71,3 +71,18 @@ def test_default_secret_refused_outside_development(monkeypatch: pytest.MonkeyPa
         load_settings().require_safe_secret()
     monkeypatch.setenv("FINOPS_SECRET_KEY", "x" * 40)
     load_settings().require_safe_secret()
+
+
+def test_forgetting_the_settings_forgets_the_notification_settings_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A route read from an environment that is gone must not route an owner's notice: a
+    test (or the demo) that changed FINOPS_NOTIFY_* once left a team routed for the next."""
+    from backend.core.notification_settings import get_notification_settings
+
+    monkeypatch.setenv("FINOPS_NOTIFY_SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T/B/x")
+    monkeypatch.setenv("FINOPS_NOTIFY_OWNER_ROUTES", '{"team-a": "slack"}')
+    assert get_notification_settings().owner_route("team-a").target is not None
+    monkeypatch.delenv("FINOPS_NOTIFY_OWNER_ROUTES")
+    reset_settings_cache()
+    assert get_notification_settings().owner_route("team-a").target is None
