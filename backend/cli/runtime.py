@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 import typer
@@ -60,6 +61,8 @@ def worker(
 def scheduler(loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO") -> None:
     """Run Celery beat: each policy's cron starts its cycle; the reconciler ticks."""
     _runtime_settings()
+    from backend.core import db_clock
+    from backend.core.database import get_engine
     from backend.core.migrations import ensure_schema
     from backend.runtime.beat import FileScheduler, scheduled_entries
     from backend.runtime.celery_app import app as celery
@@ -72,4 +75,6 @@ def scheduler(loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO") -> 
     for name, entry in entries.items():
         console.print(f"  {name}: {entry['schedule']!r}", highlight=False, markup=False)
     scheduler_cls = f"{FileScheduler.__module__}:{FileScheduler.__name__}"
+    # Beat fires by the database's clock, which it may not otherwise ask for hours.
+    db_clock.keep_measured(get_engine(), threading.Event())
     celery.Beat(schedule=str(path), scheduler=scheduler_cls, loglevel=loglevel).run()

@@ -64,9 +64,10 @@ def _build_engine(url: str) -> Engine:
         pool_timeout=10,  # every pooled connection stuck: fail in 10 s rather than 30
         connect_args=PG_CONNECT_ARGS,
     )
-    from backend.core import db_deadline  # psycopg: imported for PostgreSQL only
+    from backend.core import db_clock, db_deadline  # psycopg: for PostgreSQL only
 
     db_deadline.install(engine)  # a limit for the API and the readiness probe, by context
+    db_clock.install(engine)  # every host stamps times on the database's clock
     return engine
 
 

@@ -56,6 +56,7 @@ from backend.core.policy_evaluator_python import (
 )
 from backend.core.repositories import lock_opportunities
 from backend.core.sql_policies import Predicate, SqlCompiler, leaves
+from backend.core.types import utcnow
 from backend.domain.policy.filters import Filter
 from backend.domain.policy.measures import MetricsFilter
 from backend.domain.policy.model import Policy, PolicyPack
@@ -145,7 +146,7 @@ class StoredPolicyEvaluator:
     ) -> None:
         self._session = session
         self._prices = prices or PriceTable.shipped()
-        self._now = now or dt.datetime.now(dt.UTC)
+        self._now = now or utcnow()
         self._dialect = session.get_bind().dialect.name
         self._found: list[Table] = []
         self.timings: dict[str, float] = {}

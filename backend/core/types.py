@@ -35,5 +35,23 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
 
 
-def utcnow() -> dt.datetime:
+class _ClockOffset:
+    """What this host's clock is behind the database's (see db_clock.py): zero until a
+    process measures it, and always zero on SQLite (one host, one clock)."""
+
+    delta = dt.timedelta(0)
+
+
+CLOCK_OFFSET = _ClockOffset()
+
+
+def host_now() -> dt.datetime:
+    """This host's own clock, uncorrected: for what is judged against AWS's time (metric
+    windows), and to measure the offset."""
     return dt.datetime.now(dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    """Now, on the database's clock: claims, heartbeats, approvals and limits are stamped by
+    processes on several hosts and compared with each other's stamps."""
+    return host_now() + CLOCK_OFFSET.delta

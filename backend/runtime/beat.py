@@ -19,6 +19,7 @@ from celery.beat import BeatLazyFunc, Scheduler
 from celery.schedules import BaseSchedule, schedstate, schedule
 
 from backend.config import Settings
+from backend.core.types import utcnow
 from backend.domain.policy.model import PolicyPack, Schedule
 
 log = structlog.get_logger(__name__)
@@ -28,6 +29,7 @@ class PolicyCron(BaseSchedule):
     """A policy's cron expression, read in its own time zone (croniter, as the planner does)."""
 
     def __init__(self, cron: str, timezone: str = "UTC", **kwargs: Any) -> None:
+        kwargs.setdefault("nowfun", utcnow)  # the database's clock, as the workers read it
         super().__init__(**kwargs)
         self.cron = Schedule(cron, timezone)
 

@@ -18,7 +18,7 @@ import structlog
 from backend.core.action_engine import worker_name
 from backend.core.database import session_scope
 from backend.core.models import WorkerHeartbeatRow
-from backend.core.types import utcnow
+from backend.core.types import CLOCK_OFFSET, utcnow
 from backend.core.upsert import upsert_rows
 
 log = structlog.get_logger(__name__)
@@ -50,9 +50,14 @@ def executing_now() -> list[int]:
 
 
 def beat_once(queues: list[str]) -> None:
-    details = {"queues": queues, "executing": executing_now()}
-    row = {"worker": worker_name(), "last_seen": utcnow(), "details": details}
     with session_scope() as session:
+        session.connection()  # checked out first: the clock's offset is measured then
+        details = {
+            "queues": queues,
+            "executing": executing_now(),
+            "clock_offset_seconds": round(CLOCK_OFFSET.delta.total_seconds(), 3),
+        }
+        row = {"worker": worker_name(), "last_seen": utcnow(), "details": details}
         upsert_rows(
             session,
             WorkerHeartbeatRow,

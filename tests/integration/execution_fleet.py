@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import pytest
+
+from backend.config import reset_settings_cache
 from tests.integration.aws_fleet import client
-from tests.integration.execution_support import Account
+from tests.integration.execution_support import PACK, Account, scan_and_plan
 
 MOTO_LINUX_AMI = "ami-760aaa0f"  # amzn-ami-hvm-2017.09, in moto's bundled amis.json
 
@@ -68,3 +72,22 @@ def seed_fleet(endpoint: str, *, idle: int = 1) -> Fleet:
         ],
     )["VolumeId"]
     return Fleet(endpoint, idle_ids[0], prod, opted_out, busy, str(volume), idle_ids)
+
+
+def live_fleet(
+    moto_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, idle: int, **env: str
+) -> Fleet:
+    """A seeded fleet, scanned and planned under the execution test pack read from a file
+    (the workers read it in their own processes), live, any share of the fleet, and these
+    FINOPS_ settings."""
+    pack_file = tmp_path / "pack.yml"
+    pack_file.write_text(PACK)
+    monkeypatch.setenv("FINOPS_POLICY_PATHS", str(pack_file))
+    monkeypatch.setenv("FINOPS_DRY_RUN", "false")
+    monkeypatch.setenv("FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN", "100")
+    for name, value in env.items():
+        monkeypatch.setenv(f"FINOPS_{name}", value)
+    reset_settings_cache()
+    fleet = seed_fleet(moto_url, idle=idle)
+    scan_and_plan(requested_by="planner")
+    return fleet

@@ -11,15 +11,13 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from backend.config import reset_settings_cache
 from backend.core.auto_remediation_engine import AutoRemediationEngine
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop
 from backend.core.models import ActionRow, WorkerHeartbeatRow
 from backend.core.stop_fast_path import STOP_KEY
 from backend.runtime.celery_app import app
-from tests.integration.execution_fleet import Fleet, seed_fleet
-from tests.integration.execution_support import PACK, scan_and_plan
+from tests.integration.execution_fleet import Fleet, live_fleet
 from tests.support.workers import FINOPS, wait_until, workers
 
 pytestmark = [pytest.mark.moto_server]
@@ -33,15 +31,7 @@ def fleet(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> Fleet:
-    pack_file = tmp_path / "pack.yml"
-    pack_file.write_text(PACK)
-    monkeypatch.setenv("FINOPS_POLICY_PATHS", str(pack_file))
-    monkeypatch.setenv("FINOPS_DRY_RUN", "false")
-    monkeypatch.setenv("FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN", "100")
-    reset_settings_cache()
-    fleet = seed_fleet(moto_url, idle=6)
-    scan_and_plan(requested_by="planner")
-    return fleet
+    return live_fleet(moto_url, monkeypatch, tmp_path, 6)
 
 
 def actions() -> dict[int, ActionRow]:
