@@ -12,16 +12,18 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.config import Settings, get_settings
+from backend.core.action_transition import transition
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.freshness import Observed, planning_evidence, planning_metric_stamps
 from backend.core.models import ActionRow, OpportunityRow, ResourceRow
+from backend.core.owner_notice import SCHEDULED_TAG, OwnerNotice, marked_action
 from backend.core.repositories import to_resource
 from backend.core.safety_checker import SafetyChecker
 from backend.core.schedule_window import (
@@ -33,13 +35,10 @@ from backend.core.schedule_window import (
     window_passed,
 )
 from backend.core.types import utcnow
-from backend.domain.lifecycle import ActionState, check_transition, policy_approver
+from backend.domain.lifecycle import ActionState, policy_approver
 from backend.domain.policy.model import Policy, PolicyPack
 from backend.domain.resources import ResourceKind
 from backend.domain.safety import needs_approval
-
-if TYPE_CHECKING:
-    from backend.core.owner_notice import OwnerNotice
 
 S = ActionState
 log = structlog.get_logger(__name__)
@@ -85,39 +84,6 @@ def idempotency_key(
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
-def transition(
-    session: Session,
-    row: ActionRow,
-    wanted: ActionState,
-    *,
-    actor: str,
-    audit: AuditLogger,
-    event: str,
-    details: dict[str, Any] | None = None,
-    now: dt.datetime | None = None,
-) -> None:
-    """Move an action to a new state and audit it in the same transaction (audit first)."""
-    check_transition(row.state, wanted)
-    before = row.state
-    row.state = wanted.value
-    row.updated_at = now or utcnow()
-    audit.record(
-        event,
-        subject_type="action",
-        subject_id=row.id,
-        actor=actor,
-        outcome=wanted.value,
-        details={
-            "from": before,
-            "policy": row.policy_name,
-            "action": row.action,
-            "resource": row.resource_id,
-            **(details or {}),
-        },
-        session=session,
-    )
-
-
 class ActionPlanner:
     def __init__(
         self,
@@ -146,6 +112,9 @@ class ActionPlanner:
         requested_by: str = "system",
         notify_owners: bool = False,
     ) -> PlanResult:
+        """Actions for the open opportunities of the acting policies, each judged by the
+        safety rules. Live (owners told, not a dry run) it commits the session as it goes:
+        the plan first, then each owner notice and each mark taken off on its own."""
         now = self._clock()
         out = PlanResult()
         live = notify_owners or not self.settings.dry_run
@@ -163,12 +132,21 @@ class ActionPlanner:
                 log.info("scheduled policy not planned", policy=policy.name, reason=why)
             else:
                 windows[policy.name] = window
-        if acting:
-            self._plan_open(session, acting, windows, out, now, requested_by, live=live)
-        if live:
-            # After planning: a blocked action planned again keeps its mark; one still
-            # blocked, or one that ran, will not run, or never committed, loses it.
-            out.unmarked = self._notice().unmark_finished(session)
+        to_notice = self._plan_open(session, acting, windows, out, now, requested_by, live=live)
+        if not live:
+            if to_notice:
+                self._give_notice(session, to_notice, out, live=False)
+            return out
+        # Committed before anyone is told or any mark is taken off: no lock (the audit
+        # chain's, the opportunities') is held over AWS calls and mail, which take minutes
+        # when either is slow. An action whose notice is never recorded (a crash in between)
+        # cannot run: execution asks for a delivered notice.
+        session.commit()
+        if to_notice:
+            self._give_notice(session, to_notice, out, live=True)
+        # After planning: a blocked action planned again keeps its mark; one still blocked,
+        # or one that ran, will not run, or never committed, loses it.
+        out.unmarked = self._notice().unmark_finished(session)
         return out
 
     def _plan_open(
@@ -181,8 +159,12 @@ class ActionPlanner:
         requested_by: str,
         *,
         live: bool,
-    ) -> None:
-        to_notice: list[ActionRow] = []  # owner notice (see owner_notice.py)
+    ) -> list[ActionRow]:
+        """Plan the acting policies' open opportunities; the actions whose owner must be told
+        (see owner_notice.py)."""
+        to_notice: list[ActionRow] = []
+        if not acting:
+            return to_notice
         rows = session.execute(
             select(OpportunityRow, ResourceRow)
             .join(ResourceRow, ResourceRow.id == OpportunityRow.resource_pk)
@@ -206,6 +188,13 @@ class ActionPlanner:
             ).first()
             if existing is not None and existing.state != S.BLOCKED:
                 out.existing += 1
+                if live and policy.notice.notify and _unannounced(existing, resource):
+                    # Planned, but its owner was never told: planned in a dry run, or the
+                    # process stopped between the plan's commit and the notice. Told now,
+                    # and the grace period runs from now.
+                    grace = now + dt.timedelta(days=policy.notice.grace_days)
+                    existing.not_before = max(existing.not_before or grace, grace)
+                    to_notice.append(existing)
                 continue
             if existing is not None:
                 # A blocked action planned again is decided afresh, under the policy as it
@@ -236,14 +225,10 @@ class ActionPlanner:
             self._decide(session, action, to_resource(resource), out, now, evidence)
             if policy.notice.notify and action.state != S.BLOCKED:
                 to_notice.append(action)
-        if to_notice:
-            self._give_notice(session, to_notice, out, live=live)
+        return to_notice
 
     # --- owner notice: mark, notify; a notice that cannot be given blocks the action ------
     def _notice(self) -> OwnerNotice:
-        # Imported here: owner_notice imports this module (transition) and the executor.
-        from backend.core.owner_notice import OwnerNotice
-
         if self._owner_notice is None:
             self._owner_notice = OwnerNotice(
                 settings=self._settings, audit=self._audit, clock=self._clock
@@ -479,3 +464,11 @@ class ActionPlanner:
         if row is None:
             raise LookupError(f"no action {action_id}")
         return row
+
+
+def _unannounced(action: ActionRow, resource: ResourceRow) -> bool:
+    """An action still to run whose resource carries no mark of it: its owner was not told
+    (the inventory has the mark once the notice was given, and after any scan)."""
+    if action.state not in (S.AWAITING_APPROVAL, S.APPROVED):
+        return False
+    return marked_action((resource.tags or {}).get(SCHEDULED_TAG)) != action.id

@@ -8,9 +8,11 @@ resource that its owner opted out or that no longer qualifies. Without anyone to
 the notice was not delivered, the action is blocked so a person looks.
 
 Marks and the database stay in step:
-- the mark is an AWS side effect made inside the planner's transaction. If that transaction
-  does not commit, the marks it made are taken off again as it ends (and audited in a
-  transaction of their own), because the action they announce no longer exists;
+- a live plan commits its actions first; then each one is marked in AWS, its owner told, and
+  the outcome recorded and committed, one action at a time, so that no lock is held while
+  AWS or the mail server is slow. If an action's transaction does not commit, its mark is
+  taken off again as it ends (and audited in a transaction of its own), because nothing
+  recorded would announce it;
 - `unmark_finished` (run by the planner after it plans) takes a mark off once its action
   succeeded, was rolled back, rejected or blocked, or its opportunity resolved, and also
   any mark naming an action that does not exist (a process that died between marking and
@@ -29,7 +31,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from backend.config import Settings, get_settings
-from backend.core.action_planner import transition
+from backend.core.action_transition import transition
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
 from backend.core.execution_context import ExecutionContext
@@ -50,7 +52,7 @@ SCHEDULED_TAG = "finops:scheduled-action"
 OWNER_TAGS = ("owner", "Owner", "finops:owner")
 NO_OWNER = "no owner to notify and no fallback contact"
 NOT_NOTIFIED = "owner could not be notified"
-ROLLED_BACK = "the planner's transaction did not commit: the action does not exist"
+ROLLED_BACK = "the notice's transaction did not commit: nothing recorded announces the action"
 NO_ACTION = "no action {id}: its planning never committed"
 # Once the action has happened or will not happen, its mark must go: the owner would
 # otherwise keep waiting for it. (A failed action may be retried: its mark stays.)
@@ -126,7 +128,7 @@ class OwnerNotice:
         self._audit = audit or AuditLogger()
         self._emergency = emergency or EmergencyStop(audit=self._audit)
         self._clients = clients
-        self._notifier = notifier or _same_transaction(clock)
+        self._notifier = notifier or _own_transactions(clock)
         self._clock = clock
 
     @property
@@ -141,60 +143,78 @@ class OwnerNotice:
 
     # -- at planning --------------------------------------------------------------------
     def give(self, session: Session, actions: list[ActionRow], *, live: bool) -> NoticeResult:
-        """Notice for newly planned actions. `live` False: only audit what would happen."""
+        """Notice for newly planned actions. `live` False: only audit what would happen.
+
+        Live, the actions must be committed already, and each one's notice is committed on
+        its own: no lock (the audit chain's, SQLite's write lock) is held over the AWS
+        tagging and the mail, which take minutes when either is slow.
+        """
         out = NoticeResult()
         notifier: NotificationService | None = None
         for action in actions:
-            resource = self._resource(session, action)
-            owner = owner_of(resource.tags if resource else {})
             if notifier is None:
                 notifier = self._notifier(session)
-            route = notifier.settings.owner_route(owner)
-            recipient = route.target
-            if recipient is None:
-                # Checked before marking: a resource nobody is told about is not marked.
-                reason = NO_OWNER if owner is None else f"{NOT_NOTIFIED}: {route.note}"
-                self._block(session, action, reason, out)
-                continue
-            notice = {
-                "owner": owner,
-                "recipient": recipient,
-                "tag": {SCHEDULED_TAG: scheduled_value(action)},
-                "not_before": action.not_before.isoformat() if action.not_before else None,
-            }
-            if not live:
-                self._record(
-                    session,
-                    action,
-                    "dry-run",
-                    {**notice, "would": f"would notify {recipient} and mark {action.resource_id}"},
-                )
-                out.would.append(action.id)
-                continue
-            if resource is None:
-                self._block(session, action, f"{NOT_NOTIFIED}: resource not in the inventory", out)
-                continue
-            failure = self._mark(session, action, resource)
-            if failure:
-                self._block(session, action, f"resource could not be marked: {failure}", out)
-                continue
-            self._record(session, action, "marked", notice)
-            results = notifier.notify_owner(
-                action.resource_id,
-                owner,
-                action.action,
-                action.not_before or self._clock(),
-                {"policy": action.policy_name, "action id": action.id},
-            )
-            delivered = bool(results) and all(r.delivered for r in results)
-            details = [r.line() for r in results]
-            if not delivered:
-                # not_before stays; a person decides whether to go on without the notice
-                self._block(session, action, NOT_NOTIFIED, out, {"delivery": details})
-                continue
-            self._record(session, action, "notified", {"recipient": recipient, "delivery": details})
-            out.noticed.append(action.id)
+            self._give_one(session, action, notifier, out, live=live)
+            if live:
+                session.commit()
         return out
+
+    def _give_one(
+        self,
+        session: Session,
+        action: ActionRow,
+        notifier: NotificationService,
+        out: NoticeResult,
+        *,
+        live: bool,
+    ) -> None:
+        resource = self._resource(session, action)
+        owner = owner_of(resource.tags if resource else {})
+        route = notifier.settings.owner_route(owner)
+        recipient = route.target
+        if recipient is None:
+            # Checked before marking: a resource nobody is told about is not marked.
+            reason = NO_OWNER if owner is None else f"{NOT_NOTIFIED}: {route.note}"
+            self._block(session, action, reason, out)
+            return
+        notice = {
+            "owner": owner,
+            "recipient": recipient,
+            "tag": {SCHEDULED_TAG: scheduled_value(action)},
+            "not_before": action.not_before.isoformat() if action.not_before else None,
+        }
+        if not live:
+            would = f"would notify {recipient} and mark {action.resource_id}"
+            self._record(session, action, "dry-run", {**notice, "would": would})
+            out.would.append(action.id)
+            return
+        if resource is None:
+            self._block(session, action, f"{NOT_NOTIFIED}: resource not in the inventory", out)
+            return
+        failure = self._mark(action, resource)
+        if failure:
+            self._block(session, action, f"resource could not be marked: {failure}", out)
+            return
+        # Taken off again if what follows does not commit: nothing would announce the action.
+        self._remember(session, _Mark.on(resource, action.id))
+        results = notifier.notify_owner(
+            action.resource_id,
+            owner,
+            action.action,
+            action.not_before or self._clock(),
+            {"policy": action.policy_name, "action id": action.id},
+        )
+        # written after the mail: nothing here holds a lock while it is sent
+        resource.tags = {**(resource.tags or {}), SCHEDULED_TAG: scheduled_value(action)}
+        self._record(session, action, "marked", notice)
+        delivered = bool(results) and all(r.delivered for r in results)
+        details = [r.line() for r in results]
+        if not delivered:
+            # not_before stays; a person decides whether to go on without the notice
+            self._block(session, action, NOT_NOTIFIED, out, {"delivery": details})
+            return
+        self._record(session, action, "notified", {"recipient": recipient, "delivery": details})
+        out.noticed.append(action.id)
 
     # -- later --------------------------------------------------------------------------
     def unmark_finished(self, session: Session) -> list[int]:
@@ -210,6 +230,7 @@ class OwnerNotice:
         ).all()
         done: list[int] = []
         for resource in marked:
+            session.commit()  # the last removal's record: no lock held over the next AWS call
             action_id = marked_action((resource.tags or {}).get(SCHEDULED_TAG))
             if action_id is None:
                 continue  # not a mark of ours: someone's own use of the key is left alone
@@ -311,8 +332,8 @@ class OwnerNotice:
             .where(OpportunityRow.id == action.opportunity_id)
         ).first()
 
-    def _mark(self, session: Session, action: ActionRow, resource: ResourceRow) -> str | None:
-        """Tag the resource in AWS; None, or why it could not be marked."""
+    def _mark(self, action: ActionRow, resource: ResourceRow) -> str | None:
+        """Tag the resource in AWS (only there); None, or why it could not be marked."""
         params = {"key": SCHEDULED_TAG, "value": scheduled_value(action)}
         try:
             op = operation_for("mark", ResourceKind(action.kind))
@@ -322,9 +343,6 @@ class OwnerNotice:
             op.verify(ctx, action.resource_id, params)
         except Exception as exc:  # noqa: BLE001 - any failure: the owner was not told
             return describe_error(exc) if not isinstance(exc, KeyError) else str(exc)
-        # keep the inventory in step, so unmark_finished finds the mark without a rescan
-        resource.tags = {**(resource.tags or {}), SCHEDULED_TAG: params["value"]}
-        self._remember(session, _Mark.on(resource, action.id))
         return None
 
     def _record(
@@ -400,10 +418,11 @@ def _ended(session: Session, transaction: SessionTransaction) -> None:
         notice._undo_mark(mark)
 
 
-def _same_transaction(clock: Callable[[], dt.datetime]) -> NotifierFactory:
-    # The notification rows join the planner's transaction: on SQLite a second connection
-    # would wait for the planner's write lock. (Joined, not committed: the caller commits.)
-    def make(session: Session) -> NotificationService:
-        return NotificationService(sessions=lambda: Session(bind=session.connection()), clock=clock)
+def _own_transactions(clock: Callable[[], dt.datetime]) -> NotifierFactory:
+    # The notification rows are committed on their own, as for any message: a live notice
+    # is given with nothing of the planner's uncommitted (see give), so on SQLite there is
+    # no write lock of the planner's for them to wait for.
+    def make(_session: Session) -> NotificationService:
+        return NotificationService(clock=clock)
 
     return make

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
+from backend.core.action_transition import transition
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.models import ActionRow
 from backend.domain.lifecycle import ActionState
@@ -94,8 +95,6 @@ def block(session: Session, row: ActionRow, audit: AuditLogger, now: dt.datetime
     """Blocked, not expired back to the queue: a person approving it later would run an
     off-hours stop in office hours. Re-planning revives only the same slot's action, and
     only inside that slot's window, which has passed."""
-    from backend.core.action_planner import transition  # it imports this module
-
     reason = missed_reason(row)
     verdict = Verdict(Rule.SCHEDULE_WINDOW, False, reason)
     window = {"slot": row.slot, "not_after": row.not_after.isoformat() if row.not_after else None}

@@ -11,6 +11,7 @@ import email
 import email.policy
 import socketserver
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from types import TracebackType
@@ -31,6 +32,8 @@ class SmtpPeer:
     reject_recipients: set[str] = field(default_factory=set)
     mail: list[Mail] = field(default_factory=list)
     logins: list[tuple[str, str]] = field(default_factory=list)
+    # Called with each message before it is accepted: the sender waits for it (tests).
+    on_mail: Callable[[Mail], None] | None = None
     _server: socketserver.ThreadingTCPServer | None = None
 
     @property
@@ -72,7 +75,10 @@ class SmtpPeer:
                             self.reply("250 ok")
                     elif verb == "DATA":
                         self.reply("354 end with .")
-                        peer.mail.append(Mail(sender, recipients, self.read_data()))
+                        mail = Mail(sender, recipients, self.read_data())
+                        if peer.on_mail is not None:
+                            peer.on_mail(mail)
+                        peer.mail.append(mail)
                         self.reply("250 queued")
                     elif verb == "QUIT":
                         self.reply("221 bye")

@@ -21,7 +21,7 @@ import datetime as dt
 import structlog
 from sqlalchemy import select
 
-from backend.core.action_planner import transition
+from backend.core.action_transition import transition
 from backend.core.database import session_scope
 from backend.core.execution_context import ExecutionContext, refuse_changes, resource_dict
 from backend.core.models import ActionRow, WorkerHeartbeatRow

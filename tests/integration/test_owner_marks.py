@@ -1,8 +1,9 @@
 """Owner marks against a moto_server: routed notices, and marks that come off when their
-action has run, or when the planner's transaction that made them does not commit."""
+action has run, or when the notice's transaction that made them does not commit."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from backend.core.audit_chain import AuditEvent
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.migrations import upgrade
+from backend.core.notification_service import NotificationService
 from backend.core.notification_settings import reset_notification_settings_cache
 from backend.core.owner_notice import ROLLED_BACK, SCHEDULED_TAG
 from backend.core.scan_service import ScanService
@@ -193,35 +195,56 @@ def test_the_mark_comes_off_after_the_action_succeeded(
     assert AuditLogger().verify().ok
 
 
-def plan_then_fail(url: str, vid: str) -> None:
-    with session_scope() as session:
-        result = ActionPlanner(clock=Clock()).plan(
-            session, pack(), requested_by="planner", notify_owners=True
-        )
-        assert len(result.approved) == 1
-        assert SCHEDULED_TAG in tags_of(url, vid)  # AWS has it before the commit
-        raise RuntimeError("the planner's transaction fails after marking")
-
-
-def test_a_planner_transaction_that_rolls_back_takes_its_marks_off(
-    moto_url: str, any_database: str, peers: Peers
+def test_a_notice_that_does_not_commit_takes_its_mark_off_and_is_given_at_the_next_plan(
+    moto_url: str, any_database: str, peers: Peers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A live plan commits its actions before their owners are told. A notice whose own
+    transaction fails after the marking loses its mark; the action, never announced, cannot
+    run, and the next plan gives its notice, with the grace period counted from then."""
     vid = volume(moto_url, "bob@example.com", "gp2")
     scan()
-    with pytest.raises(RuntimeError, match="after marking"):
-        plan_then_fail(moto_url, vid)
+    with monkeypatch.context() as patched:
 
-    assert actions() == {}
+        def fail(*_args: Any, **_kwargs: Any) -> None:
+            assert SCHEDULED_TAG in tags_of(moto_url, vid)  # AWS has it before the commit
+            raise RuntimeError("the notice fails after marking")
+
+        patched.setattr(NotificationService, "notify_owner", fail)
+        with pytest.raises(RuntimeError, match="after marking"):
+            plan(Clock())
+
+    (row,) = actions().values()
+    assert row.state == "approved"  # committed before the notice
     assert SCHEDULED_TAG not in tags_of(moto_url, vid)
     (event,) = mark_events()
     assert event.outcome == "unmarked" and event.details["resource"] == vid
     assert event.details["notice"]["why"] == ROLLED_BACK
+    assert peers.smtp.mail == []
+    t1 = Clock().days(0.5)
+    assert execute(t1.days(1)) == ["blocked"]  # never announced: execution refuses it
     assert AuditLogger().verify().ok
 
-    # planned again, and committed: marked again, and the mark stays
-    again = plan(Clock())
-    assert len(again.approved) == 1 and again.unmarked == []
-    assert SCHEDULED_TAG in tags_of(moto_url, vid)
+
+def test_an_action_planned_in_a_dry_run_is_announced_when_planning_goes_live(
+    moto_url: str, any_database: str, peers: Peers
+) -> None:
+    vid = volume(moto_url, "bob@example.com", "gp2")
+    scan()
+    t0 = Clock()
+    with session_scope() as session:
+        dry = ActionPlanner(clock=t0).plan(session, pack(), requested_by="planner")
+    assert len(dry.approved) == 1 and peers.smtp.mail == []
+    t1 = t0.days(0.5)
+    live = plan(t1)
+    (row,) = actions().values()
+    assert live.created == [] and live.existing == 1 and live.blocked == {}
+    assert [m.rcpt_to for m in peers.smtp.mail] == [["bob@example.com"]]
+    assert tags_of(moto_url, vid)[SCHEDULED_TAG].endswith(f"(action {row.id})")
+    assert row.state == "approved" and row.not_before == t1.now + dt.timedelta(days=1)
+    assert plan(t1).existing == 1 and len(peers.smtp.mail) == 1  # told once
+    assert execute(t1.days(0.9)) == []  # the grace period runs from the notice
+    assert execute(t1.days(1.1)) == ["succeeded"]
+    assert volume_type(moto_url, vid) == "gp3"
 
 
 def test_the_sweep_removes_a_mark_whose_action_never_committed(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from backend.config import get_settings, reset_settings_cache
 from backend.core.action_engine import ActionEngine
@@ -24,8 +24,9 @@ from backend.core.scan_service import ScanService
 from backend.core.types import utcnow
 from backend.domain.policy import load_text
 from backend.domain.policy.model import PolicyPack
+from backend.providers.aws.retry import describe_error
 from tests.integration.aws_fleet import client
-from tests.support.peers import HttpPeer, SmtpPeer
+from tests.support.peers import HttpPeer, Mail, SmtpPeer
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.moto_server
@@ -319,3 +320,42 @@ def test_dry_run_records_and_changes_nothing(moto_url: str, sqlite: str, smtp: S
     assert smtp.mail == []
     (event,) = [e for e in AuditLogger().events("1h") if e.outcome == "dry-run"]
     assert event.details["notice"]["would"] == f"would notify bob@example.com and mark {vid}"
+
+
+def test_no_lock_is_held_while_the_owner_is_mailed(
+    moto_url: str, any_database: str, smtp: SmtpPeer
+) -> None:
+    """While the mail server takes its time, the rest of the system writes its audit events:
+    a live plan holds neither the audit chain's lock nor SQLite's write lock over the mail
+    (nor over the marking in AWS before it), or a slow mail server stalls every writer."""
+    vid = volume(moto_url, {"owner": "bob@example.com"})
+    _start(moto_url)
+    written: list[str] = []
+
+    def meanwhile(_mail: Mail) -> None:
+        wait = (
+            "PRAGMA busy_timeout = 1000" if "sqlite" in any_database else "SET lock_timeout = 1000"
+        )
+        try:
+            with session_scope() as session:
+                session.execute(text(wait))
+                AuditLogger().record(
+                    "test",
+                    subject_type="probe",
+                    subject_id=1,
+                    actor="test",
+                    outcome="ok",
+                    session=session,
+                )
+            written.append("written")
+        except Exception as exc:  # noqa: BLE001 - what the other writer met, for the assertion
+            written.append(describe_error(exc))
+
+    smtp.on_mail = meanwhile
+    plan(Clock(), notify_owners=True)
+    assert written == ["written"]
+    row = actions()[vid]
+    assert row.state == "awaiting_approval" and SCHEDULED_TAG in tags_of(moto_url, vid)
+    outcomes = [e.outcome for e in AuditLogger().events("1h") if e.subject_type != "scan"]
+    assert outcomes[-3:] == ["ok", "marked", "notified"]  # the probe's, then the notice's
+    assert AuditLogger().verify().ok
