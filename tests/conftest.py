@@ -17,6 +17,27 @@ from tests.support.servers import (
     scratch_postgres_database,
 )
 
+# The files that take longest (a minute or more on two cores, from --durations), started
+# first: `make test` runs `-n 2 --dist loadfile`, and a run that reaches one of these last
+# ends on it alone while the other worker waits.
+LONGEST_FIRST = (
+    "tests/unit/core/test_engine_properties.py",
+    "tests/integration/test_api_schemathesis.py",
+    "tests/integration/test_runtime_chaos.py",
+    "tests/integration/test_alert_rules.py",
+    "tests/integration/test_runtime.py",
+    "tests/integration/test_scripts.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
+
+
 _ENV_TO_CLEAR = (
     "DATABASE_URL",
     "REDIS_URL",
