@@ -45,6 +45,7 @@ S = ActionState
 class ActionOutcome:
     action_id: int
     result: str  # succeeded | failed | blocked | skipped | would-execute | would-block | stopped
+    # | held | claim-lost (the action was settled by the reconciler and is in other hands)
     detail: str = ""
 
 

@@ -51,7 +51,8 @@ def _rollback(
     context: ExecutionContext, action_id: int, actor: str, audit: AuditLogger
 ) -> ActionOutcome:
     from backend.core.action_engine import ActionOutcome
-    from backend.core.execution_context import Guard, resource_from
+    from backend.core.execution_context import resource_from
+    from backend.core.execution_guard import Guard
 
     guard = Guard(context.emergency)
     with session_scope() as session:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
@@ -19,6 +20,15 @@ from backend.core.action_transition import transition
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop, EmergencyStopEngaged
+from backend.core.execution_endings import (
+    ChangeUnverifiedError,
+    change_started,
+    claim_lost,
+    failed,
+    interrupted,
+    short_backup,
+)
+from backend.core.execution_guard import Claim, ClaimLostError, Guard
 from backend.core.models import ActionRow
 from backend.core.schedule_window import WAITING, block, missed_reason, window_passed
 from backend.core.stop_checked_client import StopCheckedClient
@@ -35,6 +45,7 @@ if TYPE_CHECKING:
     from backend.core.safety_checker import SafetyChecker
 
 S = ActionState
+log = structlog.get_logger(__name__)
 Clock = Callable[[], dt.datetime]
 
 
@@ -61,29 +72,6 @@ def resource_from(data: dict[str, Any]) -> Resource:
 
 class WrongAccountError(RuntimeError):
     """The credentials at hand act in another account than the action's."""
-
-
-class ChangeUnverifiedError(RuntimeError):
-    """The change was made in AWS, but reading it back failed."""
-
-
-class Guard:
-    """Checked before every changing AWS call; counts the calls that went through (sent),
-    and those AWS answered with success (made)."""
-
-    def __init__(self, emergency: EmergencyStop, *, counting_made: bool = True) -> None:
-        self.emergency = emergency
-        self.changes = 0
-        self.made = 0
-        self.counting_made = counting_made  # an action's backup is no change: off until then
-
-    def __call__(self, call: str) -> None:
-        self.emergency.check(call)
-        self.changes += 1
-
-    def note_made(self, call: str) -> None:
-        if self.counting_made:
-            self.made += 1
 
 
 class ExecutionContext:
@@ -239,22 +227,29 @@ class ExecutionContext:
                 details={"run": run_id},
                 session=session,
             )
-        guard = Guard(self.emergency, counting_made=False)
+            ours = Claim(action_id, worker, row.attempts)
+        guard = Guard(self.emergency, counting_made=False, claim=ours)
         try:
-            return self._steps(action_id, safety, audit, worker, clock, guard)
-        except EmergencyStopEngaged as exc:
-            return self._interrupted(action_id, audit, worker, guard, str(exc))
-        except ChangeUnverifiedError as exc:
-            return self._fail(
-                action_id,
-                audit,
-                worker,
-                f"the change was made but could not be verified: {exc}; the "
-                "pre-state and backup are kept, roll back to undo",
-                changed=True,
-            )
-        except Exception as exc:  # noqa: BLE001 - recorded as a failure, backup kept
-            return self._fail(action_id, audit, worker, describe_error(exc), made=guard.made)
+            try:
+                return self._steps(action_id, safety, audit, worker, clock, guard)
+            except ClaimLostError:
+                raise  # nothing more is written: the action is in other hands
+            except EmergencyStopEngaged as exc:
+                return interrupted(action_id, audit, worker, guard, str(exc))
+            except ChangeUnverifiedError as exc:
+                return failed(
+                    action_id,
+                    audit,
+                    worker,
+                    f"the change was made but could not be verified: {exc}; the "
+                    "pre-state and backup are kept, roll back to undo",
+                    guard,
+                    changed=True,
+                )
+            except Exception as exc:  # noqa: BLE001 - recorded as a failure, backup kept
+                return failed(action_id, audit, worker, describe_error(exc), guard)
+        except ClaimLostError as exc:  # from the steps, or from writing how they ended
+            return claim_lost(action_id, audit, worker, str(exc))
 
     def _judge(
         self,
@@ -309,7 +304,7 @@ class ExecutionContext:
         from backend.core.action_engine import ActionOutcome
 
         with session_scope() as session:
-            row = _row(session, action_id)
+            row = guard.row(session, action_id)
             op = operation_for(row.action, ResourceKind(row.kind))
             ctx = self.op_context(row, guard, check_stop=True)
             # Once the change is made, reading it back cannot change anything and makes the
@@ -321,7 +316,7 @@ class ExecutionContext:
             # A retry after an attempt that began its change resumes that change: the first
             # attempt's pre-state and backup stay what a rollback restores (a resize that
             # failed to start again leaves a stopped instance of the new type: not "before").
-            resumed = bool(row.pre_state) and _change_started(row.post_state)
+            resumed = bool(row.pre_state) and change_started(row.post_state)
             if not resumed:
                 row.pre_state = resource_dict(fresh)
             params = dict(row.params or {})
@@ -336,7 +331,7 @@ class ExecutionContext:
             )
         backup = op.backup(ctx, fresh)
         with session_scope() as session:
-            row = _row(session, action_id)
+            row = guard.row(session, action_id)
             if not (resumed and row.backup_ref):
                 row.backup_ref = backup
             audit.record(
@@ -345,7 +340,7 @@ class ExecutionContext:
                 subject_id=row.id,
                 actor=worker,
                 outcome="backup taken",
-                details={"backup": _short(backup)},
+                details={"backup": short_backup(backup)},
                 session=session,
             )
             kept = dict(row.pre_state) if resumed and row.pre_state else None
@@ -354,7 +349,7 @@ class ExecutionContext:
         # every audited write (the emergency stop's included) behind it.
         if backup is not None:
             with session_scope() as session:
-                row = _row(session, action_id)
+                row = guard.row(session, action_id)
                 # A snapshot or an image can take many minutes, and an owner may tag the
                 # resource meanwhile: judged again on a fresh describe, just before the call.
                 fresh, blocked = self._judge(
@@ -371,7 +366,7 @@ class ExecutionContext:
         op.execute(ctx, original, params)
         with session_scope() as session:
             # Recorded before verifying: if the check fails, the record still says AWS changed.
-            row = _row(session, action_id)
+            row = guard.row(session, action_id)
             row.post_state = {"change_started": True, "change_made": True, "verified": False}
             audit.record(
                 "execution",
@@ -387,7 +382,7 @@ class ExecutionContext:
         except Exception as exc:
             raise ChangeUnverifiedError(describe_error(exc)) from exc
         with session_scope() as session:
-            row = _row(session, action_id)
+            row = guard.row(session, action_id)
             row.post_state = resource_dict(post) if post is not None else {"gone": True}
             row.finished_at = clock()
             row.realized_monthly_savings = None  # measured later, never assumed
@@ -398,80 +393,12 @@ class ExecutionContext:
                 actor=worker,
                 audit=audit,
                 event="execution",
-                details={"after": post.state if post else "gone", "backup": _short(row.backup_ref)},
+                details={
+                    "after": post.state if post else "gone",
+                    "backup": short_backup(row.backup_ref),
+                },
             )
         return ActionOutcome(action_id, "succeeded", f"{row.action} {row.resource_id}")
-
-    def _interrupted(
-        self, action_id: int, audit: AuditLogger, worker: str, guard: Guard, why: str
-    ) -> ActionOutcome:
-        from backend.core.action_engine import ActionOutcome
-
-        with session_scope() as session:
-            row = _row(session, action_id)
-            if guard.changes == 0:
-                # nothing in AWS changed yet: hand the action back untouched (backup kept)
-                transition(
-                    session,
-                    row,
-                    S.APPROVED,
-                    actor=worker,
-                    audit=audit,
-                    event="execution",
-                    details={"interrupted": why, "changed": False},
-                )
-                return ActionOutcome(action_id, "stopped", why)
-            if guard.made:  # the change began: a retry resumes it from the first pre-state
-                row.post_state = row.post_state or {"change_started": True, "verified": False}
-            row.error = (
-                f"interrupted by the emergency stop after {guard.changes} change(s); "
-                "may be partial: the pre-state and backup are kept, roll back to undo"
-            )
-            transition(
-                session,
-                row,
-                S.FAILED,
-                actor=worker,
-                audit=audit,
-                event="execution",
-                details={"interrupted": why, "changed": True},
-            )
-            return ActionOutcome(action_id, "failed", row.error)
-
-    def _fail(
-        self,
-        action_id: int,
-        audit: AuditLogger,
-        worker: str,
-        why: str,
-        changed: bool = False,
-        made: int = 0,
-    ) -> ActionOutcome:
-        """`made`: the changes AWS made in this attempt (a backup is none). This attempt's or
-        an earlier one's mark the resource partly changed, and a retry resumes the change."""
-        from backend.core.action_engine import ActionOutcome
-
-        with session_scope() as session:
-            row = _row(session, action_id)
-            if not changed and (made or _change_started(row.post_state)):
-                changed = True
-                row.post_state = row.post_state or {"change_started": True, "verified": False}
-                why += (
-                    " (the resource is partly changed: AWS made the change's first step(s); "
-                    "the pre-state and backup are kept, retry resumes, roll back undoes)"
-                )
-            row.error = why
-            row.finished_at = None
-            transition(
-                session,
-                row,
-                S.FAILED,
-                actor=worker,
-                audit=audit,
-                event="execution",
-                details={"error": why, "backup": _short(row.backup_ref), "changed": changed},
-            )
-        return ActionOutcome(action_id, "failed", why)
 
     # -- undo ---------------------------------------------------------------------------
     def rollback_one(
@@ -480,10 +407,6 @@ class ExecutionContext:
         from backend.core.action_undo import rollback_one
 
         return rollback_one(self, action_id, actor, audit)
-
-
-def _change_started(post_state: dict[str, Any] | None) -> bool:
-    return bool(post_state and post_state.get("change_started"))
 
 
 def _row(session: Session, action_id: int) -> ActionRow:
@@ -496,9 +419,3 @@ def _row(session: Session, action_id: int) -> ActionRow:
 def refuse_changes(call: str) -> None:
     """The guard of a read-only use of an operation (dry run, judging, reconciling)."""
     raise RuntimeError(f"read-only: refusing the changing call {call}")
-
-
-def _short(backup: str | None) -> str | None:
-    if backup and backup.startswith("config:"):
-        return "configuration captured"
-    return backup
