@@ -22,6 +22,7 @@ config = context.config
 url = config.get_main_option("sqlalchemy.url") or database_url()
 dry_run = config.attributes.get(migration_env.DRY_RUN)
 engine = migration_env.migration_engine(url)
+record_oldest_code = migration_env.oldest_code_recorder(context.script)
 lock_timeout = 0.0
 try:
     with engine.connect() as connection:
@@ -39,6 +40,7 @@ try:
                     target_metadata=Base.metadata,
                     render_as_batch=sqlite,
                     compare_type=True,
+                    on_version_apply=[record_oldest_code],
                 )
                 context.run_migrations()
                 if sqlite:
@@ -58,6 +60,7 @@ try:
                 target_metadata=Base.metadata,
                 compare_type=True,
                 transaction_per_migration=True,  # a revision's locks end with it
+                on_version_apply=[record_oldest_code],
             )
             with context.begin_transaction():
                 context.run_migrations()

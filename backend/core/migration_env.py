@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, column, create_engine, event, inspect, text
+from sqlalchemy import table as sa_table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from backend.config import SettingsError
 from backend.core.database import redacted
+from backend.core.types import utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -133,3 +138,40 @@ def lock_wait_error(exc: DBAPIError, seconds: float) -> RuntimeError | None:
         f"another transaction holds, for `{statement}`; let that transaction end (see "
         "pg_stat_activity), then run the migration again"
     )
+
+
+# -- the oldest code that may run on the schema (see migrations/versions/0009) ---------------
+COMPATIBILITY_TABLE = "schema_compatibility"
+
+
+def oldest_code(script: ScriptDirectory, revision: str) -> str:
+    """The oldest code revision that runs correctly on a schema at `revision`: the newest
+    migration up to it that does not declare `older_code_compatible = True`."""
+    for step in script.iterate_revisions(revision, "base"):
+        if getattr(step.module, "older_code_compatible", False) is not True:
+            return step.revision
+    return revision
+
+
+def oldest_code_recorder(script: ScriptDirectory) -> Callable[..., None]:
+    """Alembic's on_version_apply: after each revision, in its transaction, record the oldest
+    code that may run on the schema it left (once the table exists)."""
+
+    def record(*, ctx: MigrationContext, heads: set[str], **_: Any) -> None:
+        connection = ctx.connection
+        if connection is None or len(heads) != 1:
+            return
+        if not inspect(connection).has_table(COMPATIBILITY_TABLE):
+            return  # below 0009, or downgraded past it
+        (head,) = heads
+        table = sa_table(
+            COMPATIBILITY_TABLE, column("revision"), column("oldest_code"), column("recorded_at")
+        )
+        connection.execute(table.delete())
+        connection.execute(
+            table.insert().values(
+                revision=head, oldest_code=oldest_code(script, head), recorded_at=utcnow()
+            )
+        )
+
+    return record

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -22,10 +23,11 @@ from sqlalchemy.engine import make_url
 
 from backend.core.database import check_database, database_url, get_engine, redacted
 from backend.core.file_lock import waited_file_lock
-from backend.core.migration_env import DRY_RUN, MIGRATION_WAIT_SECONDS
+from backend.core.migration_env import COMPATIBILITY_TABLE, DRY_RUN, MIGRATION_WAIT_SECONDS
 
 # Never dropped while it has rows, --force or not: the hash-chained record of every action.
 AUDIT_TABLE = "audit_events"
+log = structlog.get_logger(__name__)
 
 
 def _project_root() -> Path:
@@ -53,6 +55,8 @@ class MigrationFailedError(SchemaOutOfDateError):
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:
     url = url or database_url()
+    if revision == "head" and _runs_on_newer_schema(url):
+        return  # a newer release migrated it, and says this one may run on it: nothing to do
     current = _known_revision(url)
     if revision == "head" and current == head_revision() and not _stale_batch_tables(url):
         return  # every command of the embedded mode comes here: no lock when nothing to do
@@ -77,7 +81,9 @@ def tables_dropped(url: str, revision: str) -> dict[str, int]:
     """The tables with rows that a downgrade to `revision` would drop, and their row counts:
     the downgrade is run in a transaction that is rolled back (skipped if no table has rows)."""
     with get_engine(url).connect() as connection:
-        names = [n for n in inspect(connection).get_table_names() if n != "alembic_version"]
+        # the migrations' own bookkeeping is not data
+        bookkeeping = ("alembic_version", COMPATIBILITY_TABLE)
+        names = [n for n in inspect(connection).get_table_names() if n not in bookkeeping]
         filled = [n for n in names if _has_rows(connection, n)]
     if not filled:
         return {}
@@ -195,9 +201,9 @@ def schema_advice(current: str | None, head: str | None) -> str:
     """What to do about a database at `current` when the code needs `head`."""
     if current is not None and not _is_known(current):
         return (
-            f"database schema is at revision {current}, newer than this code's {head}: "
-            "deploy the image that has it (to go back, run `finops db downgrade "
-            f"{head}` with that newer image)"
+            f"database schema is at revision {current}, newer than this code's {head}, and "
+            "its migrations do not allow code this old to run on it: deploy the image that "
+            f"has it (to go back, run `finops db downgrade {head}` with that newer image)"
         )
     return (
         f"database schema is at revision {current or 'none'}, the code needs {head}: "
@@ -213,8 +219,39 @@ def ensure_schema(url: str | None = None) -> None:
         return
     check_database(url)  # down or refused: said plainly, before alembic's own error
     current, head = current_revision(url), head_revision()
-    if current != head:
+    if current != head and not _runs_on_newer_schema(url):
         raise SchemaOutOfDateError(schema_advice(current, head))
+
+
+def oldest_code_allowed(url: str, revision: str) -> str | None:
+    """The oldest code revision that the migration to `revision` said may run on the schema,
+    or None when that is not recorded (a schema before 0009, or a record of another revision:
+    the version changed by other means than a migration)."""
+    with get_engine(url).connect() as connection:
+        if not inspect(connection).has_table(COMPATIBILITY_TABLE):
+            return None
+        query = text(f"SELECT oldest_code FROM {COMPATIBILITY_TABLE} WHERE revision = :revision")
+        found = connection.execute(query, {"revision": revision}).scalar()
+        return str(found) if found is not None else None
+
+
+def _runs_on_newer_schema(url: str) -> bool:
+    """The database is at a revision this code does not know (a newer release migrated it)
+    and that release recorded a revision this code has as the oldest that may run on it:
+    the rollback of an image, or an old pod during a rolling update, starts and says so."""
+    current = current_revision(url)
+    if current is None or _is_known(current):
+        return False
+    oldest = oldest_code_allowed(url, current)
+    if oldest is None or not _is_known(oldest):
+        return False
+    log.warning(
+        "database schema is newer than this release, and compatible with it",
+        database_revision=current,
+        this_release=head_revision(),
+        oldest_release_allowed=oldest,
+    )
+    return True
 
 
 def ensure_embedded_schema(url: str | None = None) -> None:

@@ -352,3 +352,15 @@ class PolicyCycleRow(Base):
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class SchemaCompatibilityRow(Base):
+    """The oldest code revision that may run on the schema (one row, written with every
+    migration, see migration_env.oldest_code_recorder): a release that does not know the
+    database's revision starts if it is at least that one."""
+
+    __tablename__ = "schema_compatibility"
+
+    revision: Mapped[str] = mapped_column(String(64), primary_key=True)
+    oldest_code: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[dt.datetime] = mapped_column()

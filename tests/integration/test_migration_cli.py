@@ -53,8 +53,9 @@ def test_a_database_newer_than_the_code_is_said_so(any_database: str) -> None:
         connection.execute(text("UPDATE alembic_version SET version_num = '0999'"))
     head = migrations.head_revision()
     advice = (
-        f"database schema is at revision 0999, newer than this code's {head}: deploy the image "
-        f"that has it (to go back, run `finops db downgrade {head}` with that newer image)"
+        f"database schema is at revision 0999, newer than this code's {head}, and its "
+        "migrations do not allow code this old to run on it: deploy the image that has it (to "
+        f"go back, run `finops db downgrade {head}` with that newer image)"
     )
     for command in (["upgrade"], ["downgrade", "0006"]):
         result = finops("db", *command)
