@@ -1,8 +1,4 @@
-"""execution_support's account, made faster and with as many idle instances as a test needs.
-
-`execution_support.seed` looks its AMI up with `describe_images(Owners=["amazon"])`, which
-takes 5 to 10 s on moto_server; this seed names one of moto's bundled Linux AMIs instead.
-"""
+"""execution_support's account, with as many idle instances as a test needs."""
 
 from __future__ import annotations
 
@@ -13,10 +9,8 @@ from pathlib import Path
 import pytest
 
 from backend.config import reset_settings_cache
-from tests.integration.aws_fleet import client
+from tests.integration.aws_fleet import MOTO_LINUX_AMI, client
 from tests.integration.execution_support import PACK, Account, scan_and_plan
-
-MOTO_LINUX_AMI = "ami-760aaa0f"  # amzn-ami-hvm-2017.09, in moto's bundled amis.json
 
 
 @dataclass

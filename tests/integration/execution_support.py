@@ -17,7 +17,7 @@ from backend.core.models import ActionRow
 from backend.core.scan_service import ScanService
 from backend.domain.policy import load_text
 from backend.domain.policy.model import PolicyPack
-from tests.integration.aws_fleet import client
+from tests.integration.aws_fleet import MOTO_LINUX_AMI, client
 
 # The policies do not exclude production or opted-out resources on purpose: the safety
 # rules must spare them whatever a policy says.
@@ -61,11 +61,7 @@ class Account:
 def seed(endpoint: str) -> Account:
     ec2 = client(endpoint, "ec2", "us-east-1")
     cw = client(endpoint, "cloudwatch", "us-east-1")
-    ami = next(
-        i["ImageId"]
-        for i in ec2.describe_images(Owners=["amazon"])["Images"]
-        if i.get("Platform") != "windows"
-    )
+    ami = MOTO_LINUX_AMI
     ids = {}
     for name, tags, cpu in (
         ("idle", {"env": "dev"}, 2.0),

@@ -25,7 +25,7 @@ from backend.core.types import utcnow
 from backend.domain.policy import load_text
 from backend.domain.policy.model import PolicyPack
 from backend.providers.aws.retry import describe_error
-from tests.integration.aws_fleet import client
+from tests.integration.aws_fleet import MOTO_LINUX_AMI, client
 from tests.support.peers import HttpPeer, Mail, SmtpPeer
 from tests.support.servers import free_port
 
@@ -223,7 +223,7 @@ def test_a_volume_that_gets_attached_is_unmarked_and_spared(
     assert SCHEDULED_TAG in tags_of(moto_url, vid)
     approve(t0.days(7), row.id)
 
-    image = ec2(moto_url).describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    image = MOTO_LINUX_AMI
     iid = ec2(moto_url).run_instances(
         ImageId=image,
         MinCount=1,

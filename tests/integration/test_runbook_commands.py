@@ -208,10 +208,10 @@ class Deployment:
 
 def _idle_instance(moto: str) -> str:
     """One more idle dev instance (CPU 2% for 14 days), for a run of its own."""
-    from tests.integration.aws_fleet import client
+    from tests.integration.aws_fleet import MOTO_LINUX_AMI, client
 
     ec2, cloudwatch = client(moto, "ec2", "us-east-1"), client(moto, "cloudwatch", "us-east-1")
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    image = MOTO_LINUX_AMI
     tags = [{"ResourceType": "instance", "Tags": [{"Key": "env", "Value": "dev"}]}]
     made = ec2.run_instances(
         ImageId=image, MinCount=1, MaxCount=1, InstanceType="m5.large", TagSpecifications=tags

@@ -16,7 +16,7 @@ from backend.core.migrations import upgrade
 from backend.core.models import OpportunityRow, ResourceRow
 from backend.core.scan_service import ScanService
 from backend.domain.policy import load_text
-from tests.integration.aws_fleet import client
+from tests.integration.aws_fleet import MOTO_LINUX_AMI, client
 from tests.support.fault_proxy import Fault, FaultProxy
 
 pytestmark = pytest.mark.moto_server
@@ -70,7 +70,7 @@ def test_a_failed_metrics_call_leaves_the_idle_opportunity_open(
     moto_url: str, proxy: FaultProxy
 ) -> None:
     ec2 = client(moto_url, "ec2", "us-east-1")
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    image = MOTO_LINUX_AMI
     run = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="m5.large")
     instance = run["Instances"][0]["InstanceId"]
     hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)

@@ -33,6 +33,7 @@ from backend.core.scan_service import ScanService
 from backend.domain.policy import load_text
 from backend.domain.policy.model import PolicyPack
 from backend.providers.aws.session import AwsClients
+from tests.integration.aws_fleet import MOTO_LINUX_AMI
 from tests.support.api_client import seed_action
 
 PACK = """
@@ -123,7 +124,7 @@ def ec2() -> Any:
 
 
 def launch(role: str) -> str:
-    image = ec2().describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    image = MOTO_LINUX_AMI
     return str(
         ec2().run_instances(
             ImageId=image,

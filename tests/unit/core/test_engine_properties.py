@@ -31,6 +31,7 @@ from backend.core.migrations import upgrade
 from backend.core.models import ActionRow, ActionRunRow
 from backend.core.scan_service import ScanService
 from backend.domain.policy.loader import load_text
+from tests.integration.aws_fleet import MOTO_LINUX_AMI
 
 ENV_VALUES = ["prod", "PROD", "production", "dev", "staging", None]
 PROTECTED = {"prod", "production"}
@@ -109,7 +110,7 @@ def configure(workdir: Path, n: int, lim: Limits) -> None:
 
 def build(instances: list[Thing], volumes: list[Thing]) -> tuple[dict[str, Thing], list[str]]:
     ec2 = boto3.client("ec2", region_name="us-east-1")
-    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    ami = MOTO_LINUX_AMI
     made: dict[str, Thing] = {}
     for thing in instances:
         spec = [{"ResourceType": "instance", "Tags": thing.tags()}] if thing.tags() else []
