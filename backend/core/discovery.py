@@ -57,7 +57,13 @@ class Discoverer:
             try:
                 caller = self._clients.caller_account() if target.role_arn is None else None
             except Exception as exc:  # noqa: BLE001 - reported per account, scan goes on
-                failures[part_label(target.account_id or "?", "*", "*")] = describe_error(exc)
+                who = target.account_id or "the default credentials' account"
+                failures[part_label(who, "*", "*")] = (
+                    f"cannot tell which account the credentials are for (STS "
+                    f"GetCallerIdentity): {describe_error(exc)}"
+                    if target.account_id is None
+                    else describe_error(exc)
+                )
                 continue
             if target.role_arn is None and target.account_id not in (None, caller):
                 failures[part_label(str(target.account_id), "*", "*")] = (
