@@ -214,12 +214,11 @@ def approve(
     try:
         with session_scope() as session:
             row = ActionPlanner().approve(session, action_id, approver)
-            console.print(
-                f"action {action_id} approved by {approver} until "
-                f"{row.approval_expires_at:%Y-%m-%d %H:%M} UTC"
-            )
+            until = row.approval_expires_at
     except (ApprovalError, IllegalTransitionError, LookupError) as exc:
         raise CommandError(str(exc), code=2) from None
+    # said once committed: a commit that fails (a full disk) approved nothing
+    console.print(f"action {action_id} approved by {approver} until {until:%Y-%m-%d %H:%M} UTC")
 
 
 @actions_app.command("reject")

@@ -49,7 +49,9 @@ def create(
             row = create_user(session, name, chosen, actor=actor, audit=audit, password=password)
         except (DuplicateUserError, ValueError) as exc:
             raise CommandError(str(exc), code=2) from None
-        console.print(f"user {row.username} created with role {row.role}", highlight=False)
+        said = f"user {row.username} created with role {row.role}"
+    # said once committed: a commit that fails (a full disk) created nobody
+    console.print(said, highlight=False)
 
 
 @users_app.command("token")
@@ -100,7 +102,9 @@ def revoke(
             row = revoke_token(session, token_id, actor=actor, audit=audit)
         except UnknownTokenError as exc:
             raise CommandError(str(exc), code=2) from None
-        console.print(f"token {row.id} revoked at {row.revoked_at:%Y-%m-%d %H:%M}Z")
+        said = f"token {row.id} revoked at {row.revoked_at:%Y-%m-%d %H:%M}Z"
+    # said once committed: a token reported revoked must not keep working
+    console.print(said)
 
 
 @users_app.command("list")
