@@ -167,7 +167,7 @@ class EmergencyStop:
         except Exception as exc:  # noqa: BLE001 - retried below without the audit event
             # The brake must never be held off by the audit log (unlike every other state
             # change, invariant 7): engage the state alone and report the missing event.
-            audit_error = f"{type(exc).__name__}: {exc}"
+            audit_error = f"{type(exc).__name__}: {database.error_cause(exc)}"
             print(f"EMERGENCY STOP: audit event NOT written: {audit_error}", file=sys.stderr)
             log.error("emergency stop audit failed", error=audit_error)
             try:

@@ -2,7 +2,8 @@
 
 PostgreSQL refuses the commit here (a deferred constraint trigger, as a full disk or a lost
 server would at that moment): the command must fail with the reason, and never print that
-the user was created, the token revoked or the action approved."""
+the user was created, the token revoked or the action approved; an emergency stop that
+cannot be kept says why in one line."""
 
 from __future__ import annotations
 
@@ -80,3 +81,17 @@ def test_an_action_is_not_said_approved_when_the_commit_fails(migrated_postgres:
     assert REFUSED in result.output and "approved by" not in result.output
     with session_scope() as session:
         assert session.get(ActionRow, action_id).state == "awaiting_approval"  # type: ignore[union-attr]
+
+
+def test_an_emergency_stop_that_cannot_be_kept_says_why_in_one_line(
+    migrated_postgres: str,
+) -> None:
+    from backend.core.database import DatabaseUnavailableError
+    from backend.core.emergency_stop import EmergencyStop
+
+    refuse_commits_on("engine_state")
+    with pytest.raises(DatabaseUnavailableError) as raised:
+        EmergencyStop().engage("disk full", "oncall")
+    said = str(raised.value)
+    assert said.startswith("emergency stop not persisted: ") and REFUSED in said
+    assert "\n" not in said and "sqlalche.me" not in said, said
