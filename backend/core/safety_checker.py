@@ -247,7 +247,7 @@ class SafetyChecker:
             if fresh is not None:
                 deps = Dependencies(**dataclasses.asdict(self._probe(ctx, fresh)))
                 still = (
-                    self._still_matches(session, policy, fresh, now)
+                    self._still_matches(session, policy, fresh, now, deps)
                     if policy is not None
                     else Truth.UNKNOWN
                 )
@@ -294,9 +294,15 @@ class SafetyChecker:
             return _fail_closed(exc), None
 
     def _still_matches(
-        self, session: Session, policy: Policy, fresh: Resource, now: dt.datetime
+        self,
+        session: Session,
+        policy: Policy,
+        fresh: Resource,
+        now: dt.datetime,
+        deps: Dependencies,
     ) -> Truth:
-        """The policy's filters on the fresh resource, with stored metrics and relations."""
+        """The policy's filters on the fresh resource, with stored metrics and relations, a
+        snapshot's own relations as AWS answered just now."""
         neighbours = [
             to_resource(r)
             for r in session.scalars(
@@ -332,7 +338,7 @@ class SafetyChecker:
             # relations are known only where a scan listed the volumes and AMIs whole
             inventoried=[pair] if pair in relations_inventoried(session) else [],
         )
-        return policy.filters.evaluate(fresh, ctx, {})
+        return policy.filters.evaluate(fresh, fresh_relations(ctx, fresh, deps), {})
 
     def check_batch(
         self, batch: list[BatchItem], fleet: FleetCounts, executed_last_hour: int
@@ -416,4 +422,30 @@ _DELIVERY_SLACK = dt.timedelta(hours=1)
 def _fail_closed(exc: BaseException) -> Judgement:
     return Judgement(
         (Verdict(Rule.FAIL_CLOSED, False, f"could not judge safely: {describe_error(exc)}"),)
+    )
+
+
+def fresh_relations(
+    ctx: EvaluationContext, fresh: Resource, deps: Dependencies
+) -> EvaluationContext:
+    """A snapshot's relations as the dependency probe read them from AWS just now: whether
+    its source volume exists, whether an AMI uses it. The stored volume and AMI lists may be
+    hours old, or from a scan that could not list them: a volume made and snapshotted since
+    would make its snapshot look orphaned."""
+    if fresh.kind is not ResourceKind.EBS_SNAPSHOT:
+        return ctx
+    pair = (fresh.account_id, fresh.region)
+    volumes = set(ctx.existing_volume_ids.get(pair, ()))
+    volume_id = fresh.attributes.get("VolumeId")
+    if deps.source_volume_exists is not None and isinstance(volume_id, str):
+        volumes.discard(volume_id)
+        if deps.source_volume_exists:
+            volumes.add(volume_id)
+    backed = set(ctx.ami_snapshot_ids.get(pair, ())) - {fresh.resource_id}
+    if deps.backs_amis:
+        backed.add(fresh.resource_id)
+    return dataclasses.replace(
+        ctx,
+        existing_volume_ids={**ctx.existing_volume_ids, pair: frozenset(volumes)},
+        ami_snapshot_ids={**ctx.ami_snapshot_ids, pair: frozenset(backed)},
     )

@@ -66,6 +66,8 @@ class Dependencies:
     is_root_device_of: str | None = None
     backs_amis: tuple[str, ...] = ()
     associated_with: str | None = None
+    serving_targets: tuple[str, ...] = ()
+    source_volume_exists: bool | None = None  # read by the policy's re-evaluation
 
 
 @dataclass(frozen=True)
@@ -354,6 +356,9 @@ def _dependencies(f: ActionFacts, d: Dependencies) -> Verdict:
         problems.append(f"backs AMI {', '.join(d.backs_amis)}")
     if f.kind is ResourceKind.ELASTIC_IP and action == "release" and d.associated_with:
         problems.append(f"associated with {d.associated_with}")
+    if f.kind is ResourceKind.LOAD_BALANCER and action == "delete" and d.serving_targets:
+        shown = ", ".join(d.serving_targets[:3]) + ("..." if len(d.serving_targets) > 3 else "")
+        problems.append(f"{len(d.serving_targets)} target(s) in service: {shown}")
     if problems:
         return Verdict(Rule.DEPENDENCY, False, "; ".join(problems))
     return Verdict(Rule.DEPENDENCY, True, "nothing depends on it")

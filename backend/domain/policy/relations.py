@@ -108,7 +108,8 @@ class NoHealthyTargets(Relation):
         healthy = ctx.lb_healthy_targets.get(resource.resource_id)
         note(evidence, "no-healthy-targets.healthy", healthy)
         if healthy is None:
-            # not known is not zero: fail safe
+            # Not known is not zero, and not "some" either: UNKNOWN, so that neither
+            # `no-healthy-targets` nor `not: [no-healthy-targets]` selects on it.
             note(evidence, "no-healthy-targets.why", "healthy target count not known")
-            return Truth.FALSE
+            return Truth.UNKNOWN
         return Truth.of(healthy == 0)

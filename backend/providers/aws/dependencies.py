@@ -34,6 +34,10 @@ class DependencyFacts:
     is_root_device_of: str | None = None  # the instance this volume boots
     backs_amis: tuple[str, ...] = ()  # AMIs built on this snapshot
     associated_with: str | None = None  # the instance or network interface of an address
+    serving_targets: tuple[str, ...] = ()  # a load balancer's targets in service now
+    # a snapshot's source volume, read now: True it exists, False it is gone, None no volume
+    # named (the inventory's volume list may be hours old, or from a scan that failed)
+    source_volume_exists: bool | None = None
 
 
 def probe_dependencies(ctx: OperationContext, resource: Resource) -> DependencyFacts:
@@ -42,10 +46,53 @@ def probe_dependencies(ctx: OperationContext, resource: Resource) -> DependencyF
     if resource.kind is K.EBS_VOLUME:
         return _volume(ctx, resource.resource_id)
     if resource.kind is K.EBS_SNAPSHOT:
-        return DependencyFacts(backs_amis=backing_amis(ctx, resource.resource_id))
+        return DependencyFacts(
+            backs_amis=backing_amis(ctx, resource.resource_id),
+            source_volume_exists=_source_volume_exists(ctx, resource),
+        )
     if resource.kind is K.ELASTIC_IP:
         return _address(ctx, resource.resource_id)
+    if resource.kind is K.LOAD_BALANCER:
+        return DependencyFacts(serving_targets=_serving_targets(ctx, resource.resource_id))
     return DependencyFacts()
+
+
+# Targets in these states receive traffic, or are about to (or finish what they had).
+_IN_SERVICE = frozenset({"healthy", "initial", "draining"})
+
+
+def _serving_targets(ctx: OperationContext, arn: str) -> tuple[str, ...]:
+    """The targets of the load balancer's target groups that are in service now: a load
+    balancer idle by last week's request count may have gone into service since."""
+    found: list[str] = []
+    kwargs: dict[str, Any] = {"LoadBalancerArn": arn, "PageSize": 400}
+    while True:
+        page = read(ctx, "elbv2", "describe_target_groups", **kwargs)
+        for group in page["TargetGroups"]:
+            health = read(
+                ctx, "elbv2", "describe_target_health", TargetGroupArn=group["TargetGroupArn"]
+            )
+            found += [
+                f"{d['Target']['Id']} ({d['TargetHealth']['State']})"
+                for d in health["TargetHealthDescriptions"]
+                if (d.get("TargetHealth") or {}).get("State") in _IN_SERVICE
+            ]
+        if not page.get("NextMarker"):
+            return tuple(sorted(found))
+        kwargs["Marker"] = page["NextMarker"]
+
+
+def _source_volume_exists(ctx: OperationContext, snapshot: Resource) -> bool | None:
+    volume_id = snapshot.attributes.get("VolumeId")
+    if not isinstance(volume_id, str) or not volume_id:
+        return None
+    try:
+        volumes = read(ctx, "ec2", "describe_volumes", VolumeIds=[volume_id])["Volumes"]
+    except ClientError as exc:
+        if error_code(exc) == "InvalidVolume.NotFound":
+            return False
+        raise
+    return any(v.get("State") not in ("deleted", "deleting") for v in volumes)
 
 
 def _instance(ctx: OperationContext, resource: Resource) -> DependencyFacts:

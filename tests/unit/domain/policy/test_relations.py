@@ -103,7 +103,9 @@ def test_unassociated(attributes: dict[str, Any], expected: Truth) -> None:
     )
 
 
-@pytest.mark.parametrize(("healthy", "expected"), [(0, T), (3, F), (None, F), ("absent", F)])
+@pytest.mark.parametrize(
+    ("healthy", "expected"), [(0, T), (3, F), (None, Truth.UNKNOWN), ("absent", Truth.UNKNOWN)]
+)
 def test_no_healthy_targets(healthy: Any, expected: Truth) -> None:
     targets = {} if healthy == "absent" else {ARN: healthy}
     evidence: dict[str, Any] = {}
@@ -114,3 +116,6 @@ def test_no_healthy_targets(healthy: Any, expected: Truth) -> None:
     assert tree.evaluate(lb, ctx(lb_healthy_targets=targets), evidence) is expected
     if healthy in (None, "absent"):
         assert evidence["no-healthy-targets.why"] == "healthy target count not known"
+        # and its negation does not select it either
+        negated = filters_of([{"not": ["no-healthy-targets"]}], "elb")
+        assert negated.evaluate(lb, ctx(lb_healthy_targets=targets), {}) is Truth.UNKNOWN
