@@ -30,7 +30,7 @@ from backend.core.models import (
 )
 from backend.core.repositories import relations_inventoried, to_resource
 from backend.core.types import utcnow
-from backend.domain.lifecycle import policy_approver
+from backend.domain.lifecycle import ActionState, policy_approver
 from backend.domain.policy.evaluate import EvaluationContext
 from backend.domain.policy.model import Mode, Policy
 from backend.domain.policy.truth import Truth
@@ -245,7 +245,10 @@ class SafetyChecker:
                 fresh = None
             still, deps = None, None
             if fresh is not None:
-                deps = Dependencies(**dataclasses.asdict(self._probe(ctx, fresh)))
+                deps = Dependencies(
+                    **dataclasses.asdict(self._probe(ctx, fresh)),
+                    undo_backup_of=_undo_backup_of(session, fresh.resource_id),
+                )
                 still = (
                     self._still_matches(session, policy, fresh, now, deps)
                     if policy is not None
@@ -449,3 +452,15 @@ def fresh_relations(
         existing_volume_ids={**ctx.existing_volume_ids, pair: frozenset(volumes)},
         ami_snapshot_ids={**ctx.ami_snapshot_ids, pair: frozenset(backed)},
     )
+
+
+def _undo_backup_of(session: Session, resource_id: str) -> tuple[int, ...]:
+    """The actions that can still be rolled back and restore from this resource: a volume's
+    snapshot (an orphan, as its volume is deleted), an instance's image."""
+    rows = session.scalars(
+        select(ActionRow.id).where(
+            ActionRow.backup_ref == resource_id,
+            ActionRow.state.in_([ActionState.SUCCEEDED.value, ActionState.FAILED.value]),
+        )
+    )
+    return tuple(sorted(rows))

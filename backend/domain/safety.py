@@ -68,6 +68,8 @@ class Dependencies:
     associated_with: str | None = None
     serving_targets: tuple[str, ...] = ()
     source_volume_exists: bool | None = None  # read by the policy's re-evaluation
+    # actions (succeeded or failed, so still to be rolled back) whose undo restores from it
+    undo_backup_of: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -359,6 +361,9 @@ def _dependencies(f: ActionFacts, d: Dependencies) -> Verdict:
     if f.kind is ResourceKind.LOAD_BALANCER and action == "delete" and d.serving_targets:
         shown = ", ".join(d.serving_targets[:3]) + ("..." if len(d.serving_targets) > 3 else "")
         problems.append(f"{len(d.serving_targets)} target(s) in service: {shown}")
+    if d.undo_backup_of:
+        ids = ", ".join(str(i) for i in d.undo_backup_of)
+        problems.append(f"the backup that rolling back action(s) {ids} restores from")
     if problems:
         return Verdict(Rule.DEPENDENCY, False, "; ".join(problems))
     return Verdict(Rule.DEPENDENCY, True, "nothing depends on it")

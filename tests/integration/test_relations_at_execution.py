@@ -1,8 +1,9 @@
 """Relations change between the scan and the execution; the execution reads them from AWS.
 
 A snapshot judged orphaned on an old volume list (the last scan could not list the volumes)
-whose volume exists, and a load balancer idle by last week's requests that has gone into
-service since: both are blocked, and AWS keeps them."""
+whose volume exists, a load balancer idle by last week's requests that has gone into
+service since, and the snapshot a volume delete can still be rolled back from: all are
+blocked, and AWS keeps them."""
 
 from __future__ import annotations
 
@@ -139,3 +140,51 @@ def test_a_load_balancer_gone_into_service_since_the_scan_is_not_deleted(account
     assert [lb["LoadBalancerArn"] for lb in elbv2.describe_load_balancers()["LoadBalancers"]] == [
         arn
     ]
+
+
+VOLUMES_THEN_ORPHANS = """
+policies:
+  - name: unattached-ebs-delete
+    resource: ebs
+    filters: [unattached]
+    action: {type: delete, backup: true}
+    mode: approval
+  - name: orphan-snapshots
+    resource: ebs-snapshot
+    filters: [orphaned, {not: [backs-ami]}]
+    action: delete
+    mode: approval
+"""
+
+
+def test_the_backup_of_a_delete_that_can_be_rolled_back_is_not_deleted(account: str) -> None:
+    """The snapshot taken before a volume delete is an orphan (its volume is gone), and the
+    orphan policy selects it: deleting it would make the rollback impossible."""
+    ec2 = client(account, "ec2", "us-east-1")
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
+    pack = load_text(VOLUMES_THEN_ORPHANS, "both.yml")
+    ScanService(get_settings()).run(pack=pack, regions=["us-east-1"])
+    delete_volume = plan_and_approve(pack)
+    assert ActionEngine(pack=pack).execute_one(delete_volume, None, dry_run=False).result == (
+        "succeeded"
+    )
+    with session_scope() as session:
+        backup = session.get(ActionRow, delete_volume).backup_ref  # type: ignore[union-attr]
+    assert backup and backup.startswith("snap-")
+    ScanService(get_settings()).run(pack=pack, regions=["us-east-1"])
+    with session_scope() as session:
+        StoredPolicyEvaluator(session, now=utcnow()).run(pack)
+        ActionPlanner().plan(session, pack, requested_by="planner")
+        (delete_backup,) = session.scalars(select(ActionRow).where(ActionRow.resource_id == backup))
+        ActionPlanner().approve(session, delete_backup.id, "alice")
+        backup_action = delete_backup.id
+
+    outcome = ActionEngine(pack=pack).execute_one(backup_action, None, dry_run=False)
+
+    assert outcome.result == "blocked", outcome
+    ok, reason = verdicts(backup_action)["dependency"]
+    assert not ok
+    assert reason == f"the backup that rolling back action(s) {delete_volume} restores from"
+    undone = ActionEngine(pack=pack).rollback(delete_volume, "owner")
+    assert undone.result == "rolled_back", undone
+    assert f"from {backup}" in undone.detail and volume in undone.detail
