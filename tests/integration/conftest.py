@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+from moto import mock_aws
+
+from backend.config import reset_settings_cache
 from backend.core.migrations import upgrade
+from tests.support.botocore_faults import Faults
 
 
 @pytest.fixture
@@ -12,3 +18,23 @@ def migrated(any_database: str) -> str:
     """The test's database (SQLite, then PostgreSQL), migrated to head."""
     upgrade()
     return any_database
+
+
+@pytest.fixture
+def faults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Faults]:
+    """In-process moto, the embedded SQLite, and a session to inject AWS errors on."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'undo.sqlite'}",
+        "FINOPS_DATA_DIR": str(tmp_path),
+        "FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN": "100",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("REDIS_URL", "AWS_ENDPOINT_URL", "COST_OPTIMIZATION_ROLE_ARN"):
+        monkeypatch.delenv(name, raising=False)
+    reset_settings_cache()
+    with mock_aws():
+        yield Faults()
+    reset_settings_cache()

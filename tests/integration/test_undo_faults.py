@@ -8,19 +8,17 @@ failed delete that never happened rolls back to "never deleted", not to "impossi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
-from moto import mock_aws
 from sqlalchemy import select
 from typer.testing import CliRunner, Result
 
 from backend.cli.app import app
-from backend.config import get_settings, reset_settings_cache
+from backend.config import get_settings
 from backend.core.action_engine import ActionEngine
 from backend.core.action_planner import ActionPlanner
 from backend.core.action_undo import UNDER_WAY
@@ -35,6 +33,7 @@ from backend.domain.policy.model import PolicyPack
 from backend.providers.aws.session import AwsClients
 from tests.integration.aws_fleet import MOTO_LINUX_AMI
 from tests.support.api_client import seed_action
+from tests.support.botocore_faults import Faults
 
 PACK = """
 policies:
@@ -69,46 +68,6 @@ policies:
     mode: approval
     notice: {notify: false}
 """
-
-
-class Faults:
-    """Errors to raise on the next calls of an operation (before the call reaches moto)."""
-
-    def __init__(self) -> None:
-        self.pending: dict[str, list[str]] = {}
-        self.calls: list[str] = []
-        self.session = boto3.session.Session()
-        self.session.events.register("before-call.*.*", self._before)
-
-    def fail(self, operation: str, code: str, times: int = 1) -> None:
-        self.pending.setdefault(operation, []).extend([code] * times)
-
-    def _before(self, event_name: str, **_: Any) -> None:
-        operation = event_name.rsplit(".", 1)[-1]
-        self.calls.append(operation)
-        codes = self.pending.get(operation)
-        if codes:
-            code = codes.pop(0)
-            raise ClientError({"Error": {"Code": code, "Message": f"injected {code}"}}, operation)
-
-
-@pytest.fixture
-def faults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Faults]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'undo.sqlite'}",
-        "FINOPS_DATA_DIR": str(tmp_path),
-        "FINOPS_MAX_PERCENT_OF_FLEET_PER_RUN": "100",
-    }.items():
-        monkeypatch.setenv(name, value)
-    for name in ("REDIS_URL", "AWS_ENDPOINT_URL", "COST_OPTIMIZATION_ROLE_ARN"):
-        monkeypatch.delenv(name, raising=False)
-    reset_settings_cache()
-    with mock_aws():
-        yield Faults()
-    reset_settings_cache()
 
 
 def pack() -> PolicyPack:

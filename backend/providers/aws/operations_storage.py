@@ -96,7 +96,12 @@ class DeleteVolume(BaseOperation):
             return f"already restored {old} from {backup_ref} as {existing[0]['VolumeId']}"
         # A delete that failed or was interrupted may never have been made: a restored
         # copy beside the original would be a second volume to pay for, and to confuse.
-        if fresh_or_none(ctx, EBS, old) is not None:
+        # One still `deleting` was made: wait for it to go, then restore (otherwise the
+        # rollback would end, final, with nothing restored a moment later).
+        still = fresh_or_none(ctx, EBS, old)
+        if still is not None and still.state == "deleting":
+            await_gone(ctx, EBS, old, "deleting")
+        elif still is not None:
             return f"{old} was never deleted: nothing to restore"
         if not backup_ref or not backup_ref.startswith("snap-"):
             raise CannotUndo(f"no snapshot was taken of {old}; it cannot be restored")
