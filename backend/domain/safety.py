@@ -344,7 +344,10 @@ def _dependencies(f: ActionFacts, d: Dependencies) -> Verdict:
         if d.in_auto_scaling_group:
             problems.append(f"member of Auto Scaling group {d.in_auto_scaling_group}")
         if d.load_balancer_targets:
-            problems.append(f"registered in {len(d.load_balancer_targets)} target group(s)")
+            problems.append(
+                f"registered in {len(d.load_balancer_targets)} target group(s) or classic "
+                "load balancer(s)"
+            )
         if action in ("stop", "resize") and d.stop_protected:
             problems.append("stop protection is on")
         if action == "terminate" and d.termination_protected:

@@ -79,6 +79,23 @@ def test_an_instance_registered_in_a_target_group(moto_url: str, ec2: Any) -> No
     assert facts(ctx, K.EC2_INSTANCE, other).load_balancer_targets == ()
 
 
+def test_an_instance_behind_a_classic_load_balancer(moto_url: str, ec2: Any) -> None:
+    iid, other = launch(ec2), launch(ec2)
+    elb = client(moto_url, "elb", REGION)
+    elb.create_load_balancer(
+        LoadBalancerName="legacy-web",
+        Listeners=[{"Protocol": "HTTP", "LoadBalancerPort": 80, "InstancePort": 80}],
+        AvailabilityZones=[f"{REGION}a"],
+    )
+    elb.register_instances_with_load_balancer(
+        LoadBalancerName="legacy-web", Instances=[{"InstanceId": iid}]
+    )
+    ctx = make_ctx(moto_url)
+    got = facts(ctx, K.EC2_INSTANCE, iid).load_balancer_targets
+    assert got == ("classic load balancer legacy-web",)
+    assert facts(ctx, K.EC2_INSTANCE, other).load_balancer_targets == ()
+
+
 def test_attached_and_root_volumes(moto_url: str, ec2: Any) -> None:
     iid = launch(ec2)
     data = volume(ec2, {"owner": "x"})

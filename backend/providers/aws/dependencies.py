@@ -105,8 +105,25 @@ def _instance(ctx: OperationContext, resource: Resource) -> DependencyFacts:
         in_auto_scaling_group=group,
         termination_protected=_attribute(ctx, iid, "disableApiTermination"),
         stop_protected=_attribute(ctx, iid, "disableApiStop"),
-        load_balancer_targets=_target_groups_of(ctx, iid, _private_ips(resource)),
+        load_balancer_targets=(
+            *_target_groups_of(ctx, iid, _private_ips(resource)),
+            *_classic_load_balancers_of(ctx, iid),
+        ),
     )
+
+
+def _classic_load_balancers_of(ctx: OperationContext, instance_id: str) -> tuple[str, ...]:
+    """Classic load balancers (the elb API, not elbv2) with this instance registered."""
+    found = []
+    kwargs: dict[str, Any] = {"PageSize": 400}
+    while True:
+        page = read(ctx, "elb", "describe_load_balancers", **kwargs)
+        for lb in page["LoadBalancerDescriptions"]:
+            if any(i.get("InstanceId") == instance_id for i in lb.get("Instances") or ()):
+                found.append(f"classic load balancer {lb['LoadBalancerName']}")
+        if not page.get("NextMarker"):
+            return tuple(found)
+        kwargs["Marker"] = page["NextMarker"]
 
 
 def _attribute(ctx: OperationContext, instance_id: str, name: str) -> bool:
