@@ -67,6 +67,7 @@ class Dependencies:
     backs_amis: tuple[str, ...] = ()
     associated_with: str | None = None
     serving_targets: tuple[str, ...] = ()
+    launched_by: tuple[str, ...] = ()
     source_volume_exists: bool | None = None  # read by the policy's re-evaluation
     # actions (succeeded or failed, so still to be rolled back) whose undo restores from it
     undo_backup_of: tuple[int, ...] = ()
@@ -364,6 +365,8 @@ def _dependencies(f: ActionFacts, d: Dependencies) -> Verdict:
     if f.kind is ResourceKind.LOAD_BALANCER and action == "delete" and d.serving_targets:
         shown = ", ".join(d.serving_targets[:3]) + ("..." if len(d.serving_targets) > 3 else "")
         problems.append(f"{len(d.serving_targets)} target(s) in service: {shown}")
+    if f.kind is ResourceKind.AMI and d.launched_by:
+        problems.append(f"launched by {', '.join(d.launched_by)}")
     if d.undo_backup_of:
         ids = ", ".join(str(i) for i in d.undo_backup_of)
         problems.append(f"the backup that rolling back action(s) {ids} restores from")

@@ -125,6 +125,28 @@ def test_a_snapshot_behind_an_ami(moto_url: str, ec2: Any) -> None:
     assert facts(ctx, K.EBS_SNAPSHOT, behind).backs_amis == ()
 
 
+def test_an_image_that_launch_templates_and_configurations_launch(moto_url: str, ec2: Any) -> None:
+    image = ec2.create_image(InstanceId=launch(ec2), Name="golden")["ImageId"]
+    other = ec2.create_image(InstanceId=launch(ec2), Name="old")["ImageId"]
+    ctx = make_ctx(moto_url)
+    assert facts(ctx, K.AMI, image).launched_by == ()
+    ec2.create_launch_template(
+        LaunchTemplateName="workers",
+        LaunchTemplateData={"ImageId": linux_ami(ec2), "InstanceType": "t3.micro"},
+    )
+    ec2.create_launch_template_version(  # the latest version: not yet the default
+        LaunchTemplateName="workers", LaunchTemplateData={"ImageId": image}
+    )
+    client(moto_url, "autoscaling", REGION).create_launch_configuration(
+        LaunchConfigurationName="legacy", ImageId=image, InstanceType="t3.micro"
+    )
+    assert facts(ctx, K.AMI, image).launched_by == (
+        "launch template workers",
+        "launch configuration legacy",
+    )
+    assert facts(ctx, K.AMI, other).launched_by == ()
+
+
 def test_an_associated_address(moto_url: str, ec2: Any) -> None:
     iid = launch(ec2)
     used = ec2.allocate_address(Domain="vpc")["AllocationId"]

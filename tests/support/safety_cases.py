@@ -131,6 +131,9 @@ dependencies = st.builds(
     is_root_device_of=st.none() | st.just("i-2"),
     backs_amis=st.sampled_from([(), ("ami-1",)]),
     associated_with=st.none() | st.just("eni-1"),
+    serving_targets=st.sampled_from([(), ("i-3 (healthy)",)]),
+    launched_by=st.sampled_from([(), ("launch template workers",)]),
+    undo_backup_of=st.sampled_from([(), (7,)]),
 )
 
 

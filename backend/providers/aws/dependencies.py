@@ -35,6 +35,7 @@ class DependencyFacts:
     backs_amis: tuple[str, ...] = ()  # AMIs built on this snapshot
     associated_with: str | None = None  # the instance or network interface of an address
     serving_targets: tuple[str, ...] = ()  # a load balancer's targets in service now
+    launched_by: tuple[str, ...] = ()  # launch templates and configurations naming an AMI
     # a snapshot's source volume, read now: True it exists, False it is gone, None no volume
     # named (the inventory's volume list may be hours old, or from a scan that failed)
     source_volume_exists: bool | None = None
@@ -54,7 +55,43 @@ def probe_dependencies(ctx: OperationContext, resource: Resource) -> DependencyF
         return _address(ctx, resource.resource_id)
     if resource.kind is K.LOAD_BALANCER:
         return DependencyFacts(serving_targets=_serving_targets(ctx, resource.resource_id))
+    if resource.kind is K.AMI:
+        return DependencyFacts(launched_by=_launchers_of(ctx, resource.resource_id))
     return DependencyFacts()
+
+
+def _launchers_of(ctx: OperationContext, image_id: str) -> tuple[str, ...]:
+    """Launch templates (their default and latest versions) and launch configurations that
+    launch this image: an Auto Scaling group using one could no longer replace instances."""
+    found = []
+    kwargs: dict[str, Any] = {"MaxResults": 200}
+    while True:
+        page = read(ctx, "ec2", "describe_launch_templates", **kwargs)
+        for template in page["LaunchTemplates"]:
+            versions = read(
+                ctx,
+                "ec2",
+                "describe_launch_template_versions",
+                LaunchTemplateId=template["LaunchTemplateId"],
+                Versions=["$Default", "$Latest"],
+            )["LaunchTemplateVersions"]
+            images = {(v.get("LaunchTemplateData") or {}).get("ImageId") for v in versions}
+            if image_id in images:
+                found.append(f"launch template {template['LaunchTemplateName']}")
+        if not page.get("NextToken"):
+            break
+        kwargs["NextToken"] = page["NextToken"]
+    kwargs = {"MaxRecords": 100}
+    while True:
+        page = read(ctx, "autoscaling", "describe_launch_configurations", **kwargs)
+        found += [
+            f"launch configuration {c['LaunchConfigurationName']}"
+            for c in page["LaunchConfigurations"]
+            if c.get("ImageId") == image_id
+        ]
+        if not page.get("NextToken"):
+            return tuple(found)
+        kwargs["NextToken"] = page["NextToken"]
 
 
 # Targets in these states receive traffic, or are about to (or finish what they had).

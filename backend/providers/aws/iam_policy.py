@@ -38,18 +38,22 @@ MANAGED_POLICY_MAX_CHARS = 6144
 # Reads, whatever the actions: describes for the inventory and the fresh describe before each
 # action (describe.py, operations_base.fresh), metrics (metrics.py), the safety checks'
 # lookups (dependencies.py: Auto Scaling membership, stop and termination protection, load
-# balancer targets, volume attachments, AMIs that use a snapshot), a volume's modification
+# balancer targets, volume attachments, AMIs that use a snapshot, launch templates and
+# configurations that use an AMI), a volume's modification
 # state (operations_storage.py), a load balancer's configuration before it is deleted
 # (operations_elb.py), and the alarms of the rollback triggers (rollback_triggers.py).
 # sts:GetCallerIdentity needs no permission, so it is not listed.
 READ_ONLY: tuple[str, ...] = (
     "autoscaling:DescribeAutoScalingInstances",
+    "autoscaling:DescribeLaunchConfigurations",
     "cloudwatch:DescribeAlarms",
     "cloudwatch:GetMetricData",
     "ec2:DescribeAddresses",
     "ec2:DescribeImages",
     "ec2:DescribeInstanceAttribute",
     "ec2:DescribeInstances",
+    "ec2:DescribeLaunchTemplateVersions",
+    "ec2:DescribeLaunchTemplates",
     "ec2:DescribeSnapshots",
     "ec2:DescribeVolumes",
     "ec2:DescribeVolumesModifications",

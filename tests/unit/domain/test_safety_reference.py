@@ -44,6 +44,12 @@ def _reference_dependencies_ok(f: ActionFacts, d: Dependencies) -> bool:
         return False
     if f.kind is ResourceKind.EBS_SNAPSHOT and action == "delete" and d.backs_amis:
         return False
+    if f.kind is ResourceKind.LOAD_BALANCER and action == "delete" and d.serving_targets:
+        return False
+    if f.kind is ResourceKind.AMI and d.launched_by:
+        return False
+    if d.undo_backup_of:  # whatever the action: what a rollback restores from stays
+        return False
     return not (f.kind is ResourceKind.ELASTIC_IP and action == "release" and d.associated_with)
 
 
