@@ -68,6 +68,7 @@ class Dependencies:
     associated_with: str | None = None
     serving_targets: tuple[str, ...] = ()
     launched_by: tuple[str, ...] = ()
+    replication: tuple[str, ...] = ()
     source_volume_exists: bool | None = None  # read by the policy's re-evaluation
     # actions (succeeded or failed, so still to be rolled back) whose undo restores from it
     undo_backup_of: tuple[int, ...] = ()
@@ -365,6 +366,8 @@ def _dependencies(f: ActionFacts, d: Dependencies) -> Verdict:
     if f.kind is ResourceKind.LOAD_BALANCER and action == "delete" and d.serving_targets:
         shown = ", ".join(d.serving_targets[:3]) + ("..." if len(d.serving_targets) > 3 else "")
         problems.append(f"{len(d.serving_targets)} target(s) in service: {shown}")
+    if f.kind is ResourceKind.RDS_INSTANCE and d.replication:
+        problems.append(", ".join(d.replication))
     if f.kind is ResourceKind.AMI and d.launched_by:
         problems.append(f"launched by {', '.join(d.launched_by)}")
     if d.undo_backup_of:

@@ -177,3 +177,22 @@ def test_an_error_while_probing_propagates(
             probe_dependencies(ctx, resource)
     finally:
         proxy.stop()
+
+
+def test_a_database_with_a_replica_its_source_and_a_cluster_member(moto_url: str) -> None:
+    rds = client(moto_url, "rds", REGION)
+    rds.create_db_instance(
+        DBInstanceIdentifier="primary",
+        DBInstanceClass="db.t3.medium",
+        Engine="postgres",
+        AllocatedStorage=20,
+        MasterUsername="admin",
+        MasterUserPassword="password123",
+    )
+    ctx = make_ctx(moto_url)
+    assert facts(ctx, K.RDS_INSTANCE, "primary").replication == ()
+    rds.create_db_instance_read_replica(
+        DBInstanceIdentifier="replica", SourceDBInstanceIdentifier="primary"
+    )
+    assert facts(ctx, K.RDS_INSTANCE, "primary").replication == ("read replica replica",)
+    assert facts(ctx, K.RDS_INSTANCE, "replica").replication == ("replica of primary",)

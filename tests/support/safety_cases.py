@@ -134,6 +134,7 @@ dependencies = st.builds(
     serving_targets=st.sampled_from([(), ("i-3 (healthy)",)]),
     launched_by=st.sampled_from([(), ("launch template workers",)]),
     undo_backup_of=st.sampled_from([(), (7,)]),
+    replication=st.sampled_from([(), ("read replica db-2",)]),
 )
 
 

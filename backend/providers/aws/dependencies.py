@@ -36,6 +36,7 @@ class DependencyFacts:
     associated_with: str | None = None  # the instance or network interface of an address
     serving_targets: tuple[str, ...] = ()  # a load balancer's targets in service now
     launched_by: tuple[str, ...] = ()  # launch templates and configurations naming an AMI
+    replication: tuple[str, ...] = ()  # a database's replicas, its source, or its cluster
     # a snapshot's source volume, read now: True it exists, False it is gone, None no volume
     # named (the inventory's volume list may be hours old, or from a scan that failed)
     source_volume_exists: bool | None = None
@@ -57,7 +58,21 @@ def probe_dependencies(ctx: OperationContext, resource: Resource) -> DependencyF
         return DependencyFacts(serving_targets=_serving_targets(ctx, resource.resource_id))
     if resource.kind is K.AMI:
         return DependencyFacts(launched_by=_launchers_of(ctx, resource.resource_id))
+    if resource.kind is K.RDS_INSTANCE:
+        return DependencyFacts(replication=_replication(resource))
     return DependencyFacts()
+
+
+def _replication(database: Resource) -> tuple[str, ...]:
+    """From the fresh describe: read replicas, the source it replicates, its Aurora cluster
+    (a database in any of these is not stopped on its own)."""
+    attrs = database.attributes
+    found = [f"read replica {r}" for r in attrs.get("ReadReplicaDBInstanceIdentifiers") or ()]
+    if attrs.get("ReadReplicaSourceDBInstanceIdentifier"):
+        found.append(f"replica of {attrs['ReadReplicaSourceDBInstanceIdentifier']}")
+    if attrs.get("DBClusterIdentifier"):
+        found.append(f"member of cluster {attrs['DBClusterIdentifier']}")
+    return tuple(found)
 
 
 def _launchers_of(ctx: OperationContext, image_id: str) -> tuple[str, ...]:

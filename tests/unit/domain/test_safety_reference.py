@@ -48,6 +48,8 @@ def _reference_dependencies_ok(f: ActionFacts, d: Dependencies) -> bool:
         return False
     if f.kind is ResourceKind.AMI and d.launched_by:
         return False
+    if f.kind is ResourceKind.RDS_INSTANCE and d.replication:
+        return False
     if d.undo_backup_of:  # whatever the action: what a rollback restores from stays
         return False
     return not (f.kind is ResourceKind.ELASTIC_IP and action == "release" and d.associated_with)
