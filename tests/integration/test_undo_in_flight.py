@@ -1,5 +1,6 @@
-"""Rollbacks of changes AWS is still making: a volume delete that was made but could not be
-verified is rolled back while AWS still reports the volume `deleting`."""
+"""Rollbacks of changes AWS is still making, or that a first try left half-done: a volume
+delete made but not verified is rolled back while AWS still reports the volume `deleting`;
+a terminate's undo whose stop was refused is run again."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ from typing import Any
 
 import boto3
 from botocore.awsrequest import AWSResponse
+from sqlalchemy import select
 
+from backend.config import get_settings
+from backend.core.action_engine import ActionEngine
 from backend.core.action_planner import ActionPlanner
 from backend.core.database import session_scope
-from tests.integration.test_undo_faults import engine, plan, row
+from backend.core.migrations import upgrade
+from backend.core.models import ActionRow
+from backend.core.scan_service import ScanService
+from backend.domain.policy import load_text
+from backend.providers.aws.session import AwsClients
+from tests.integration.test_undo_faults import engine, launch, plan, row
 from tests.support.botocore_faults import Faults
 
 
@@ -50,3 +59,48 @@ def test_a_volume_still_deleting_is_restored_once_it_is_gone(faults: Faults) -> 
     )["Volumes"]
     assert len(restored) == 1 and restored[0]["VolumeId"] in undone.detail
     assert row(action).state == "rolled_back"
+
+
+TERMINATE = """
+policies:
+  - name: terminate-tagged
+    resource: ec2
+    filters: [{"tag:role": killme}]
+    action: terminate
+    mode: approval
+    notice: {notify: false}
+"""
+
+
+def test_a_terminate_undo_run_again_leaves_the_relaunched_instance_stopped_as_it_was(
+    faults: Faults,
+) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    iid = launch("killme")
+    ec2.stop_instances(InstanceIds=[iid])
+    pack = load_text(TERMINATE, "terminate.yml")
+    upgrade()
+    clients = AwsClients(base_session=faults.session)
+    ScanService(get_settings(), clients=clients).run(pack=pack, regions=["us-east-1"])
+    with session_scope() as session:
+        ActionPlanner().plan(session, pack, requested_by="planner")
+        action = session.scalars(select(ActionRow.id)).one()
+        ActionPlanner().approve(session, action, "alice")
+    terminator = ActionEngine(pack=pack, clients=clients)
+    assert terminator.execute([action], dry_run=False, triggered_by="t").count("succeeded") == 1
+
+    faults.fail("StopInstances", "RequestLimitExceeded", times=20)  # the undo's stop refused
+    assert terminator.rollback(action, "sre").result == "failed"
+    faults.pending.clear()
+    again = terminator.rollback(action, "sre")
+
+    assert again.result == "rolled_back", again
+    assert again.detail.endswith(", stopped as it was"), again.detail
+    relaunched = [
+        i
+        for r in ec2.describe_instances(
+            Filters=[{"Name": "tag:finops:restored-from", "Values": [iid]}]
+        )["Reservations"]
+        for i in r["Instances"]
+    ]
+    assert [i["State"]["Name"] for i in relaunched] == ["stopped"]

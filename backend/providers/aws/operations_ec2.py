@@ -237,7 +237,13 @@ class TerminateInstance(BaseOperation):
         mark = {KEY_TAG: key_value(ctx, "undo")}
         existing = _find_instance(ctx, mark)
         if existing is not None:
-            return f"already relaunched {old} as {existing} (a new instance id)"
+            # A try that launched it may have ended before the stop it owed (refused, or
+            # the emergency stop): this one finishes it.
+            stopped = ""
+            if pre_state.state in _DOWN:
+                _settle_stopped(ctx, existing)
+                stopped = ", stopped as it was"
+            return f"already relaunched {old} as {existing} (a new instance id){stopped}"
         # A terminate that failed or was interrupted may never have been made: launching
         # the image then would run the workload twice.
         still = fresh_or_none(ctx, EC2, old)
@@ -280,8 +286,7 @@ class TerminateInstance(BaseOperation):
         _running(ctx, new_id)
         stopped = ""
         if pre_state.state in _DOWN:  # it was stopped when terminated: leave it stopped
-            _stop(ctx, new_id)
-            _stopped(ctx, new_id)
+            _settle_stopped(ctx, new_id)
             stopped = ", stopped as it was"
         return (
             f"launched {new_id} from {backup_ref} to replace {old}: a NEW instance id "
@@ -315,6 +320,14 @@ def _await_image(ctx: OperationContext, image_id: str) -> list[str]:
         return wait_until(ctx, f"image {image_id}", check)
     except WaitTimeoutError as exc:
         raise BackupFailed(str(exc)) from exc
+
+
+def _settle_stopped(ctx: OperationContext, instance_id: str) -> None:
+    """Stopped, whatever it is now (pending, running, stopping, stopped)."""
+    if fresh(ctx, EC2, instance_id).state == "pending":
+        _running(ctx, instance_id)
+    _stop(ctx, instance_id)
+    _stopped(ctx, instance_id)
 
 
 def _find_instance(ctx: OperationContext, tags: dict[str, str]) -> str | None:
