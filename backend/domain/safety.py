@@ -46,6 +46,9 @@ class SafetyConfig:
     protected_tag_key: str = "env"
     protected_tag_values: frozenset[str] = frozenset({"prod", "production"})
     opt_out_tag: str = "finops:opt-out"
+    # A resource a rollback brought back (its owner objected, or an alarm fired): no policy
+    # acts on it again until a person removes the tag.
+    restored_tag: str = "finops:restored-from"
     protected_accounts: frozenset[str] = frozenset()
     protected_regions: frozenset[str] = frozenset()
     freeze_windows: tuple[tuple[dt.datetime, dt.datetime], ...] = ()
@@ -309,6 +312,15 @@ def _opt_out(r: Resource, c: SafetyConfig) -> Verdict:
     found = _tag_values(r, c.opt_out_tag)
     if found:
         return Verdict(Rule.OPT_OUT, False, f"its owner opted out ({found[0][0]})")
+    restored = _tag_values(r, c.restored_tag)
+    if restored:
+        key, source = restored[0]
+        return Verdict(
+            Rule.OPT_OUT,
+            False,
+            f"restored by a rollback ({key}={source}): no policy acts on it again until a "
+            f"person removes {key}",
+        )
     return Verdict(Rule.OPT_OUT, True, "not opted out")
 
 

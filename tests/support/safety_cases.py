@@ -111,6 +111,7 @@ def noise_tags(config: SafetyConfig, recipes: list[TagRecipe]) -> dict[str, str]
         config.protected_tag_key.upper(),
         config.opt_out_tag,
         config.opt_out_tag.upper(),
+        config.restored_tag,
         *PROTECTED_KEY_POOL,
     ]
     pool = ["dev", "staging", "prod-like", "preprod", "", *sorted(config.protected_tag_values)]

@@ -86,3 +86,10 @@ def test_forgetting_the_settings_forgets_the_notification_settings_too(
     monkeypatch.delenv("FINOPS_NOTIFY_OWNER_ROUTES")
     reset_settings_cache()
     assert get_notification_settings().owner_route("team-a").target is None
+
+
+def test_the_rules_know_the_tag_rollbacks_put_on_what_they_restore() -> None:
+    from backend.domain.safety import SafetyConfig
+    from backend.providers.aws.operations_base import RESTORED_FROM_TAG
+
+    assert SafetyConfig().restored_tag == RESTORED_FROM_TAG

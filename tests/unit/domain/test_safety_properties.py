@@ -76,6 +76,19 @@ def test_the_opt_out_tag_in_any_case_with_any_value_is_never_allowed(data: st.Da
 
 
 @PROPS
+@given(data=st.data())
+def test_a_resource_a_rollback_restored_is_never_allowed(data: st.DataObject) -> None:
+    """Its owner objected (or an alarm fired) once: no policy removes it again by itself."""
+    config = data.draw(configs)
+    source = data.draw(st.text(max_size=12))
+    key = apply_variant(config.restored_tag, data.draw(variants))
+    case = data.draw(cases(config, tags={key: source}))
+    assert not allowed(case)
+    if case.facts.resource is not None:
+        assert verdict_ok(case, Rule.OPT_OUT) is False
+
+
+@PROPS
 @given(case=ANY_CASE)
 def test_a_protected_account_or_region_is_never_allowed(case: Case) -> None:
     f, c = case.facts, case.config

@@ -82,7 +82,7 @@ def reference_allowed(case: Case) -> bool:
     protected = {v.lower() for v in c.protected_tag_values}
     if any(v.strip().lower() in protected for v in _values(r.tags, c.protected_tag_key)):
         return False
-    if _values(r.tags, c.opt_out_tag):
+    if _values(r.tags, c.opt_out_tag) or _values(r.tags, c.restored_tag):
         return False
     action = ACTIONS.get(ALIASES.get(f.action, f.action))
     rule = action.rules.get(f.kind) if action else None
