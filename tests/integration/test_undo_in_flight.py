@@ -104,3 +104,32 @@ def test_a_terminate_undo_run_again_leaves_the_relaunched_instance_stopped_as_it
         for i in r["Instances"]
     ]
     assert [i["State"]["Name"] for i in relaunched] == ["stopped"]
+
+
+def test_a_volume_whose_pre_state_lacks_its_type_is_not_restored_as_a_guess(
+    faults: Faults,
+) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    tags = [{"ResourceType": "volume", "Tags": [{"Key": "role", "Value": "delme"}]}]
+    vid = ec2.create_volume(
+        AvailabilityZone="us-east-1a", Size=50, VolumeType="io2", Iops=8000, TagSpecifications=tags
+    )["VolumeId"]
+    action = plan(faults)[vid]
+    with session_scope() as session:
+        ActionPlanner().approve(session, action, "alice")
+    assert engine(faults).execute([action], dry_run=False, triggered_by="t").count("succeeded") == 1
+    with session_scope() as session:  # recorded by an older release, or edited by hand
+        found = session.get(ActionRow, action)
+        assert found is not None and found.pre_state is not None
+        attributes = {k: v for k, v in found.pre_state["attributes"].items() if k != "VolumeType"}
+        found.pre_state = {**found.pre_state, "attributes": attributes}
+
+    undone = engine(faults).rollback(action, "sre")
+
+    assert undone.result == "failed", undone
+    assert undone.detail.startswith(f"cannot undo: the pre-state of {vid} has no VolumeType")
+    restored = ec2.describe_volumes(
+        Filters=[{"Name": "tag:finops:restored-from", "Values": [vid]}]
+    )["Volumes"]
+    assert restored == []
+    assert row(action).state == "succeeded"  # still: a person decides

@@ -108,7 +108,13 @@ class DeleteVolume(BaseOperation):
         if fresh_or_none(ctx, SNAPSHOT, backup_ref) is None:
             raise CannotUndo(f"the backup snapshot {backup_ref} of {old} is gone")
         attrs = pre_state.attributes
-        volume_type = str(attrs.get("VolumeType") or "gp3")
+        missing = [k for k in ("VolumeType", "Size", "AvailabilityZone") if not attrs.get(k)]
+        if missing:  # a guess (gp3, say, for an io2) would restore another volume
+            raise CannotUndo(
+                f"the pre-state of {old} has no {', '.join(missing)}: it cannot be restored "
+                f"as it was (its snapshot {backup_ref} is kept)"
+            )
+        volume_type = str(attrs["VolumeType"])
         tags = {**user_tags(pre_state.tags), RESTORED_FROM_TAG: old, **mark}
         kwargs: dict[str, Any] = {
             "SnapshotId": backup_ref,
