@@ -7,6 +7,7 @@ error half-way (run it again: every undo step first looks for what a previous tr
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -20,7 +21,7 @@ from backend.core.models import ActionRow
 from backend.core.repositories import sqlite_write_lock
 from backend.core.rollback_lock import rollback_lock
 from backend.domain.lifecycle import ActionState
-from backend.domain.resources import ResourceKind
+from backend.domain.resources import Resource, ResourceKind
 from backend.providers.aws.operations import CannotUndo, ResourceGone, operation_for
 from backend.providers.aws.retry import describe_error
 
@@ -67,7 +68,9 @@ def _rollback(
                 "recorded pre-state can be rolled back",
             )
         op = operation_for(row.action, ResourceKind(row.kind))
-        ctx = context.op_context(row, guard, check_stop=True)
+        ctx = dataclasses.replace(
+            context.op_context(row, guard, check_stop=True), left_as=_left_as(row.post_state)
+        )
         recorded, backup, params = row.pre_state, row.backup_ref, dict(row.params)
     try:
         pre = resource_from(recorded)
@@ -142,3 +145,14 @@ def _record(
             details=details,
             session=session,
         )
+
+
+def _left_as(post_state: dict[str, Any] | None) -> Resource | None:
+    """The resource as the action left it, when its record holds one (a failed action's
+    holds only what it began)."""
+    from backend.core.execution_context import resource_from
+
+    try:
+        return resource_from(post_state) if post_state and "resource_id" in post_state else None
+    except (KeyError, TypeError, ValueError):
+        return None

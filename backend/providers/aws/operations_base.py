@@ -95,6 +95,9 @@ class OperationContext:
     made: Callable[[str], None] | None = None
     wait_timeout: float = 1800.0  # AMIs of big instances take a while on AWS
     poll_interval: float = 5.0
+    # For an undo: the resource as the action left it (its recorded post-state), to tell
+    # what the action did from what someone changed since.
+    left_as: Resource | None = None
 
 
 class Operation(Protocol):

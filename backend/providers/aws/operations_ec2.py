@@ -163,7 +163,8 @@ class ResizeInstance(BaseOperation):
             raise CannotUndo(f"the pre-state of {pre_state.resource_id} has no InstanceType")
         ours = params.get("instance_type")
         with undo_needs(EC2, pre_state.resource_id):
-            current = fresh(ctx, EC2, pre_state.resource_id).attributes.get("InstanceType")
+            now = fresh(ctx, EC2, pre_state.resource_id)
+        current = now.attributes.get("InstanceType")
         if current not in (old_type, ours):
             # resized again by someone since: undoing would stop it and overwrite that
             raise CannotUndo(
@@ -171,11 +172,17 @@ class ResizeInstance(BaseOperation):
                 "changed since; left as it is"
             )
         was_up = pre_state.state in _UP
+        # Left running by the action and stopped now: stopped since, by its owner or an
+        # off-hours schedule; the type goes back, the instance stays as it was put.
+        stopped_since = ctx.left_as is not None and ctx.left_as.state in _UP and now.state in _DOWN
+        start = was_up and not stopped_since
         with undo_needs(EC2, pre_state.resource_id):
-            changed = _resize(ctx, pre_state.resource_id, str(old_type), run_after=was_up)
-        if was_up:
+            changed = _resize(ctx, pre_state.resource_id, str(old_type), run_after=start)
+        if start:
             _running(ctx, pre_state.resource_id)
-        started = " and started it" if was_up else ""
+        started = " and started it" if start else ""
+        if stopped_since:
+            started = "; left stopped, as it was stopped since the resize"
         if not changed:  # the resize was refused, or never made
             return f"{pre_state.resource_id} was still {old_type}: type unchanged{started}"
         return f"resized {pre_state.resource_id} back to {old_type}{started}"

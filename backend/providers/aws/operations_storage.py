@@ -295,6 +295,13 @@ class ModifyVolume(BaseOperation):
                 f"{pre_state.resource_id} is {now.attributes.get('VolumeType')} now, not the "
                 f"{set_by_us['volume_type']} this action set: changed since; left as it is"
             )
+        tuned = _tuned_since(ctx.left_as, now)
+        if tuned and not _matches(now, target):
+            # its owner tuned the new type (more IOPS, say): going back would drop that
+            raise CannotUndo(
+                f"{pre_state.resource_id} has {tuned} now, not what this action left: changed "
+                "since; left as it is"
+            )
         try:
             with undo_needs(EBS, pre_state.resource_id):
                 changed = _modify(ctx, pre_state.resource_id, target)
@@ -310,6 +317,19 @@ class ModifyVolume(BaseOperation):
         return f"{done} {pre_state.resource_id} back to {old_type}" + (
             f" ({detail})" if detail else ""
         )
+
+
+def _tuned_since(left_as: Resource | None, now: Resource) -> str:
+    """The IOPS and throughput that differ from what the action left (recorded after it),
+    as "Iops 12000, Throughput 750"; "" when nothing differs or nothing was recorded."""
+    if left_as is None:
+        return ""
+    changed = [
+        f"{key} {now.attributes.get(key)}"
+        for key in ("Iops", "Throughput")
+        if now.attributes.get(key) != left_as.attributes.get(key)
+    ]
+    return ", ".join(changed)
 
 
 class DeleteSnapshot(BaseOperation):

@@ -1,6 +1,7 @@
-"""Rollbacks of changes AWS is still making, or that a first try left half-done: a volume
-delete made but not verified is rolled back while AWS still reports the volume `deleting`;
-a terminate's undo whose stop was refused is run again."""
+"""Rollbacks after the world moved on: a volume delete made but not verified is rolled back
+while AWS still reports the volume `deleting`; a terminate's undo whose stop was refused is
+run again; a pre-state lacks what a restore needs; an instance resized was stopped since; a
+volume changed to gp3 was tuned since."""
 
 from __future__ import annotations
 
@@ -72,21 +73,28 @@ policies:
 """
 
 
+def planned(faults: Faults, text: str) -> tuple[ActionEngine, int]:
+    """Scan and plan this one-policy pack, approve its one action; its engine and id."""
+    pack = load_text(text, "pack.yml")
+    upgrade()
+    clients = AwsClients(base_session=faults.session)
+    ScanService(get_settings(), clients=clients).run(pack=pack, regions=["us-east-1"])
+    with session_scope() as session:
+        ActionPlanner().plan(session, pack, requested_by="planner")
+        action = session.scalars(select(ActionRow)).one()
+        if action.state == "awaiting_approval":
+            ActionPlanner().approve(session, action.id, "alice")
+        action_id = action.id
+    return ActionEngine(pack=pack, clients=clients), action_id
+
+
 def test_a_terminate_undo_run_again_leaves_the_relaunched_instance_stopped_as_it_was(
     faults: Faults,
 ) -> None:
     ec2 = boto3.client("ec2", region_name="us-east-1")
     iid = launch("killme")
     ec2.stop_instances(InstanceIds=[iid])
-    pack = load_text(TERMINATE, "terminate.yml")
-    upgrade()
-    clients = AwsClients(base_session=faults.session)
-    ScanService(get_settings(), clients=clients).run(pack=pack, regions=["us-east-1"])
-    with session_scope() as session:
-        ActionPlanner().plan(session, pack, requested_by="planner")
-        action = session.scalars(select(ActionRow.id)).one()
-        ActionPlanner().approve(session, action, "alice")
-    terminator = ActionEngine(pack=pack, clients=clients)
+    terminator, action = planned(faults, TERMINATE)
     assert terminator.execute([action], dry_run=False, triggered_by="t").count("succeeded") == 1
 
     faults.fail("StopInstances", "RequestLimitExceeded", times=20)  # the undo's stop refused
@@ -133,3 +141,55 @@ def test_a_volume_whose_pre_state_lacks_its_type_is_not_restored_as_a_guess(
     )["Volumes"]
     assert restored == []
     assert row(action).state == "succeeded"  # still: a person decides
+
+
+RESIZE = """
+policies:
+  - name: resize-tagged
+    resource: ec2
+    filters: [{"tag:role": resizeme}]
+    action: {type: resize, instance-type: t3.small}
+    mode: auto
+    notice: {notify: false}
+"""
+GP3 = """
+policies:
+  - name: gp2-to-gp3
+    resource: ebs
+    filters: [{VolumeType: gp2}]
+    action: {type: modify-volume, volume-type: gp3}
+    mode: auto
+    notice: {notify: false}
+"""
+
+
+def test_an_instance_stopped_since_its_resize_is_resized_back_and_left_stopped(
+    faults: Faults,
+) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    iid = launch("resizeme")  # m5.large, running
+    resizer, action = planned(faults, RESIZE)
+    assert resizer.execute([action], dry_run=False, triggered_by="t").count("succeeded") == 1
+    ec2.stop_instances(InstanceIds=[iid])  # its owner, or the evening schedule
+
+    undone = resizer.rollback(action, "sre")
+
+    assert undone.result == "rolled_back", undone
+    assert "left stopped" in undone.detail
+    found = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert (found["InstanceType"], found["State"]["Name"]) == ("m5.large", "stopped")
+
+
+def test_a_volume_tuned_since_its_change_to_gp3_is_not_changed_back(faults: Faults) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    vid = ec2.create_volume(AvailabilityZone="us-east-1a", Size=100, VolumeType="gp2")["VolumeId"]
+    modifier, action = planned(faults, GP3)
+    assert modifier.execute([action], dry_run=False, triggered_by="t").count("succeeded") == 1
+    ec2.modify_volume(VolumeId=vid, Iops=12000, Throughput=750)  # its owner tunes it
+
+    undone = modifier.rollback(action, "sre")
+
+    assert undone.result == "failed", undone
+    assert "Iops 12000" in undone.detail and "changed since" in undone.detail
+    volume = ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
+    assert (volume["VolumeType"], volume["Iops"], volume["Throughput"]) == ("gp3", 12000, 750)
