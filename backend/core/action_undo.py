@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 S = ActionState
 ROLLED_BACK_FROM = (S.SUCCEEDED, S.FAILED)
 ALREADY = "already rolled back by another request"
+NOTHING_CHANGED = "nothing to undo: the action failed before AWS changed anything"
 UNDER_WAY = "another rollback of this action is under way: its result will be in the audit log"
 
 
@@ -67,6 +68,15 @@ def _rollback(
                 f"{row.state}: only a succeeded or failed action with a "
                 "recorded pre-state can be rolled back",
             )
+        if row.state == S.FAILED and (row.post_state or {}).get("nothing_changed"):
+            # It failed before AWS changed anything: undoing it would change what someone
+            # else may have changed since (an instance its owner started by hand, say).
+            done = NOTHING_CHANGED
+            transition(
+                session, row, S.ROLLED_BACK, actor=actor, audit=audit, event="rollback",
+                details={"done": done},
+            )  # fmt: skip
+            return ActionOutcome(action_id, "rolled_back", done)
         op = operation_for(row.action, ResourceKind(row.kind))
         ctx = dataclasses.replace(
             context.op_context(row, guard, check_stop=True), left_as=_left_as(row.post_state)

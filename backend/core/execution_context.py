@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from botocore.exceptions import ClientError
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
@@ -247,7 +248,8 @@ class ExecutionContext:
                     changed=True,
                 )
             except Exception as exc:  # noqa: BLE001 - recorded as a failure, backup kept
-                return failed(action_id, audit, worker, describe_error(exc), guard)
+                refused = isinstance(exc, ClientError)  # AWS answered no: it did not do it
+                return failed(action_id, audit, worker, describe_error(exc), guard, refused=refused)
         except ClaimLostError as exc:  # from the steps, or from writing how they ended
             return claim_lost(action_id, audit, worker, str(exc))
 

@@ -97,9 +97,11 @@ def failed(
     why: str,
     guard: Guard,
     changed: bool = False,
+    refused: bool = False,
 ) -> ActionOutcome:
     """The changes AWS made in this attempt (guard.made; a backup is none), or an earlier
-    attempt's, mark the resource partly changed, and a retry resumes the change."""
+    attempt's, mark the resource partly changed, and a retry resumes the change. `refused`:
+    the failure is AWS's answer refusing the call (not a lost connection)."""
     from backend.core.action_engine import ActionOutcome
 
     with session_scope() as session:
@@ -111,6 +113,10 @@ def failed(
                 " (the resource is partly changed: AWS made the change's first step(s); "
                 "the pre-state and backup are kept, retry resumes, roll back undoes)"
             )
+        elif not changed and not row.post_state and (guard.changes == 0 or refused):
+            # Nothing reached AWS, or AWS refused it: a rollback has nothing to undo, and
+            # must not apply the inverse to a resource someone else has changed since.
+            row.post_state = {"change_started": False, "nothing_changed": True}
         row.error = why
         row.finished_at = None
         transition(

@@ -1,7 +1,7 @@
 """Rollbacks after the world moved on: a volume delete made but not verified is rolled back
 while AWS still reports the volume `deleting`; a terminate's undo whose stop was refused is
 run again; a pre-state lacks what a restore needs; an instance resized was stopped since; a
-volume changed to gp3 was tuned since."""
+volume changed to gp3 was tuned since; a start AWS refused, whose instance its owner started."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy import select
 from backend.config import get_settings
 from backend.core.action_engine import ActionEngine
 from backend.core.action_planner import ActionPlanner
+from backend.core.action_undo import NOTHING_CHANGED
 from backend.core.database import session_scope
 from backend.core.migrations import upgrade
 from backend.core.models import ActionRow
@@ -193,3 +194,35 @@ def test_a_volume_tuned_since_its_change_to_gp3_is_not_changed_back(faults: Faul
     assert "Iops 12000" in undone.detail and "changed since" in undone.detail
     volume = ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
     assert (volume["VolumeType"], volume["Iops"], volume["Throughput"]) == ("gp3", 12000, 750)
+
+
+START = """
+policies:
+  - name: start-tagged
+    resource: ec2
+    filters: [{"tag:role": startme}]
+    action: start
+    mode: auto
+    notice: {notify: false}
+"""
+
+
+def test_a_start_aws_refused_is_not_undone_by_stopping_what_its_owner_started(
+    faults: Faults,
+) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    iid = launch("startme")
+    ec2.stop_instances(InstanceIds=[iid])
+    starter, action = planned(faults, START)
+    faults.fail("StartInstances", "InsufficientInstanceCapacity")
+    assert starter.execute([action], dry_run=False, triggered_by="t").count("failed") == 1
+    ec2.start_instances(InstanceIds=[iid])  # its owner starts it by hand: needed now
+
+    calls = len(faults.calls)
+    undone = starter.rollback(action, "sre")
+
+    assert undone.result == "rolled_back", undone
+    assert undone.detail == NOTHING_CHANGED
+    assert faults.calls[calls:] == []
+    state = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert state["State"]["Name"] == "running"

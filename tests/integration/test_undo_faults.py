@@ -21,7 +21,7 @@ from backend.cli.app import app
 from backend.config import get_settings
 from backend.core.action_engine import ActionEngine
 from backend.core.action_planner import ActionPlanner
-from backend.core.action_undo import UNDER_WAY
+from backend.core.action_undo import NOTHING_CHANGED, UNDER_WAY
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from backend.core.emergency_stop import EmergencyStop
@@ -288,11 +288,14 @@ def test_a_delete_refused_by_aws_rolls_back_to_never_deleted(
     faults.fail(call, "UnauthorizedOperation")
     assert engine(faults).execute([action], dry_run=False, triggered_by="t").count("failed") == 1
 
+    calls = len(faults.calls)
     outcome = engine(faults).rollback(action, "test")
 
-    verb = "deleted" if call == "DeleteSnapshot" else "deregistered"
+    # AWS refused the delete: the failure recorded that nothing changed, and the rollback
+    # makes no call at all
     assert outcome.result == "rolled_back"
-    assert outcome.detail == f"{resource} was never {verb}: nothing to restore"
+    assert outcome.detail == NOTHING_CHANGED
+    assert faults.calls[calls:] == []
     assert exists(resource)
     assert [o for o, _ in events(action, "rollback")] == ["rolled_back"]
 
@@ -430,4 +433,5 @@ def test_a_backup_that_fails_after_its_snapshot_was_made_is_no_change(faults: Fa
 
     failed = [d for outcome, d in events(action, "execution") if outcome == "failed"]
     assert failed[-1]["changed"] is False
-    assert "partly" not in str(row(action).error) and not row(action).post_state
+    assert "partly" not in str(row(action).error)
+    assert row(action).post_state == {"change_started": False, "nothing_changed": True}
