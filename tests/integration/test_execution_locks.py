@@ -13,8 +13,8 @@ from backend.core.audit_chain import EventType
 from backend.core.automation_audit_logger import AuditLogger
 from backend.core.database import session_scope
 from tests.integration import test_undo_faults as undo
+from tests.support.botocore_faults import Faults
 
-faults = undo.faults  # the same fixture: in-process moto, faults injected per call
 WAIT_SECONDS = 10.0
 
 
@@ -40,7 +40,7 @@ def audited_write_from_another_connection() -> bool:
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_the_judge_after_a_backup_waits_on_aws_without_the_audit_lock(
-    faults: undo.Faults, request: pytest.FixtureRequest, database: str
+    faults: Faults, request: pytest.FixtureRequest, database: str
 ) -> None:
     if database == "postgresql":
         request.getfixturevalue("postgres_url")
