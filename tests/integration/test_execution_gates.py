@@ -264,7 +264,13 @@ def test_an_off_hours_stop_stops_again_each_evening(account: Account) -> None:
     (one action per scheduled run, not one per opportunity for ever)."""
     pack = load_text(OFFHOURS, "offhours.yml")
     upgrade()
-    today = dt.datetime.now(dt.UTC).replace(hour=19, minute=5, second=0, microsecond=0)
+    # The last evening run at or before now: the next one is then less than a day after the
+    # scans this test makes, as the freshness rule wants (after midnight UTC, "today at
+    # 19:05" put the second evening 43 hours after its scan: stale evidence, blocked).
+    now = dt.datetime.now(dt.UTC)
+    today = now.replace(hour=19, minute=5, second=0, microsecond=0)
+    if today > now:
+        today -= dt.timedelta(days=1)
 
     def evening(at: dt.datetime) -> list[str]:
         ScanService(get_settings()).run(pack=pack, regions=["us-east-1"])
