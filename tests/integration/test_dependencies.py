@@ -96,6 +96,29 @@ def test_an_instance_behind_a_classic_load_balancer(moto_url: str, ec2: Any) -> 
     assert facts(ctx, K.EC2_INSTANCE, other).load_balancer_targets == ()
 
 
+def test_a_load_balancer_s_targets_in_service(moto_url: str, ec2: Any) -> None:
+    elbv2 = client(moto_url, "elbv2", REGION)
+    vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"] if s["VpcId"] == vpc]
+    arn = elbv2.create_load_balancer(Name="web", Subnets=subnets[:2])["LoadBalancers"][0][
+        "LoadBalancerArn"
+    ]
+    ctx = make_ctx(moto_url)
+    assert facts(ctx, K.LOAD_BALANCER, arn).serving_targets == ()  # no target group at all
+    group = elbv2.create_target_group(Name="web", Protocol="HTTP", Port=80, VpcId=vpc)
+    group_arn = group["TargetGroups"][0]["TargetGroupArn"]
+    elbv2.create_listener(
+        LoadBalancerArn=arn,
+        Protocol="HTTP",
+        Port=80,
+        DefaultActions=[{"Type": "forward", "TargetGroupArn": group_arn}],
+    )
+    assert facts(ctx, K.LOAD_BALANCER, arn).serving_targets == ()  # a group, no target
+    iid = launch(ec2)
+    elbv2.register_targets(TargetGroupArn=group_arn, Targets=[{"Id": iid}])
+    assert facts(ctx, K.LOAD_BALANCER, arn).serving_targets == (f"{iid} (healthy)",)
+
+
 def test_attached_and_root_volumes(moto_url: str, ec2: Any) -> None:
     iid = launch(ec2)
     data = volume(ec2, {"owner": "x"})
