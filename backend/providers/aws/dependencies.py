@@ -79,9 +79,7 @@ def _launchers_of(ctx: OperationContext, image_id: str) -> tuple[str, ...]:
     """Launch templates (their default and latest versions) and launch configurations that
     launch this image: an Auto Scaling group using one could no longer replace instances."""
     found = []
-    kwargs: dict[str, Any] = {"MaxResults": 200}
-    while True:
-        page = read(ctx, "ec2", "describe_launch_templates", **kwargs)
+    for page in pages(ctx.client_for("ec2"), "describe_launch_templates", MaxResults=200):
         for template in page["LaunchTemplates"]:
             versions = read(
                 ctx,
@@ -93,20 +91,16 @@ def _launchers_of(ctx: OperationContext, image_id: str) -> tuple[str, ...]:
             images = {(v.get("LaunchTemplateData") or {}).get("ImageId") for v in versions}
             if image_id in images:
                 found.append(f"launch template {template['LaunchTemplateName']}")
-        if not page.get("NextToken"):
-            break
-        kwargs["NextToken"] = page["NextToken"]
-    kwargs = {"MaxRecords": 100}
-    while True:
-        page = read(ctx, "autoscaling", "describe_launch_configurations", **kwargs)
-        found += [
-            f"launch configuration {c['LaunchConfigurationName']}"
-            for c in page["LaunchConfigurations"]
-            if c.get("ImageId") == image_id
-        ]
-        if not page.get("NextToken"):
-            return tuple(found)
-        kwargs["NextToken"] = page["NextToken"]
+    configurations = pages(
+        ctx.client_for("autoscaling"), "describe_launch_configurations", MaxRecords=100
+    )
+    found += [
+        f"launch configuration {c['LaunchConfigurationName']}"
+        for page in configurations
+        for c in page["LaunchConfigurations"]
+        if c.get("ImageId") == image_id
+    ]
+    return tuple(found)
 
 
 # Targets in these states receive traffic, or are about to (or finish what they had).
@@ -173,16 +167,12 @@ def _instance(ctx: OperationContext, resource: Resource) -> DependencyFacts:
 
 def _classic_load_balancers_of(ctx: OperationContext, instance_id: str) -> tuple[str, ...]:
     """Classic load balancers (the elb API, not elbv2) with this instance registered."""
-    found = []
-    kwargs: dict[str, Any] = {"PageSize": 400}
-    while True:
-        page = read(ctx, "elb", "describe_load_balancers", **kwargs)
-        for lb in page["LoadBalancerDescriptions"]:
-            if any(i.get("InstanceId") == instance_id for i in lb.get("Instances") or ()):
-                found.append(f"classic load balancer {lb['LoadBalancerName']}")
-        if not page.get("NextMarker"):
-            return tuple(found)
-        kwargs["Marker"] = page["NextMarker"]
+    return tuple(
+        f"classic load balancer {lb['LoadBalancerName']}"
+        for page in pages(ctx.client_for("elb"), "describe_load_balancers", PageSize=400)
+        for lb in page["LoadBalancerDescriptions"]
+        if any(i.get("InstanceId") == instance_id for i in lb.get("Instances") or ())
+    )
 
 
 def _attribute(ctx: OperationContext, instance_id: str, name: str) -> bool:
@@ -206,9 +196,7 @@ def _private_ips(resource: Resource) -> set[str]:
 def _target_groups_of(ctx: OperationContext, instance_id: str, ips: set[str]) -> tuple[str, ...]:
     """Target groups with this instance registered (by id, or by address for ip targets)."""
     found = []
-    kwargs: dict[str, Any] = {"PageSize": 400}
-    while True:
-        page = read(ctx, "elbv2", "describe_target_groups", **kwargs)
+    for page in pages(ctx.client_for("elbv2"), "describe_target_groups", PageSize=400):
         for group in page["TargetGroups"]:
             kind = group.get("TargetType", "instance")
             if kind not in ("instance", "ip"):
@@ -218,9 +206,7 @@ def _target_groups_of(ctx: OperationContext, instance_id: str, ips: set[str]) ->
             ids = {d["Target"]["Id"] for d in health["TargetHealthDescriptions"]}
             if instance_id in ids or (kind == "ip" and ids & ips):
                 found.append(str(arn))
-        if not page.get("NextMarker"):
-            return tuple(found)
-        kwargs["Marker"] = page["NextMarker"]
+    return tuple(found)
 
 
 def _volume(ctx: OperationContext, volume_id: str) -> DependencyFacts:

@@ -22,8 +22,11 @@ _TOKENS: dict[str, tuple[str, str]] = {
     "describe_volumes": ("NextToken", "NextToken"),
     "describe_snapshots": ("NextToken", "NextToken"),
     "describe_images": ("NextToken", "NextToken"),
-    "describe_load_balancers": ("Marker", "NextMarker"),
+    "describe_load_balancers": ("Marker", "NextMarker"),  # elbv2 and the classic elb
     "describe_db_instances": ("Marker", "Marker"),
+    "describe_target_groups": ("Marker", "NextMarker"),
+    "describe_launch_templates": ("NextToken", "NextToken"),
+    "describe_launch_configurations": ("NextToken", "NextToken"),
 }
 
 
