@@ -9,16 +9,12 @@ from typing import Any
 
 import boto3
 from botocore.awsrequest import AWSResponse
-from sqlalchemy import select
 
-from backend.config import get_settings
 from backend.core.action_engine import ActionEngine
 from backend.core.action_planner import ActionPlanner
 from backend.core.action_undo import NOTHING_CHANGED
 from backend.core.database import session_scope
-from backend.core.migrations import upgrade
 from backend.core.models import ActionRow
-from backend.core.scan_service import ScanService
 from backend.domain.policy import load_text
 from backend.providers.aws.session import AwsClients
 from tests.integration.test_undo_faults import engine, launch, plan, row
@@ -77,16 +73,11 @@ policies:
 def planned(faults: Faults, text: str) -> tuple[ActionEngine, int]:
     """Scan and plan this one-policy pack, approve its one action; its engine and id."""
     pack = load_text(text, "pack.yml")
-    upgrade()
-    clients = AwsClients(base_session=faults.session)
-    ScanService(get_settings(), clients=clients).run(pack=pack, regions=["us-east-1"])
-    with session_scope() as session:
-        ActionPlanner().plan(session, pack, requested_by="planner")
-        action = session.scalars(select(ActionRow)).one()
-        if action.state == "awaiting_approval":
-            ActionPlanner().approve(session, action.id, "alice")
-        action_id = action.id
-    return ActionEngine(pack=pack, clients=clients), action_id
+    (action_id,) = plan(faults, pack).values()
+    if row(action_id).state == "awaiting_approval":
+        with session_scope() as session:
+            ActionPlanner().approve(session, action_id, "alice")
+    return ActionEngine(pack=pack, clients=AwsClients(base_session=faults.session)), action_id
 
 
 def test_a_terminate_undo_run_again_leaves_the_relaunched_instance_stopped_as_it_was(

@@ -102,13 +102,14 @@ def instance(iid: str) -> tuple[str, str]:
     return found["State"]["Name"], found["InstanceType"]
 
 
-def plan(faults: Faults) -> dict[str, int]:
-    """Scan and plan; every action's id by its resource's id."""
+def plan(faults: Faults, policies: PolicyPack | None = None) -> dict[str, int]:
+    """Scan and plan (this file's pack unless given); every action's id by its resource."""
+    policies = policies or pack()
     upgrade()
     clients = AwsClients(base_session=faults.session)
-    ScanService(get_settings(), clients=clients).run(pack=pack(), regions=["us-east-1"])
+    ScanService(get_settings(), clients=clients).run(pack=policies, regions=["us-east-1"])
     with session_scope() as session:
-        ActionPlanner().plan(session, pack(), requested_by="planner")
+        ActionPlanner().plan(session, policies, requested_by="planner")
         return {r.resource_id: r.id for r in session.scalars(select(ActionRow))}
 
 
