@@ -55,9 +55,10 @@ class MigrationFailedError(SchemaOutOfDateError):
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:
     url = url or database_url()
-    if revision == "head" and _runs_on_newer_schema(url):
+    current = current_revision(url)
+    if revision == "head" and _runs_on_newer_schema(url, current):
         return  # a newer release migrated it, and says this one may run on it: nothing to do
-    current = _known_revision(url)
+    _refuse_unknown(current)
     if revision == "head" and current == head_revision() and not _stale_batch_tables(url):
         return  # every command of the embedded mode comes here: no lock when nothing to do
     with _one_migration_at_a_time(url):
@@ -192,9 +193,13 @@ def _known_revision(url: str) -> str | None:
     """The database's revision, or SchemaOutOfDateError when this code does not know it:
     the database was migrated by newer code, and only that code can move it."""
     current = current_revision(url)
+    _refuse_unknown(current)
+    return current
+
+
+def _refuse_unknown(current: str | None) -> None:
     if current is not None and not _is_known(current):
         raise SchemaOutOfDateError(schema_advice(current, head_revision()))
-    return current
 
 
 def schema_advice(current: str | None, head: str | None) -> str:
@@ -219,7 +224,7 @@ def ensure_schema(url: str | None = None) -> None:
         return
     check_database(url)  # down or refused: said plainly, before alembic's own error
     current, head = current_revision(url), head_revision()
-    if current != head and not _runs_on_newer_schema(url):
+    if current != head and not _runs_on_newer_schema(url, current):
         raise SchemaOutOfDateError(schema_advice(current, head))
 
 
@@ -235,11 +240,11 @@ def oldest_code_allowed(url: str, revision: str) -> str | None:
         return str(found) if found is not None else None
 
 
-def _runs_on_newer_schema(url: str) -> bool:
-    """The database is at a revision this code does not know (a newer release migrated it)
-    and that release recorded a revision this code has as the oldest that may run on it:
-    the rollback of an image, or an old pod during a rolling update, starts and says so."""
-    current = current_revision(url)
+def _runs_on_newer_schema(url: str, current: str | None) -> bool:
+    """The database is at `current`, a revision this code does not know (a newer release
+    migrated it), and that release recorded a revision this code has as the oldest that may
+    run on it: the rollback of an image, or an old pod during a rolling update, starts and
+    says so."""
     if current is None or _is_known(current):
         return False
     oldest = oldest_code_allowed(url, current)
