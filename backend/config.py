@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     schedule_run_window_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
     # API lists count their matching rows up to this many; past it, the total is a bound.
     api_count_cap: int = Field(default=10_000, ge=1, le=1_000_000)
+    # The API keeps list pages and token checks in memory while PostgreSQL's notifications
+    # say nothing behind them changed (backend/api/change_feed.py); off on SQLite.
+    api_read_cache: bool = True
+    api_read_cache_megabytes: int = Field(default=64, ge=1, le=16_384)  # per API process
+    # The longest a page is served from memory, even if no change was notified: a bound
+    # on what a write that bypassed the notifying triggers could leave stale.
+    api_read_cache_seconds: float = Field(default=30.0, gt=0, le=3600)
     # One PostgreSQL statement of an API request: cancelled by the server past this, and
     # given up on by the API 2 s later when the server does not answer at all (503). 0: none.
     api_database_timeout_seconds: float = Field(default=30.0, ge=0)

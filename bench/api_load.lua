@@ -33,6 +33,7 @@ end
 -- endpoint names[i]) are flat arrays, as wrk's thread:get copies nested tables wrongly.
 names = {}
 failures = 0
+answered = {} -- X-Finops-Read-Cache value -> count (hit, shared, miss, off)
 local endpoints = {}
 local headers = {}
 local cursors = {}
@@ -60,9 +61,11 @@ function request()
   return wrk.format("GET", path, headers)
 end
 
-function response(status, _, body)
+function response(status, headers, body)
   local seen = _G["lat" .. current.index]
   seen[#seen + 1] = now() - started
+  local cache = headers["x-finops-read-cache"] or "none"
+  answered[cache] = (answered[cache] or 0) + 1
   if status ~= 200 then
     failures = failures + 1
   end
@@ -94,6 +97,15 @@ function done(summary, latency, _)
     table.sort(values)
     io.write(string.format("FINOPS\t%s\t%d\t%.2f\t%.2f\t-\n", listed[i], #values,
       percentile(values, 0.5), percentile(values, 0.99)))
+  end
+  local sources = {}
+  for _, thread in ipairs(threads) do
+    for label, count in pairs(thread:get("answered")) do
+      sources[label] = (sources[label] or 0) + count
+    end
+  end
+  for label, count in pairs(sources) do
+    io.write(string.format("FINOPS_CACHE\t%s\t%d\n", label, count))
   end
   local e = summary.errors
   io.write(string.format("FINOPS\tall\t%d\t%.2f\t%.2f\t%d\n", summary.requests,

@@ -98,6 +98,12 @@ def report(result: Result, clients: int, workers: int, resources: int) -> None:
             f"{line.name:36} {rate:7.1f} req/s  p50 {line.p50_ms:7.1f} ms"
             f"  p99 {line.p99_ms:7.1f} ms"
         )
+    if result.sources:
+        answered = sum(result.sources.values())
+        shares = ", ".join(
+            f"{label} {count / answered:.1%}" for label, count in sorted(result.sources.items())
+        )
+        print(f"answered from (X-Finops-Read-Cache): {shares}")
     if result.failures:
         print(f"{result.failures} answers were not 200 (or the connection failed)")
 

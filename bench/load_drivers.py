@@ -13,7 +13,7 @@ import random
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -42,6 +42,7 @@ class Result:
     seconds: float
     lines: list[Line]  # one per endpoint, then "all"
     failures: int  # answers other than 200, and connection errors
+    sources: dict[str, int] = field(default_factory=dict)  # X-Finops-Read-Cache -> answers
 
 
 def wrk_path() -> str | None:
@@ -61,8 +62,12 @@ def run_wrk(
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     lines: dict[str, Line] = {}
     failures = 0
+    sources: dict[str, int] = {}
     for row in out.splitlines():
-        if row.startswith("FINOPS\t"):
+        if row.startswith("FINOPS_CACHE\t"):
+            _, label, count = row.split("\t")
+            sources[label] = int(count)
+        elif row.startswith("FINOPS\t"):
             _, name, requests, p50, p99, bad = row.split("\t")
             lines[name] = Line(name, int(requests), float(p50), float(p99))
             if name == "all":
@@ -71,7 +76,7 @@ def run_wrk(
     version = subprocess.run([wrk, "--version"], capture_output=True, text=True).stdout
     label = (version.split() or ["wrk"])[:2]
     driver = f"{' '.join(label)} ({clients} threads, one connection each)"
-    return Result(driver, float(duration), ordered, failures)
+    return Result(driver, float(duration), ordered, failures, sources)
 
 
 def run_httpx(

@@ -191,10 +191,35 @@ def authenticate(session: Session, token: str, now: dt.datetime | None = None) -
     return principal
 
 
-def check_token(session: Session, token: str, now: dt.datetime) -> tuple[Principal, bool]:
-    """The active user behind a clear token, and whether its last_used_at is due to be
-    written (every LAST_USED_EVERY); reads only."""
-    # Plain columns, not ORM objects: this runs on every request.
+@dataclass(frozen=True)
+class TokenRecord:
+    """What a request's token check reads: the token and its user, as stored."""
+
+    principal: Principal
+    revoked_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    disabled: bool
+
+    def check(self, now: dt.datetime) -> tuple[Principal, bool]:
+        """The principal, and whether last_used_at is due to be written (every
+        LAST_USED_EVERY); AuthenticationError naming the failed check."""
+        token_id = self.principal.token_id
+        if self.revoked_at is not None:
+            raise AuthenticationError(f"API token {token_id} was revoked")
+        if self.expires_at is not None and self.expires_at <= now:
+            raise AuthenticationError(
+                f"API token {token_id} expired at {self.expires_at:%Y-%m-%d %H:%M}Z"
+            )
+        if self.disabled:
+            raise AuthenticationError(f"user {self.principal.username!r} is disabled")
+        due = self.last_used_at is None or now - self.last_used_at >= LAST_USED_EVERY
+        return self.principal, due
+
+
+def read_token(session: Session, token: str) -> TokenRecord:
+    """The stored record of a clear token; AuthenticationError when there is none."""
+    # Plain columns, not ORM objects: this runs on every request the caches do not answer.
     t, u = ApiTokenRow, UserRow
     row = session.execute(
         select(t.id, t.revoked_at, t.expires_at, t.last_used_at)
@@ -204,14 +229,14 @@ def check_token(session: Session, token: str, now: dt.datetime) -> tuple[Princip
     ).first()
     if row is None:
         raise AuthenticationError("unknown API token")
-    if row.revoked_at is not None:
-        raise AuthenticationError(f"API token {row.id} was revoked")
-    if row.expires_at is not None and row.expires_at <= now:
-        raise AuthenticationError(f"API token {row.id} expired at {row.expires_at:%Y-%m-%d %H:%M}Z")
-    if row.disabled:
-        raise AuthenticationError(f"user {row.username!r} is disabled")
-    due = row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY
-    return Principal(row.user_id, row.username, Role(row.role), row.id), due
+    principal = Principal(row.user_id, row.username, Role(row.role), row.id)
+    return TokenRecord(principal, row.revoked_at, row.expires_at, row.last_used_at, row.disabled)
+
+
+def check_token(session: Session, token: str, now: dt.datetime) -> tuple[Principal, bool]:
+    """The active user behind a clear token, and whether its last_used_at is due to be
+    written (every LAST_USED_EVERY); reads only."""
+    return read_token(session, token).check(now)
 
 
 def mark_used(session: Session, token_id: int, now: dt.datetime) -> None:

@@ -14,6 +14,9 @@ from functools import cached_property
 
 from sqlalchemy.orm import Session
 
+from backend.api.change_feed import ChangeFeed
+from backend.api.page_cache import PageCache
+from backend.api.token_cache import TokenCache
 from backend.config import Settings
 from backend.core import database
 from backend.core.action_engine import ActionEngine
@@ -35,9 +38,31 @@ class ApiContext:
         return self.settings.effective_database_url
 
     @cached_property
+    def change_feed(self) -> ChangeFeed | None:
+        """Listening once the app starts (app.py's lifespan); None where caches are off:
+        by the settings, or on SQLite, which has no notifications."""
+        if not self.settings.api_read_cache or not self.database_url.startswith("postgresql"):
+            return None
+        return ChangeFeed(self.database_url, database.PG_CONNECT_ARGS)
+
+    @cached_property
+    def tokens(self) -> TokenCache:
+        return TokenCache(self.change_feed)
+
+    @cached_property
+    def pages(self) -> PageCache:
+        megabytes = self.settings.api_read_cache_megabytes
+        return PageCache(self.change_feed, megabytes * 2**20, self.settings.api_read_cache_seconds)
+
+    @cached_property
     def session_factory(self) -> Callable[[], Session]:
         # get_engine() keeps one engine per URL, so two racing first requests share it.
         return database.session_factory(self.database_url)
+
+    @cached_property
+    def read_session_factory(self) -> Callable[[], Session]:
+        """Sessions without a transaction, for GET and HEAD requests (deps.get_session)."""
+        return database.session_factory(self.database_url, autocommit=True)
 
     def audit(self) -> AuditLogger:
         return AuditLogger(session_factory=self.session_factory)

@@ -10,6 +10,7 @@ database stay plain functions, off the event loop.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
@@ -19,7 +20,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from backend.api.accounts import AuthenticationError, Principal, check_token, mark_used
+from backend.api.accounts import (
+    AuthenticationError,
+    Principal,
+    TokenRecord,
+    mark_used,
+    read_token,
+)
 from backend.api.context import ApiContext
 from backend.api.problems import Problem
 from backend.api.security import Role
@@ -41,20 +48,28 @@ async def get_context(request: Request) -> ApiContext:
 ContextDep = Annotated[ApiContext, Depends(get_context)]
 
 
-async def get_session(context: ContextDep) -> AsyncIterator[Session]:
+async def get_session(context: ContextDep, request: Request) -> AsyncIterator[Session]:
     """One session per request. Routes that change state commit it themselves, before they
-    answer; anything not committed is rolled back when the session closes."""
-    session = context.session_factory()  # no I/O yet: it connects on first use
+    answer; anything not committed is rolled back when the session closes. GET and HEAD
+    read without a transaction: nothing to roll back, so closing does no I/O, and the
+    request makes no thread-pool hop for it (under load each hop waits its turn behind
+    every request the event loop has ready)."""
+    reading = request.method in _READS
+    factory = context.read_session_factory if reading else context.session_factory
+    session = factory()  # no I/O yet: it connects on first use
     try:
         yield session
     finally:
-        await run_in_threadpool(session.close)  # the rollback waits on the database
+        if reading:
+            session.close()
+        else:
+            await run_in_threadpool(session.close)  # the rollback waits on the database
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def current_user(
+async def current_user(
     context: ContextDep,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -66,17 +81,33 @@ def current_user(
             kind="unauthenticated",
             headers=_CHALLENGE,
         )
-    now = utcnow()
+    token, now = credentials.credentials, utcnow()
     try:
-        # In the request's own session (one connection, one transaction for the request):
-        # revocation and expiry are read on every call.
-        principal, due = check_token(session, credentials.credentials, now)
+        # Revocation and expiry hold on every call: the cached record is dropped when
+        # either changes (token_cache.py), and expiry is checked here against it.
+        record = context.tokens.get(token)
+        if record is None:
+            record = await run_in_threadpool(_read_token, context, session, token)
+        principal, due = record.check(now)
     except AuthenticationError as exc:
         raise Problem(401, str(exc), kind="unauthenticated", headers=_CHALLENGE) from None
     if due:  # once a minute a token: its own short transaction, which a read also commits
-        with session_scope(factory=context.session_factory) as marking:
-            mark_used(marking, principal.token_id, now)
+        await run_in_threadpool(_mark_used, context, principal.token_id, now)
+        context.tokens.forget(token)  # the next request reads it again, with this use
     return principal
+
+
+def _read_token(context: ApiContext, session: Session, token: str) -> TokenRecord:
+    version = context.tokens.version()  # before reading: see TokenCache.version
+    # In the request's own session (one connection, one transaction for the request).
+    record = read_token(session, token)
+    context.tokens.put(token, record, version)
+    return record
+
+
+def _mark_used(context: ApiContext, token_id: int, now: dt.datetime) -> None:
+    with session_scope(factory=context.session_factory) as marking:
+        mark_used(marking, token_id, now)
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]

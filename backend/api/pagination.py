@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
@@ -115,6 +115,14 @@ class Window:
 
     def page(self, items: list[T]) -> Page[T]:
         return Page(items=items, **self.meta())
+
+
+def json_answer(page: BaseModel, headers: Mapping[str, str] | None = None) -> Response:
+    """The page as JSON, already checked by its model: returning the model instead makes
+    FastAPI dump it to a dict, validate that against the response model and dump it
+    again, a third of an uncached list page's CPU. Routes keep `response_model` for the
+    OpenAPI schema."""
+    return Response(page.model_dump_json(), media_type="application/json", headers=headers)
 
 
 def parse_sort(sort: str | None, allowed: Sequence[str], default: str) -> tuple[str, bool]:

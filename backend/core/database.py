@@ -109,8 +109,15 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
-def session_factory(url: str | None = None) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+def session_factory(url: str | None = None, *, autocommit: bool = False) -> sessionmaker[Session]:
+    """Sessions on the URL's engine. `autocommit`: each statement is its own transaction,
+    for readers that write nothing: no BEGIN and no ROLLBACK, two round trips fewer a
+    request. At READ COMMITTED, PostgreSQL's level here, a transaction gives each statement
+    its own snapshot anyway, so a reader sees nothing different."""
+    engine = get_engine(url)
+    if autocommit:
+        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return sessionmaker(bind=engine, expire_on_commit=False)
 
 
 @contextmanager

@@ -78,7 +78,9 @@ def install(engine: Engine) -> None:
     A connection made under a limit has it as its own statement_timeout (a connection
     option: no statement). A transaction under another limit, or none, sets its own with
     SET LOCAL: one more round trip, for the readiness probe's shorter limit, say, but not
-    for every API request, which all share one limit.
+    for every API request, which all share one limit. A connection used without
+    transactions (the API's readers) has nothing to be LOCAL to: it takes the limit as its
+    own with SET, which also makes it the connection's baked value.
     """
 
     @event.listens_for(engine, "do_connect")
@@ -98,7 +100,13 @@ def install(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _statement_timeout(connection: Any) -> None:
         wanted = _milliseconds(_limit.get())
-        if connection.connection.info.get(_BAKED, 0) != wanted:
+        record = connection.connection
+        if record.info.get(_BAKED, 0) != wanted:
+            dbapi = record.dbapi_connection
             # The raw cursor: the transaction SQLAlchemy is beginning is not usable yet.
-            with connection.connection.dbapi_connection.cursor() as cursor:
-                cursor.execute(f"SET LOCAL statement_timeout = {wanted}")
+            with dbapi.cursor() as cursor:
+                if dbapi.autocommit:  # no transaction to be LOCAL to: the connection's own
+                    cursor.execute(f"SET statement_timeout = {wanted}")
+                    record.info[_BAKED] = wanted
+                else:
+                    cursor.execute(f"SET LOCAL statement_timeout = {wanted}")

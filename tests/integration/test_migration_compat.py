@@ -15,14 +15,14 @@ from tests.integration.test_migration_safety import ROOT, finops
 
 FUTURE = '''"""a release after this one
 
-Revision ID: 0010
+Revision ID: {future}
 Revises: {head}
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010"
+revision = "{future}"
 down_revision = "{head}"
 branch_labels = None
 depends_on = None
@@ -39,12 +39,19 @@ def downgrade() -> None:
 '''
 
 
+def next_revision() -> str:
+    """The revision a release after this one would add."""
+    head = migrations.head_revision()
+    assert head is not None
+    return f"{int(head) + 1:04d}"
+
+
 def migrate_with_a_newer_release(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, compatible: bool
-) -> None:
+) -> str:
     """Upgrade the database with this project's migrations and one more, as the next release
-    would; then this release is the one in use again."""
-    head = migrations.head_revision()
+    would; then this release is the one in use again. The newer revision."""
+    head, future = migrations.head_revision(), next_revision()
     migrations.upgrade()
     root = tmp_path / "next-release"
     root.mkdir()
@@ -52,29 +59,31 @@ def migrate_with_a_newer_release(
     shutil.copytree(
         ROOT / "migrations", root / "migrations", ignore=shutil.ignore_patterns("__pycache__")
     )
-    future = FUTURE.format(head=head, compatible=compatible)
-    (root / "migrations" / "versions" / "0010_future.py").write_text(future)
+    text = FUTURE.format(head=head, future=future, compatible=compatible)
+    (root / "migrations" / "versions" / f"{future}_future.py").write_text(text)
     with monkeypatch.context() as next_release:
         next_release.setenv("FINOPS_MIGRATIONS_DIR", str(root / "migrations"))
         migrations.upgrade()
-        assert migrations.current_revision() == "0010"
+        assert migrations.current_revision() == future
     assert migrations.head_revision() == head
+    return future
 
 
 def test_a_release_starts_on_a_newer_schema_its_migrations_allow(
     any_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    migrate_with_a_newer_release(tmp_path, monkeypatch, compatible=True)
-    # 0009 and 0010 each let the code before them run: the oldest allowed is still 0008
-    assert migrations.oldest_code_allowed(any_database, "0010") == "0008"
+    future = migrate_with_a_newer_release(tmp_path, monkeypatch, compatible=True)
+    # 0009, each one after it and the newer one let the code before them run: the oldest
+    # allowed is still 0008, the last before revisions said so
+    assert migrations.oldest_code_allowed(any_database, future) == "0008"
     with capture_logs() as logs:
         migrations.ensure_schema()  # every command's entry: starts
         migrations.upgrade()  # nothing to do: the newer schema is left as it is
-    assert migrations.current_revision() == "0010"
+    assert migrations.current_revision() == future
     said = [e for e in logs if e["event"].startswith("database schema is newer")]
-    assert said and said[0]["database_revision"] == "0010", logs
+    assert said and said[0]["database_revision"] == future, logs
     assert finops("db", "upgrade").exit_code == 0
-    # going back below it is the newer release's to do: this one does not know 0010
+    # going back below it is the newer release's to do: this one does not know it
     refused = finops("db", "downgrade", "0006")
     assert refused.exit_code == 3 and "newer than this code's" in refused.output
 
@@ -82,8 +91,8 @@ def test_a_release_starts_on_a_newer_schema_its_migrations_allow(
 def test_a_release_refuses_a_newer_schema_its_migrations_do_not_allow(
     any_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    migrate_with_a_newer_release(tmp_path, monkeypatch, compatible=False)
-    assert migrations.oldest_code_allowed(any_database, "0010") == "0010"
+    future = migrate_with_a_newer_release(tmp_path, monkeypatch, compatible=False)
+    assert migrations.oldest_code_allowed(any_database, future) == future
     with pytest.raises(migrations.SchemaOutOfDateError, match="do not allow code this old"):
         migrations.ensure_schema()
     result = finops("db", "upgrade")
@@ -94,7 +103,8 @@ def test_each_revision_records_the_oldest_code_that_may_run_on_it(any_database: 
     migrations.upgrade()
     head = migrations.head_revision()
     assert head is not None
-    # 0009 only adds a table older code never reads: the code of 0008 may run on it
+    # 0009 only adds a table older code never reads, and 0010 triggers that only notify:
+    # the code of 0008 may run on either
     assert migrations.oldest_code_allowed(any_database, head) == "0008"
     migrations.downgrade(revision="0008")
     assert migrations.current_revision() == "0008"

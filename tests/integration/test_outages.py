@@ -196,6 +196,30 @@ def test_each_transaction_has_its_callers_limit_and_api_requests_set_none(
     assert len([q for q in sent if "SET LOCAL" in q]) == 2
 
 
+def test_readers_without_a_transaction_have_their_callers_limit_too(postgres_url: str) -> None:
+    """The API reads GET requests without a transaction (autocommit), where SET LOCAL does
+    nothing: the limit must still reach the server, and no limit must stay behind."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from backend.core.database import session_factory
+    from backend.core.db_deadline import answer_within
+
+    dispose_engines()
+    reader = session_factory(postgres_url, autocommit=True)
+
+    def timeout() -> str:
+        with reader() as session:
+            return str(session.execute(text("SHOW statement_timeout")).scalar_one())
+
+    assert timeout() == "0"  # made with no limit
+    with answer_within(0.3):
+        assert timeout() == "300ms"
+        with pytest.raises(OperationalError, match="statement timeout"), reader() as session:
+            session.execute(text("SELECT pg_sleep(5)"))
+    assert timeout() == "0"
+
+
 def test_stop_and_resume_finish_with_redis_paused_and_say_the_workers_were_not_told(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

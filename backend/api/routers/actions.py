@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.api.deps import Approver, ContextDep, Operator, SessionDep, Viewer
-from backend.api.pagination import Page, Paging, SortParam, paginate_query
+from backend.api.page_cache import FRESH_UNTIL
+from backend.api.pagination import Page, Paging, SortParam, json_answer, paginate_query
 from backend.api.problems import Problem, not_found
 from backend.api.routers import API_PREFIX
 from backend.api.schemas import ActionDetail, ActionOut, OutcomeOut, Text
@@ -61,7 +62,7 @@ def list_actions(
     kind: str | None = None,
     requested_by: str | None = None,
     sort: SortParam = None,
-) -> Page[ActionOut]:
+) -> Response:
     query = select(ActionRow)
     if state:
         query = query.where(ActionRow.state.in_([s.value for s in state]))
@@ -75,7 +76,16 @@ def list_actions(
         query = query.where(ActionRow.requested_by == requested_by)
     window = paginate_query(session, query, page, sort, SORTS, ActionRow.id)
     now = utcnow()
-    return window.page([ActionOut.of(r, now) for r in window.rows])
+    items = [ActionOut.of(r, now) for r in window.rows]
+    # approval_expired turns true at approval_expires_at without any write: a kept copy of
+    # this page is good until the first of those (page_cache.py).
+    turning = [
+        r.approval_expires_at
+        for r, out in zip(window.rows, items, strict=True)
+        if r.state == "approved" and r.approval_expires_at is not None and not out.approval_expired
+    ]
+    headers = {FRESH_UNTIL: str(min(turning).timestamp())} if turning else None
+    return json_answer(window.page(items), headers)
 
 
 @router.get("/{action_id}", response_model=ActionDetail)

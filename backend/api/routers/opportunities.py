@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from backend.api.deps import SessionDep, Viewer
-from backend.api.pagination import Page, Paging, SortParam, paginate_query
+from backend.api.pagination import Page, Paging, SortParam, json_answer, paginate_query
 from backend.api.routers import API_PREFIX
 from backend.core.models import OpportunityRow, ResourceRow
 from backend.domain.resources import ResourceKind
@@ -84,7 +84,7 @@ def list_opportunities(
             "them exactly): a pass over all of them, so ask for it once, not on every page."
         ),
     ] = False,
-) -> OpportunityPage:
+) -> Response:
     own: list[ColumnElement[bool]] = []
     if status:
         own.append(OpportunityRow.status == status)
@@ -119,9 +119,10 @@ def list_opportunities(
     window = paginate_query(
         session, query, page, sort, SORTS, OpportunityRow.id, count_query=scope, total=total
     )
-    return OpportunityPage(
+    answer = OpportunityPage(
         items=[OpportunityOut.model_validate(r) for r in window.rows],
         **window.meta(),
         total_estimated_monthly_savings=None if saved is None else round(float(saved), 2),
         savings_unknown=None if unknown is None else int(unknown),
     )
+    return json_answer(answer)
