@@ -6,8 +6,10 @@
 -- the script times each request (LuaJIT's ffi clock) under its endpoint, and an
 -- endpoint with WALK = 1 follows next_cursor from page to page, as a client reading the
 -- whole list would (back to the first page after the last). done() prints one line per
--- endpoint and one for everything (wrk's own latency histogram):
+-- endpoint and one for everything (wrk's own latency histogram, which wrk corrects for
+-- coordinated omission), and one per X-Finops-Read-Cache value seen:
 --   FINOPS <tab> name <tab> requests <tab> p50 ms <tab> p99 ms <tab> non-200 answers
+--   FINOPS_CACHE <tab> hit|shared|miss|off|none <tab> answers
 
 local ffi = require("ffi")
 ffi.cdef([[

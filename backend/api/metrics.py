@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.api.context import ApiContext
 from backend.api.metrics_collector import FinOpsCollector
+from backend.api.read_cache import HEADER as READ_CACHE_HEADER
 from backend.core.audit_failures import CountedAuditLogError, CountingAuditLogger
 from backend.core.automation_audit_logger import AuditLogError, AuditLogger
 
@@ -78,8 +79,10 @@ class RequestMetrics:
         app: ASGIApp,
         record: Callable[[Scope, int, float], None],
         on_audit_failure: Callable[[], None],
+        on_cache_source: Callable[[str], None] | None = None,
     ) -> None:
         self._app, self._record, self._on_audit_failure = app, record, on_audit_failure
+        self._on_cache_source = on_cache_source
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,6 +95,10 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if self._on_cache_source is not None:
+                    for name, value in message.get("headers", ()):
+                        if name == READ_CACHE_HEADER:
+                            self._on_cache_source(value.decode("latin-1"))
             await send(message)
 
         try:
@@ -158,7 +165,23 @@ def install_metrics(app: FastAPI, context: ApiContext) -> CollectorRegistry:
             rollback_errors.inc()  # unlabelled, so it exists (at 0) before the first one
         latency.labels(scope["method"], route).observe(seconds)
 
-    app.add_middleware(RequestMetrics, record=record, on_audit_failure=audit_failures.inc)
+    cache_answers = Counter(
+        "finops_api_read_cache_answers",
+        "API list pages by where the answer came from: hit or shared (memory), miss (the "
+        "database), off (no change feed: nothing kept)",
+        ["source"],
+        registry=own,
+    )
+
+    def cache_source(source: str) -> None:
+        cache_answers.labels(source).inc()
+
+    app.add_middleware(
+        RequestMetrics,
+        record=record,
+        on_audit_failure=audit_failures.inc,
+        on_cache_source=cache_source,
+    )
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -62,6 +62,9 @@ def test_a_page_is_answered_from_memory_until_a_table_it_reads_changes(api: Api)
     first = seed_resource(monthly_cost=10.0)
     seed_resource(monthly_cost=20.0)
     assert costs(kept(api, INVENTORY)) == [20.0, 10.0]
+    exported = api.get("/metrics", None).text
+    assert 'finops_api_read_cache_answers_total{source="hit"} 1.0' in exported
+    assert 'finops_api_read_cache_answers_total{source="miss"} 2.0' in exported
 
     seed_action()  # a table the inventory does not read: its pages stay
     time.sleep(0.3)  # the notification's time to arrive
