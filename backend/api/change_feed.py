@@ -31,7 +31,7 @@ log = structlog.get_logger(__name__)
 CHANNEL = "finops_change"
 APPLICATION_NAME = "finops-change-feed"  # how pg_stat_activity shows its connection
 _RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)  # between reconnections: quick at first, then calmer
-_POLL_SECONDS = 1.0  # how often the listening thread looks up to see whether to stop
+_POLL_SECONDS = 0.2  # how often the listening thread looks up to see whether to stop
 # A connection can stay open to a server that no longer answers (paused, or its host gone
 # with the kernel still holding the socket): the feed pings every HEARTBEAT seconds, and a
 # feed whose last answer is older than SILENT counts as not listening.
