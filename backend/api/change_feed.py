@@ -80,17 +80,20 @@ class ChangeFeed:
                 self._epoch += 1
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
         self._stop.clear()
+        if self._thread is not None and self._thread.is_alive():
+            return  # a stop that timed out: the same thread goes on
         self._thread = threading.Thread(target=self._run, name="finops-change-feed", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening; the thread ends within `timeout`, or, blocked on a server that
+        does not answer, when it does (it is a daemon: it never holds the process)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-            self._thread = None
+            if not self._thread.is_alive():
+                self._thread = None
         self._set_listening(False)
 
     def _heard_lately(self) -> bool:
@@ -125,4 +128,6 @@ class ChangeFeed:
                 if time.monotonic() - self._answered_at >= _HEARTBEAT_SECONDS:
                     conn.execute("SELECT 1")
                     with self._lock:
+                        if not self._heard_lately():  # it was silent: caches were off
+                            self._epoch += 1
                         self._answered_at = time.monotonic()

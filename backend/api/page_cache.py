@@ -28,7 +28,10 @@ from urllib.parse import parse_qsl, urlencode
 from backend.api.change_feed import ChangeFeed, Version
 from backend.core.types import utcnow
 
-TABLES = {  # the lists kept, and the tables each one reads
+# The lists kept, and the tables each one reads. Each is open to every role (Viewer): a page
+# is answered from memory to any caller with a valid token, so a list that needs more
+# must not be added here.
+TABLES = {
     "/api/v1/inventory": ("resources",),
     "/api/v1/opportunities": ("opportunities", "resources"),
     "/api/v1/actions": ("actions",),
@@ -51,7 +54,10 @@ class CachedPage:
 
     @property
     def size(self) -> int:
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers)
+        """Bytes held, roughly: the body, the headers, the next page's query, and what the
+        objects around them cost (the key is counted by the cache)."""
+        headers = sum(len(k) + len(v) + 100 for k, v in self.headers)
+        return len(self.body) + headers + len(self.next_query or b"") + 600
 
 
 Key = tuple[str, bytes]  # (path, canonical query string)
@@ -100,8 +106,11 @@ class PageCache:
             page = self._pages.get(key)
             if page is None:
                 return None
-            if page.version != version or (
-                page.fresh_until is not None and utcnow().timestamp() >= page.fresh_until
+            if (
+                page.version != version
+                or (page.fresh_until is not None and utcnow().timestamp() >= page.fresh_until)
+                # its reading again failed, or never ran: the age bound holds all the same
+                or time.monotonic() - page.stored_at >= 2 * self._max_age
             ):
                 self._drop(key)
                 return None
@@ -109,19 +118,20 @@ class PageCache:
             return page
 
     def due(self, page: CachedPage) -> bool:
-        """Older than max_age: to be read again, though no change was notified."""
+        """Older than max_age: to be read again, though no change was notified (past twice
+        that, `get` no longer answers it)."""
         return time.monotonic() - page.stored_at >= self._max_age
 
     def put(self, key: Key, page: CachedPage) -> bool:
         """Keep the page, unless something changed while it was read (it may be stale
         already) or it is too large; whether it was kept."""
-        too_large = page.size > min(MAX_PAGE_BYTES, self._max_bytes)
+        too_large = _held(key, page) > min(MAX_PAGE_BYTES, self._max_bytes)
         if page.version != self.version(key[0]) or too_large:
             return False
         with self._lock:
             self._drop(key)
             self._pages[key] = page
-            self._bytes += page.size
+            self._bytes += _held(key, page)
             while self._bytes > self._max_bytes:
                 self._drop(next(iter(self._pages)))
         return True
@@ -129,4 +139,8 @@ class PageCache:
     def _drop(self, key: Key) -> None:
         page = self._pages.pop(key, None)
         if page is not None:
-            self._bytes -= page.size
+            self._bytes -= _held(key, page)
+
+
+def _held(key: Key, page: CachedPage) -> int:
+    return len(key[0]) + len(key[1]) + page.size

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.api.change_feed import Version
@@ -42,10 +43,14 @@ from backend.api.page_cache import (
 from backend.api.token_cache import TokenCache
 from backend.core.types import utcnow
 
+log = structlog.get_logger(__name__)
 HEADER = b"x-finops-read-cache"
 READ_AHEAD = 3
 MAX_READING_AHEAD = 3
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Answers given before a route does anything: no token, no role, no such route or method,
+# an invalid request.
+REFUSALS = frozenset({401, 403, 404, 405, 422})
 _FRESH_UNTIL = FRESH_UNTIL.encode()
 
 
@@ -59,15 +64,37 @@ class ReadCache:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
         elif scope["method"] not in _READS:
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                if self.pages.feed is not None:
-                    self.pages.feed.bump()  # read your own writes, before any notification
+            await self._write(scope, receive, send)
         elif scope["method"] != "GET" or scope["path"] not in TABLES:
             await self.app(scope, receive, send)
         else:
             await self._list_page(scope, receive, send)
+
+    async def _write(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request that may change state: every kept page ends as its answer starts, so
+        that its client, asking again at once, reads what it wrote (a notification comes
+        a few milliseconds later; FastAPI closes the request's session after answering).
+        Answers that refuse before any work (REFUSALS) end nothing: else anyone could keep
+        the caches empty with requests bound to fail."""
+        started = False
+
+        async def ending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if message["status"] not in REFUSALS:
+                    self._end_kept()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, ending)
+        finally:
+            if not started:  # it failed before answering: whatever it did, end them too
+                self._end_kept()
+
+    def _end_kept(self) -> None:
+        if self.pages.feed is not None:
+            self.pages.feed.bump()
 
     async def _list_page(self, scope: Scope, receive: Receive, send: Send) -> None:
         version = self.pages.version(scope["path"])
@@ -138,7 +165,8 @@ class ReadCache:
                         fresh_until = float(value)
                     else:
                         headers.append((name, value))
-                message = {**message, "headers": [*headers, (HEADER, b"miss")]}
+                label = [(HEADER, b"miss")] if status == 200 else []
+                message = {**message, "headers": [*headers, *label]}
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
                 complete = not message.get("more_body", False)
@@ -184,7 +212,11 @@ class ReadCache:
         if version is None:
             return
         scope = {**incoming, "query_string": key[1]}
-        page = await self._read(scope, _no_body, _discard, key, version)
+        try:
+            page = await self._read(scope, _no_body, _discard, key, version)
+        except Exception as exc:  # noqa: BLE001 - nobody waits on it: the client will ask
+            log.warning("reading ahead failed", path=key[0], error=str(exc))
+            return
         if page is not None and remaining > 0:
             self._read_ahead(incoming, key, page, remaining)
 
@@ -202,9 +234,12 @@ def _start(headers: list[tuple[bytes, bytes]]) -> Message:
 
 
 def _labelled(send: Send, label: bytes) -> Send:
+    """The answer with its source, without the routes' internal FRESH_UNTIL."""
+
     async def labelling(message: Message) -> None:
         if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), (HEADER, label)]}
+            kept = [(k, v) for k, v in message.get("headers", []) if k != _FRESH_UNTIL]
+            message = {**message, "headers": [*kept, (HEADER, label)]}
         await send(message)
 
     return labelling

@@ -185,3 +185,25 @@ def test_the_next_pages_are_read_ahead_and_one_page_is_read_once(api: Api) -> No
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         sources = list(pool.map(lambda _: source(api.get(fresh)), range(8)))
     assert sources.count("miss") == 1, sources  # the others waited for it, or found it
+
+
+def test_every_list_kept_is_open_to_every_role(api: Api) -> None:
+    """A kept page goes to any caller with a valid token: a list in TABLES that needed a
+    role above viewer would leak. The routes themselves must let a viewer read each."""
+    from backend.api.page_cache import TABLES
+
+    for path in TABLES:
+        answered = api.get(path, "vera")
+        assert answered.status_code == 200 and source(answered) == "miss", path
+
+
+def test_the_routes_note_on_freshness_never_reaches_a_client(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_action(
+        state="approved", approved_by="april", approval_expires_at=utcnow() + dt.timedelta(1)
+    )
+    feed = api.client.app.state.context.change_feed
+    monkeypatch.setattr(feed, "version", lambda tables: None)  # not listening: "off"
+    answered = api.get("/api/v1/actions")
+    assert source(answered) == "off" and "x-finops-fresh-until" not in answered.headers

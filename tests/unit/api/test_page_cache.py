@@ -76,7 +76,7 @@ def test_a_page_is_kept_only_under_the_version_it_was_read_at() -> None:
 
 def test_the_least_recently_used_pages_go_past_the_budget() -> None:
     feed = ListeningFeed()
-    cache = PageCache(feed, 3_000, 30.0)
+    cache = PageCache(feed, 6_000, 30.0)  # three pages of 900 bytes and what they hold
     version = feed.version(("resources",))
     assert version is not None
     keys = [page_key(PATH, f"limit={n}".encode()) for n in range(1, 5)]
@@ -86,7 +86,7 @@ def test_the_least_recently_used_pages_go_past_the_budget() -> None:
     cache.put(keys[3], page(version, b"x" * 900))
     assert cache.get(keys[1], version) is None
     assert all(cache.get(k, version) is not None for k in (keys[0], keys[2], keys[3]))
-    assert not cache.put(page_key(PATH, b"limit=9"), page(version, b"x" * 4_000))
+    assert not cache.put(page_key(PATH, b"limit=9"), page(version, b"x" * 7_000))
 
 
 def test_a_page_past_its_age_is_due_and_one_past_its_fresh_until_is_gone() -> None:
@@ -98,6 +98,9 @@ def test_a_page_past_its_age_is_due_and_one_past_its_fresh_until_is_gone() -> No
     old = page(version, stored_at=time.monotonic() - 31)
     cache.put(key, old)
     assert cache.get(key, version) is old and cache.due(old)
+    # its reading again never stored: past twice the age it is no longer answered
+    cache.put(key, page(version, stored_at=time.monotonic() - 61))
+    assert cache.get(key, version) is None
     cache.put(key, page(version, fresh_until=time.time() - 1))
     assert cache.get(key, version) is None
 
@@ -109,3 +112,42 @@ def test_a_feed_the_server_stopped_answering_is_not_listening(
     assert feed.listening and feed.version(("users",)) is not None
     monkeypatch.setattr(change_feed, "_SILENT_SECONDS", 0.0)  # its last answer is too old
     assert not feed.listening and feed.version(("users",)) is None
+
+
+def run_write(feed: ChangeFeed, status: int | None) -> tuple[object, object, object]:
+    """POST through ReadCache to an app answering `status` (None: raising before any
+    answer): the actions' version before, as the answer starts, and after."""
+    import asyncio
+    import contextlib
+
+    from backend.api.read_cache import ReadCache
+    from backend.api.token_cache import TokenCache
+
+    seen: list[object] = []
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        if status is None:
+            raise RuntimeError("failed before answering")
+        await send({"type": "http.response.start", "status": status, "headers": []})  # type: ignore[operator]
+        seen.append(feed.version(("actions",)))  # the client may ask again from here on
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    async def send(message: object) -> None:
+        return None
+
+    cache = ReadCache(app, PageCache(feed, 2**20, 30.0), TokenCache(feed))  # type: ignore[arg-type]
+    before = feed.version(("actions",))
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/x", "headers": []}
+    with contextlib.suppress(RuntimeError):
+        asyncio.run(cache(scope, None, send))  # type: ignore[arg-type]
+    return before, (seen or [None])[0], feed.version(("actions",))
+
+
+def test_a_write_ends_the_kept_pages_as_its_answer_starts_and_a_refusal_ends_none() -> None:
+    feed = ListeningFeed()
+    before, answering, _ = run_write(feed, 200)
+    assert answering != before  # not only once the app (and its session's close) is done
+    before, answering, after = run_write(feed, 401)
+    assert answering == before and after == before
+    before, _, after = run_write(feed, None)
+    assert after != before
