@@ -44,6 +44,11 @@ def configure_logging() -> None:
             structlog.processors.add_log_level,
             _upper_level,
             structlog.processors.TimeStamper(fmt="iso"),
+            # A logged exception as Python prints it, in both formats. Left to the renderers,
+            # the console one drew it with rich, every frame's local variables included (a
+            # bearer token, a password, AWS credentials in botocore's frames) and seconds of
+            # CPU a traceback; the JSON one wrote "exc_info": true and no traceback at all.
+            structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -30,6 +30,15 @@ LONGEST_FIRST = (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """In-process code logs as the commands configure it (backend/cli main), not with
+    structlog's defaults, which draw every logged traceback with rich, local variables
+    included: seconds of CPU each, in tests that make the API fail on purpose."""
+    from backend.logging_setup import configure_logging
+
+    configure_logging()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         path = item.nodeid.split("::", 1)[0]

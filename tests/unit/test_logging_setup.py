@@ -81,3 +81,24 @@ def test_aws_wire_logs_only_on_explicit_opt_in(tmp_path: Path) -> None:
     )
     assert "wire body" not in _run(emit, tmp_path).stderr
     assert "wire body" in _run(emit, tmp_path, FINOPS_AWS_WIRE_LOG="1").stderr
+
+
+def test_a_logged_exception_has_its_traceback_and_no_local_variables(tmp_path: Path) -> None:
+    """A traceback in the log, in both formats, names the frames and the error; the values
+    of the frames' local variables (a token, a password, credentials) are not in it."""
+    code = (
+        "from backend.logging_setup import configure_logging; import structlog\n"
+        "configure_logging()\n"
+        "def authenticate():\n"
+        "    token = 'fo_do-not-log-me'\n"
+        "    raise PermissionError('unknown API token')\n"
+        "try:\n"
+        "    authenticate()\n"
+        "except PermissionError:\n"
+        "    structlog.get_logger('t').exception('request failed')\n"
+    )
+    for fmt in ("console", "json"):
+        done = _run(code, tmp_path, FINOPS_LOG_FORMAT=fmt)
+        assert "in authenticate" in done.stderr, (fmt, done.stderr)
+        assert "PermissionError: unknown API token" in done.stderr, (fmt, done.stderr)
+        assert "fo_do-not-log-me" not in done.stderr, (fmt, done.stderr)
