@@ -29,6 +29,7 @@ from backend.api.accounts import (
 )
 from backend.api.context import ApiContext
 from backend.api.problems import Problem
+from backend.api.read_cache import READ_METHODS
 from backend.api.security import Role
 from backend.core.audit_chain import EventType
 from backend.core.database import session_scope
@@ -37,7 +38,6 @@ from backend.core.types import utcnow
 log = structlog.get_logger(__name__)
 _bearer = HTTPBearer(auto_error=False, description="An API token: `finops users token NAME`")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="finops"'}
-_READS = ("GET", "HEAD", "OPTIONS")
 
 
 async def get_context(request: Request) -> ApiContext:
@@ -54,7 +54,7 @@ async def get_session(context: ContextDep, request: Request) -> AsyncIterator[Se
     read without a transaction: nothing to roll back, so closing does no I/O, and the
     request makes no thread-pool hop for it (under load each hop waits its turn behind
     every request the event loop has ready)."""
-    reading = request.method in _READS
+    reading = request.method in READ_METHODS
     factory = context.read_session_factory if reading else context.session_factory
     session = factory()  # no I/O yet: it connects on first use
     try:
@@ -117,7 +117,7 @@ def require(needed: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:
     async def check(request: Request, user: CurrentUser, context: ContextDep) -> Principal:
         if user.role.allows(needed):
             return user
-        if request.method not in _READS:
+        if request.method not in READ_METHODS:
             await run_in_threadpool(_audit_refusal, context, request, user, needed)
         raise Problem(
             403,

@@ -79,7 +79,7 @@ class RequestMetrics:
         app: ASGIApp,
         record: Callable[[Scope, int, float], None],
         on_audit_failure: Callable[[], None],
-        on_cache_source: Callable[[str], None] | None = None,
+        on_cache_source: Callable[[str], None],
     ) -> None:
         self._app, self._record, self._on_audit_failure = app, record, on_audit_failure
         self._on_cache_source = on_cache_source
@@ -95,10 +95,9 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if self._on_cache_source is not None:
-                    for name, value in message.get("headers", ()):
-                        if name == READ_CACHE_HEADER:
-                            self._on_cache_source(value.decode("latin-1"))
+                for name, value in message.get("headers", ()):
+                    if name == READ_CACHE_HEADER:
+                        self._on_cache_source(value.decode("latin-1"))
             await send(message)
 
         try:

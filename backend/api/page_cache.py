@@ -64,16 +64,23 @@ Key = tuple[str, bytes]  # (path, canonical query string)
 
 
 def page_key(path: str, query_string: bytes) -> Key:
+    return path, _canonical(_pairs(query_string))
+
+
+def _pairs(query_string: bytes) -> list[tuple[str, str]]:
+    return parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+
+
+def _canonical(pairs: list[tuple[str, str]]) -> bytes:
     """Parameters sorted by name; repeated ones keep their order."""
-    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-    return path, urlencode(sorted(pairs, key=lambda pair: pair[0])).encode("latin-1")
+    return urlencode(sorted(pairs, key=lambda pair: pair[0])).encode("latin-1")
 
 
 def next_page_query(key: Key, body: bytes) -> bytes | None:
     """The canonical query of the page after this one (its next_cursor), if there is one
     and this one was asked by cursor (or is the first): a client paging by offset asks
     for the next offset instead."""
-    pairs = parse_qsl(key[1].decode("latin-1"), keep_blank_values=True)
+    pairs = _pairs(key[1])
     if any(name == "offset" for name, _ in pairs):
         return None
     try:
@@ -83,7 +90,7 @@ def next_page_query(key: Key, body: bytes) -> bytes | None:
     if not isinstance(cursor, str):
         return None
     kept = [(name, value) for name, value in pairs if name != "cursor"]
-    return page_key(key[0], urlencode([*kept, ("cursor", cursor)]).encode("latin-1"))[1]
+    return _canonical([*kept, ("cursor", cursor)])
 
 
 class PageCache:

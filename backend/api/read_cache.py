@@ -47,7 +47,7 @@ log = structlog.get_logger(__name__)
 HEADER = b"x-finops-read-cache"
 READ_AHEAD = 3
 MAX_READING_AHEAD = 3
-_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # requests that change nothing
 # Answers given before a route does anything: no token, no role, no such route or method,
 # an invalid request.
 REFUSALS = frozenset({401, 403, 404, 405, 422})
@@ -63,7 +63,7 @@ class ReadCache:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-        elif scope["method"] not in _READS:
+        elif scope["method"] not in READ_METHODS:
             await self._write(scope, receive, send)
         elif scope["method"] != "GET" or scope["path"] not in TABLES:
             await self.app(scope, receive, send)
