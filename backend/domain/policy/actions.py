@@ -306,7 +306,14 @@ def _user_tag_key(key: str) -> str:
     "restore-from-ami",
     {
         K.EC2_INSTANCE: ActionRule(
-            None, ("ec2:RunInstances", "ec2:CreateTags"), inverse="terminate"
+            None,
+            (
+                "ec2:RunInstances",
+                "ec2:CreateTags",
+                "ec2:ModifyInstanceAttribute",
+                "ec2:AssociateAddress",
+            ),
+            inverse="terminate",
         ),
     },
     undo_only=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -246,11 +247,14 @@ class TerminateInstance(BaseOperation):
         if existing is not None:
             # A try that launched it may have ended before the stop it owed (refused, or
             # the emergency stop): this one finishes it.
-            stopped = ""
+            # ... or before what RunInstances cannot set.
+            notes = _restore_after_launch(ctx, existing, pre_state)
             if pre_state.state in _DOWN:
                 _settle_stopped(ctx, existing)
-                stopped = ", stopped as it was"
-            return f"already relaunched {old} as {existing} (a new instance id){stopped}"
+                notes.append("stopped as it was")
+            return f"already relaunched {old} as {existing} (a new instance id)" + "".join(
+                f", {note}" for note in notes
+            )
         # A terminate that failed or was interrupted may never have been made: launching
         # the image then would run the workload twice.
         still = fresh_or_none(ctx, EC2, old)
@@ -274,32 +278,116 @@ class TerminateInstance(BaseOperation):
             "ClientToken": client_token(ctx, "undo"),
             "TagSpecifications": tag_specs("instance", tags),
         }
-        if attrs.get("SubnetId"):
-            kwargs["SubnetId"] = attrs["SubnetId"]
-        elif attrs.get("Placement", {}).get("AvailabilityZone"):
-            kwargs["Placement"] = {"AvailabilityZone": attrs["Placement"]["AvailabilityZone"]}
-        groups = [g["GroupId"] for g in attrs.get("SecurityGroups") or () if g.get("GroupId")]
-        if groups:
-            kwargs["SecurityGroupIds"] = groups
-        if attrs.get("KeyName"):
-            kwargs["KeyName"] = attrs["KeyName"]
-        if (attrs.get("IamInstanceProfile") or {}).get("Arn"):
-            kwargs["IamInstanceProfile"] = {"Arn": attrs["IamInstanceProfile"]["Arn"]}
+        kwargs |= launch_settings(attrs)
         try:
             launched = create(ctx, "ec2", "run_instances", **kwargs)
         except ClientError as exc:
             raise CannotUndo(f"AWS would not launch {backup_ref}: {describe_error(exc)}") from exc
         new_id = str(launched["Instances"][0]["InstanceId"])
         _running(ctx, new_id)
-        stopped = ""
+        notes = _restore_after_launch(ctx, new_id, pre_state)
         if pre_state.state in _DOWN:  # it was stopped when terminated: leave it stopped
             _settle_stopped(ctx, new_id)
-            stopped = ", stopped as it was"
+            notes.append("stopped as it was")
         return (
             f"launched {new_id} from {backup_ref} to replace {old}: a NEW instance id "
             f"(new private IP too), type {attrs.get('InstanceType')}, "
-            f"subnet {attrs.get('SubnetId')}, {len(user_tags(pre_state.tags))} tags{stopped}"
+            f"subnet {attrs.get('SubnetId')}, {len(user_tags(pre_state.tags))} tags"
+            + "".join(f", {note}" for note in notes)
         )
+
+
+# What DescribeInstances reports of how an instance was launched that RunInstances takes
+# back: without them the relaunched instance would accept IMDSv1, lose its dedicated
+# tenancy, placement group, EBS optimization or detailed monitoring.
+_METADATA_OPTIONS = (
+    "HttpTokens",
+    "HttpPutResponseHopLimit",
+    "HttpEndpoint",
+    "HttpProtocolIpv6",
+    "InstanceMetadataTags",
+)
+_PLACEMENT = ("GroupName", "PartitionNumber", "Tenancy", "HostId", "Affinity")
+
+
+def launch_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """RunInstances arguments that launch the instance as `attrs` (its description) was."""
+    out: dict[str, Any] = {}
+    placement = attrs.get("Placement") or {}
+    if attrs.get("SubnetId"):
+        out["SubnetId"] = attrs["SubnetId"]
+    where = {k: placement[k] for k in _PLACEMENT if placement.get(k) not in (None, "")}
+    if where.get("Tenancy") == "default":
+        del where["Tenancy"]
+    if not attrs.get("SubnetId") and placement.get("AvailabilityZone"):
+        where["AvailabilityZone"] = placement["AvailabilityZone"]
+    if where:
+        out["Placement"] = where
+    groups = [g["GroupId"] for g in attrs.get("SecurityGroups") or () if g.get("GroupId")]
+    if groups:
+        out["SecurityGroupIds"] = groups
+    if attrs.get("KeyName"):
+        out["KeyName"] = attrs["KeyName"]
+    if (attrs.get("IamInstanceProfile") or {}).get("Arn"):
+        out["IamInstanceProfile"] = {"Arn": attrs["IamInstanceProfile"]["Arn"]}
+    metadata = attrs.get("MetadataOptions") or {}
+    options = {k: metadata[k] for k in _METADATA_OPTIONS if metadata.get(k) is not None}
+    if options:
+        out["MetadataOptions"] = options
+    if isinstance(attrs.get("EbsOptimized"), bool):
+        out["EbsOptimized"] = attrs["EbsOptimized"]
+    if (attrs.get("Monitoring") or {}).get("State") in ("enabled", "pending"):
+        out["Monitoring"] = {"Enabled": True}
+    return out
+
+
+def _restore_after_launch(ctx: OperationContext, new_id: str, pre_state: Resource) -> list[str]:
+    """What RunInstances cannot set: a disabled source/destination check (a NAT instance),
+    and the Elastic IP the old instance had, when it is still allocated and free."""
+    attrs = pre_state.attributes
+    notes: list[str] = []
+    if attrs.get("SourceDestCheck") is False:
+        act(
+            ctx,
+            "ec2",
+            "modify_instance_attribute",
+            InstanceId=new_id,
+            SourceDestCheck={"Value": False},
+        )
+        notes.append("source/destination check off as it was")
+    public_ip = attrs.get("PublicIpAddress")
+    if public_ip:
+        notes.append(_reassociate(ctx, new_id, str(public_ip), pre_state.resource_id))
+    return notes
+
+
+def _reassociate(ctx: OperationContext, new_id: str, public_ip: str, old_id: str) -> str:
+    try:
+        addresses = read(ctx, "ec2", "describe_addresses", PublicIps=[public_ip])["Addresses"]
+    except ClientError as exc:
+        if error_code(exc) in ("InvalidAddress.NotFound", "AuthFailure"):
+            # not an Elastic IP (AWS's own public address): the new one has its own
+            return f"public IP {public_ip} was AWS's, not an Elastic IP: a new one was given"
+        raise
+    if not addresses or not addresses[0].get("AllocationId"):
+        return f"public IP {public_ip} was AWS's, not an Elastic IP: a new one was given"
+    address = addresses[0]
+    holder = address.get("InstanceId") or address.get("NetworkInterfaceId")
+    if holder == new_id:
+        return f"Elastic IP {public_ip} associated again"
+    # Free, or still shown on the terminated instance; anything else took it since and
+    # keeps it: moving an address away from a live holder is not an undo.
+    if address.get("AssociationId") and holder != old_id:
+        return f"Elastic IP {public_ip} is now with {holder}: left there, not moved"
+    act(
+        ctx,
+        "ec2",
+        "associate_address",
+        AllocationId=address["AllocationId"],
+        InstanceId=new_id,
+        AllowReassociation=holder == old_id,
+    )
+    return f"Elastic IP {public_ip} associated again"
 
 
 def _find_image(ctx: OperationContext, tags: dict[str, str], name: str | None = None) -> str | None:
