@@ -14,6 +14,7 @@ from functools import cached_property
 
 from sqlalchemy.orm import Session
 
+from backend.api.break_glass import RecentOperators
 from backend.api.change_feed import ChangeFeed
 from backend.api.page_cache import PageCache
 from backend.api.token_cache import TokenCache
@@ -44,6 +45,10 @@ class ApiContext:
         if not self.settings.api_read_cache or not self.database_url.startswith("postgresql"):
             return None
         return ChangeFeed(self.database_url, database.PG_CONNECT_ARGS)
+
+    @cached_property
+    def recent_operators(self) -> RecentOperators:
+        return RecentOperators()
 
     @cached_property
     def tokens(self) -> TokenCache:

@@ -170,11 +170,20 @@ def install_problem_handlers(app: FastAPI) -> None:
     _document_problems(app)
 
 
+def is_outage(exc: BaseException) -> bool:
+    """The database could not be reached or did not answer (not: it refused the request)."""
+    if isinstance(exc, DatabaseUnavailableError):
+        return True
+    return isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or type(exc).__name__ in ("OperationalError", "InterfaceError")
+    )
+
+
 async def _database_or_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # A lost or refused connection is an outage (503); a value the database cannot hold is
     # the request's (422); any other driver error is a bug (500).
     assert isinstance(exc, DBAPIError)
-    if exc.connection_invalidated or type(exc).__name__ in ("OperationalError", "InterfaceError"):
+    if is_outage(exc):
         return await _database(request, exc)
     if type(exc).__name__ == "DataError":
         return await _not_storable(request, exc)

@@ -12,7 +12,7 @@ from backend.cli.app import CommandError, app, console, err, handle_errors
 from backend.core.auto_remediation_engine import AutoRemediationEngine
 from backend.core.automation_audit_logger import AuditLogError
 from backend.core.database import DatabaseUnavailableError
-from backend.core.emergency_stop import EmergencyStop, EngineState
+from backend.core.emergency_stop import EmergencyStop, EngineState, not_persisted
 from backend.core.migrations import SchemaOutOfDateError, ensure_schema
 
 
@@ -34,21 +34,6 @@ def _halt_workers() -> None:
         console.print(f"dispatcher: {halted}", highlight=False, markup=False, soft_wrap=True)
     except Exception as exc:  # noqa: BLE001 - the stop holds (or is reported) regardless
         err.print(f"workers not told ({exc}); each checks the stop before every claim")
-
-
-def _not_persisted(stop: EmergencyStop, exc: DatabaseUnavailableError) -> str:
-    scale = "scale the workers to zero (kubectl scale deployment finops-worker --replicas=0)"
-    again = "run `finops emergency-stop` again once the database answers"
-    if stop.stop_key_set():
-        # Every worker refuses to claim while the key is there, but a Redis restart or a
-        # FLUSHDB drops it, and nothing records who stopped what: not a stop to rely on.
-        return (
-            f"EMERGENCY STOP SET IN REDIS ONLY, NOT persisted in the database ({exc}). "
-            "Workers refuse new claims while the Redis key stays, but a Redis restart or "
-            f"FLUSHDB lifts it: {scale}, and {again} to record it."
-        )
-    nowhere = "EMERGENCY STOP NOT ENGAGED: neither the database nor Redis took it"
-    return f"{nowhere} ({exc}). {scale}, and {again}."
 
 
 @app.command("emergency-stop")
@@ -78,7 +63,8 @@ def emergency_stop(
         raise typer.BadParameter(str(exc), param_hint="--actor") from None
     except DatabaseUnavailableError as exc:
         _halt_workers()  # through Redis: they hear it even though the database is down
-        raise CommandError(_not_persisted(stop, exc), code=3) from None
+        again = "run `finops emergency-stop` again"
+        raise CommandError(not_persisted(stop.stop_key_set(), exc, again), code=3) from None
     _print_state(result)
     # Then, as the runbook's engine call does: the workers told at once and the queued
     # actions dropped. Best effort: every worker checks the stop before each claim anyway.

@@ -367,3 +367,21 @@ def _required(value: str, name: str) -> str:
 
 def _when(moment: dt.datetime | None) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment else "?"
+
+
+def not_persisted(stop_key_set: bool, exc: Exception, again: str) -> str:
+    """What to say when the database did not take the stop: whether Redis did, what that is
+    worth, and what to do (`again`: how to engage it again, e.g. "run `finops
+    emergency-stop` again")."""
+    scale = "scale the workers to zero (kubectl scale deployment finops-worker --replicas=0)"
+    again = f"{again} once the database answers"
+    if stop_key_set:
+        # Every worker refuses to claim while the key is there, but a Redis restart or a
+        # FLUSHDB drops it, and nothing records who stopped what: not a stop to rely on.
+        return (
+            f"EMERGENCY STOP SET IN REDIS ONLY, NOT persisted in the database ({exc}). "
+            "Workers refuse new claims while the Redis key stays, but a Redis restart or "
+            f"FLUSHDB lifts it: {scale}, and {again} to record it."
+        )
+    nowhere = "EMERGENCY STOP NOT ENGAGED: neither the database nor Redis took it"
+    return f"{nowhere} ({exc}). {scale}, and {again}."

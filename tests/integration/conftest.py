@@ -6,11 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from moto import mock_aws
 
 from backend.config import reset_settings_cache
 from backend.core.migrations import upgrade
 from tests.support.botocore_faults import Faults
+from tests.support.servers import free_port
+from tests.support.workers import private_redis
 
 
 @pytest.fixture
@@ -38,3 +41,17 @@ def faults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Faults]:
     with mock_aws():
         yield Faults()
     reset_settings_cache()
+
+
+@pytest.fixture
+def own_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    """A redis-server of this test's own (the shared one's keys are other tests' too), and
+    the Celery dispatcher's halt stubbed: what it does is not the point here."""
+    from backend.runtime.dispatch import CeleryDispatcher
+
+    monkeypatch.setattr(CeleryDispatcher, "halt", lambda _self: "halt stubbed")
+    port = free_port()
+    with private_redis(port):
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
+        reset_settings_cache()
+        yield redis.Redis(port=port)

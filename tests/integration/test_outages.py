@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -22,7 +22,6 @@ from backend.core.safety_checker import SafetyChecker
 from backend.core.stop_fast_path import STOP_KEY
 from tests.support.servers import free_port
 from tests.support.tcp_proxy import TcpProxy
-from tests.support.workers import private_redis
 
 T = TypeVar("T")
 
@@ -40,20 +39,6 @@ def _database_down(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg://u@127.0.0.1:{free_port()}/x")
     reset_settings_cache()
     dispose_engines()
-
-
-@pytest.fixture
-def own_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
-    """A redis-server of this test's own (the shared one's keys are other tests' too), and
-    the Celery dispatcher's halt stubbed: what it does is not the point here."""
-    from backend.runtime.dispatch import CeleryDispatcher
-
-    monkeypatch.setattr(CeleryDispatcher, "halt", lambda _self: "halt stubbed")
-    port = free_port()
-    with private_redis(port):
-        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
-        reset_settings_cache()
-        yield redis.Redis(port=port)
 
 
 def test_emergency_stop_with_the_database_down_sets_the_redis_key_and_says_not_persisted(

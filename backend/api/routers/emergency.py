@@ -14,13 +14,14 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from backend.api.deps import ContextDep, CurrentUser, Operator, Viewer
+from backend.api.deps import ContextDep, CurrentUser, StopEngager, Viewer
 from backend.api.problems import Problem
 from backend.api.routers import API_PREFIX
 from backend.api.schemas import Text
 from backend.api.security import Role
 from backend.core.automation_audit_logger import AuditLogError
-from backend.core.emergency_stop import EngineState
+from backend.core.database import DatabaseUnavailableError
+from backend.core.emergency_stop import EngineState, not_persisted
 
 router = APIRouter(prefix=f"{API_PREFIX}/emergency-stop", tags=["emergency stop"])
 
@@ -62,10 +63,37 @@ def get_state(context: ContextDep, _: Viewer) -> StopState:
     return StopState.of(context.emergency_stop().state())
 
 
-@router.post("", response_model=EngageOut)
-def engage(body: EngageBody, context: ContextDep, user: Operator) -> EngageOut:
+@router.post(
+    "",
+    response_model=EngageOut,
+    responses={
+        503: {
+            "description": "The database did not take the stop. The problem says whether "
+            "its Redis key was set (workers then refuse new claims and AWS calls) and what "
+            "to do. While the database is down, a token this API process checked in the "
+            "last 15 minutes is accepted here, and only here."
+        }
+    },
+)
+def engage(body: EngageBody, context: ContextDep, user: StopEngager) -> EngageOut:
     """Stop all automation now: no claim and no AWS call until an administrator releases it."""
-    result = context.remediation().emergency_stop(body.reason.strip(), user.username)
+    engine = context.remediation()
+    try:
+        result = engine.emergency_stop(body.reason.strip(), user.username)
+    except DatabaseUnavailableError as exc:
+        try:  # through Redis: heard with the database down
+            halted = engine.dispatcher.halt()
+        except Exception as halt_exc:  # noqa: BLE001 - each worker checks the key anyway
+            halted = f"workers not told ({halt_exc}); each checks the stop before every claim"
+        key_set = context.emergency_stop().stop_key_set()
+        raise Problem(
+            503,
+            not_persisted(key_set, exc, "POST /emergency-stop again"),
+            kind="emergency-stop-not-persisted",
+            headers={"Retry-After": "10"},
+            stop_key_set=key_set,
+            dispatcher=halted,
+        ) from None
     base = StopState.of(result.state)
     return EngageOut(
         **base.model_dump(),
