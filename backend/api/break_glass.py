@@ -35,8 +35,10 @@ class RecentOperators:
         self._lock = threading.Lock()
 
     def remember(self, token: str, record: TokenRecord, now: dt.datetime) -> None:
-        """A token that passed a full check now; kept only if it may engage the stop."""
+        """A token that passed a full check now; kept only if it may engage the stop (a
+        user demoted since is forgotten)."""
         if not record.principal.role.allows(Role.OPERATOR):
+            self.forget(token)
             return
         key = hash_token(token.strip())
         with self._lock:
@@ -53,3 +55,8 @@ class RecentOperators:
         if found is None or now - found[0] > self._window:
             return None
         return found[1]
+
+    def forget(self, token: str) -> None:
+        """A token the database refused (revoked, expired, its user disabled)."""
+        with self._lock:
+            self._checked.pop(hash_token(token.strip()), None)

@@ -90,6 +90,7 @@ async def current_user(
             record = await run_in_threadpool(_read_token, context, session, token)
         principal, due = record.check(now)
     except AuthenticationError as exc:
+        context.recent_operators.forget(token)
         raise Problem(401, str(exc), kind="unauthenticated", headers=_CHALLENGE) from None
     context.recent_operators.remember(token, record, now)  # for the emergency stop's way in
     if due:  # once a minute a token: its own short transaction, which a read also commits

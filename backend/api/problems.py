@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.core.database import DatabaseUnavailableError, error_cause
@@ -163,6 +164,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(DatabaseUnavailableError, _database)
+    app.add_exception_handler(PoolTimeoutError, _database)
     app.add_exception_handler(DBAPIError, _database_or_unexpected)
     app.add_exception_handler(StatementError, _statement_error)
     app.add_exception_handler(OverflowError, _out_of_range)
@@ -172,8 +174,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 def is_outage(exc: BaseException) -> bool:
     """The database could not be reached or did not answer (not: it refused the request)."""
-    if isinstance(exc, DatabaseUnavailableError):
-        return True
+    if isinstance(exc, DatabaseUnavailableError | PoolTimeoutError):
+        return True  # a pool with every connection stuck on a database that does not answer
     return isinstance(exc, DBAPIError) and (
         exc.connection_invalidated or type(exc).__name__ in ("OperationalError", "InterfaceError")
     )

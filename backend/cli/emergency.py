@@ -49,14 +49,15 @@ def emergency_stop(
     """Stop all automation now: no claim and no AWS call until an admin resumes."""
     if not reason.strip():
         raise typer.BadParameter("must not be empty", param_hint="--reason")
+    stop = EmergencyStop()
+    stop.set_stop_key(reason)  # the workers stop before the database answers, or not
     try:
         ensure_schema()
     except SchemaOutOfDateError as exc:
         # The brake needs only the engine_state table (in every revision): engage anyway.
         err.print(f"warning: {exc}", highlight=False, markup=False)
     except DatabaseUnavailableError:
-        pass  # engage() says so below, after it has set the Redis key (it needs no database)
-    stop = EmergencyStop()
+        pass  # engage() says so below (the Redis key is set: it needs no database)
     try:
         result = stop.engage(reason, actor or _default_actor())
     except ValueError as exc:  # an empty or over-long actor

@@ -157,6 +157,7 @@ class AutoRemediationEngine:
     ) -> StopResult:
         """Engage the persisted stop first (nothing may delay it), then list what it held."""
         notes: list[str] = []
+        self.emergency.set_stop_key(reason)  # the workers stop before the database answers
         try:
             ensure_schema()
         except Exception as exc:  # noqa: BLE001 - engine_state is in every revision: engage anyway

@@ -237,6 +237,11 @@ class EmergencyStop:
                 f"emergency stop state unreadable: {database.error_cause(exc)}"
             ) from exc
 
+    def set_stop_key(self, reason: str) -> str | None:
+        """The Redis stop key set now, before anything asks the database (which may take
+        seconds to say it is down): it can only add a stop. The error, if it could not."""
+        return self._mirror(True, _required(reason, "reason"))
+
     def stop_key_set(self) -> bool:
         """The Redis stop key is there (False without Redis, or when Redis does not answer)."""
         return self._fast_path_engaged()
@@ -369,10 +374,10 @@ def _when(moment: dt.datetime | None) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment else "?"
 
 
-def not_persisted(stop_key_set: bool, exc: Exception, again: str) -> str:
+def not_persisted(stop_key_set: bool, exc: Exception | str, again: str) -> str:
     """What to say when the database did not take the stop: whether Redis did, what that is
-    worth, and what to do (`again`: how to engage it again, e.g. "run `finops
-    emergency-stop` again")."""
+    worth, and what to do (`exc`: the cause, or what to say of it; `again`: how to engage
+    it again, e.g. "run `finops emergency-stop` again")."""
     scale = "scale the workers to zero (kubectl scale deployment finops-worker --replicas=0)"
     again = f"{again} once the database answers"
     if stop_key_set:

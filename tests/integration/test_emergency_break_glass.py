@@ -67,6 +67,7 @@ def test_an_operator_checked_before_the_outage_engages_the_redis_stop(
     assert body["stop_key_set"] is True
     assert "EMERGENCY STOP SET IN REDIS ONLY" in body["detail"]
     assert "POST /emergency-stop again once the database answers" in body["detail"]
+    assert "127.0.0.1" not in body["detail"]  # where the database is stays in the log
     assert own_redis.get(STOP_KEY) is not None
 
     proxy.restore()  # the database back: the same call persists the stop
@@ -92,3 +93,17 @@ def test_only_operators_are_remembered_and_only_for_the_window() -> None:
     recent.remember("admin-2", _record(Role.ADMINISTRATOR), now)
     assert recent.recall("operator-token", now) is None
     assert recent.recall("admin-2", now) is not None
+    # refused by the database since, or demoted: forgotten
+    recent.forget("admin-2")
+    assert recent.recall("admin-2", now) is None
+    recent.remember("admin-1", _record(Role.VIEWER), now)
+    assert recent.recall("admin-1", now) is None
+
+
+def test_a_pool_with_every_connection_stuck_is_an_outage() -> None:
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+    from backend.api.problems import is_outage
+
+    assert is_outage(PoolTimeoutError("QueuePool limit of size 10 overflow 10 reached"))
+    assert not is_outage(ValueError("a bug"))

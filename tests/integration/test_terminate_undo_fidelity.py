@@ -4,6 +4,7 @@ NAT instance, and its Elastic IP when nothing else took the address since."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from backend.providers.aws.operations import operation_for
 from backend.providers.aws.operations_ec2 import launch_settings
 from tests.integration.aws_fleet import client
 from tests.integration.test_operations import REGION, linux_ami, make_ctx, subnet
+from tests.support.fault_proxy import Fault, FaultProxy
 
 
 @pytest.fixture
@@ -104,6 +106,47 @@ def test_an_elastic_ip_taken_by_another_instance_since_is_left_where_it_is(
     assert f"Elastic IP {address['PublicIp']} is now with {other}: left there" in result
 
 
+def test_steps_after_the_launch_that_aws_refuses_are_said_and_the_instance_is_back(
+    moto_url: str, ec2: Any
+) -> None:
+    """A role not yet given AssociateAddress and ModifyInstanceAttribute: the undo relaunches
+    and says what it could not do, rather than fail on every retry after the launch."""
+    iid, address, (_, op, before, image) = _terminated_nat(moto_url, ec2, "act-nat-denied")
+    proxy = FaultProxy(upstream=moto_url).start()
+    try:
+        for action in ("AssociateAddress", "ModifyInstanceAttribute"):
+            proxy.faults.append(Fault(service="ec2", action=action))
+        result = op.undo(make_ctx(proxy.url, key="act-nat-denied"), before, image, {})
+    finally:
+        proxy.stop()
+
+    new_id = next(w for w in result.split() if w.startswith("i-") and w != iid)
+    assert _instance(ec2, new_id)["State"]["Name"] == "running"
+    assert f"Elastic IP {address['PublicIp']} NOT associated again" in result
+    assert "source/destination check NOT turned off" in result
+
+
+def test_an_aws_public_ip_and_a_released_elastic_ip_are_said_as_such(
+    moto_url: str, ec2: Any
+) -> None:
+    iid = _nat_instance(ec2)
+    ctx, op, before, image = _terminated_with_image(moto_url, "act-plain-ip", iid)
+    public = before.attributes["PublicIpAddress"]
+    aws_owned = dict(before.attributes)
+    aws_owned["NetworkInterfaces"] = [{"Association": {"PublicIp": public, "IpOwnerId": "amazon"}}]
+    result = op.undo(ctx, dataclasses.replace(before, attributes=aws_owned), image, {})
+    assert f"public IP {public} was AWS's own, not an Elastic IP: not kept" in result
+
+    iid = _nat_instance(ec2)
+    address = ec2.allocate_address(Domain="vpc")
+    ec2.associate_address(AllocationId=address["AllocationId"], InstanceId=iid)
+    ctx, op, before, image = _terminated_with_image(moto_url, "act-released", iid)
+    ec2.disassociate_address(PublicIp=address["PublicIp"])
+    ec2.release_address(AllocationId=address["AllocationId"])
+    result = op.undo(ctx, before, image, {})
+    assert f"Elastic IP {address['PublicIp']} is no longer allocated" in result
+
+
 def test_placement_and_tenancy_are_asked_for_again() -> None:
     dedicated = {
         "InstanceType": "m5.large",
@@ -131,3 +174,14 @@ def test_placement_and_tenancy_are_asked_for_again() -> None:
         "Placement": {"AvailabilityZone": "us-east-1a", "GroupName": "", "Tenancy": "default"},
     }
     assert launch_settings(shared) == {"SubnetId": "subnet-1"}
+
+
+def test_a_host_is_asked_for_only_with_host_affinity_and_imds_is_never_asked_away() -> None:
+    on_host = {"Placement": {"Tenancy": "host", "HostId": "h-1", "Affinity": "default"}}
+    assert launch_settings(on_host) == {"Placement": {"Tenancy": "host", "Affinity": "default"}}
+    tied = {"Placement": {"Tenancy": "host", "HostId": "h-1", "Affinity": "host"}}
+    assert launch_settings(tied)["Placement"]["HostId"] == "h-1"
+    shared_group = {"Placement": {"GroupName": "g", "GroupId": "pg-1"}}
+    assert launch_settings(shared_group) == {"Placement": {"GroupId": "pg-1"}}
+    optional = {"MetadataOptions": {"HttpTokens": "optional", "HttpPutResponseHopLimit": 1}}
+    assert launch_settings(optional) == {"MetadataOptions": {"HttpPutResponseHopLimit": 1}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import structlog
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
@@ -23,6 +24,7 @@ from backend.core.automation_audit_logger import AuditLogError
 from backend.core.database import DatabaseUnavailableError
 from backend.core.emergency_stop import EngineState, not_persisted
 
+log = structlog.get_logger(__name__)
 router = APIRouter(prefix=f"{API_PREFIX}/emergency-stop", tags=["emergency stop"])
 
 
@@ -81,6 +83,7 @@ def engage(body: EngageBody, context: ContextDep, user: StopEngager) -> EngageOu
     try:
         result = engine.emergency_stop(body.reason.strip(), user.username)
     except DatabaseUnavailableError as exc:
+        log.error("emergency stop not persisted", error=str(exc), actor=user.username)
         try:  # through Redis: heard with the database down
             halted = engine.dispatcher.halt()
         except Exception as halt_exc:  # noqa: BLE001 - each worker checks the key anyway
@@ -88,7 +91,8 @@ def engage(body: EngageBody, context: ContextDep, user: StopEngager) -> EngageOu
         key_set = context.emergency_stop().stop_key_set()
         raise Problem(
             503,
-            not_persisted(key_set, exc, "POST /emergency-stop again"),
+            # the cause goes to the log, not to the caller (it names hosts and users)
+            not_persisted(key_set, "the database is unavailable", "POST /emergency-stop again"),
             kind="emergency-stop-not-persisted",
             headers={"Retry-After": "10"},
             stop_key_set=key_set,

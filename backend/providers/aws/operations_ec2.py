@@ -247,7 +247,9 @@ class TerminateInstance(BaseOperation):
         if existing is not None:
             # A try that launched it may have ended before the stop it owed (refused, or
             # the emergency stop): this one finishes it.
-            # ... or before what RunInstances cannot set.
+            # ... or before what RunInstances cannot set (which a pending instance refuses).
+            if fresh(ctx, EC2, existing).state == "pending":
+                _running(ctx, existing)
             notes = _restore_after_launch(ctx, existing, pre_state)
             if pre_state.state in _DOWN:
                 _settle_stopped(ctx, existing)
@@ -282,6 +284,8 @@ class TerminateInstance(BaseOperation):
         try:
             launched = create(ctx, "ec2", "run_instances", **kwargs)
         except ClientError as exc:
+            if error_code(exc) in _NO_CAPACITY_NOW:
+                raise  # AWS may have room later: a failed rollback, to run again
             raise CannotUndo(f"AWS would not launch {backup_ref}: {describe_error(exc)}") from exc
         new_id = str(launched["Instances"][0]["InstanceId"])
         _running(ctx, new_id)
@@ -307,7 +311,11 @@ _METADATA_OPTIONS = (
     "HttpProtocolIpv6",
     "InstanceMetadataTags",
 )
-_PLACEMENT = ("GroupName", "PartitionNumber", "Tenancy", "HostId", "Affinity")
+_PLACEMENT = ("PartitionNumber", "Tenancy", "Affinity", "HostResourceGroupArn")
+# Refusals that say "not now" rather than "never": the undo fails and can be run again.
+_NO_CAPACITY_NOW = frozenset(
+    {"InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientCapacity"}
+)
 
 
 def launch_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -319,6 +327,13 @@ def launch_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:
     where = {k: placement[k] for k in _PLACEMENT if placement.get(k) not in (None, "")}
     if where.get("Tenancy") == "default":
         del where["Tenancy"]
+    # a group by id (a shared group has no usable name here), else by name
+    group = {"GroupId": placement.get("GroupId")} if placement.get("GroupId") else {}
+    group = group or ({"GroupName": placement["GroupName"]} if placement.get("GroupName") else {})
+    where |= group
+    # the same dedicated host only where the instance was tied to it; else any host
+    if where.get("Affinity") == "host" and placement.get("HostId"):
+        where["HostId"] = placement["HostId"]
     if not attrs.get("SubnetId") and placement.get("AvailabilityZone"):
         where["AvailabilityZone"] = placement["AvailabilityZone"]
     if where:
@@ -332,6 +347,10 @@ def launch_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:
         out["IamInstanceProfile"] = {"Arn": attrs["IamInstanceProfile"]["Arn"]}
     metadata = attrs.get("MetadataOptions") or {}
     options = {k: metadata[k] for k in _METADATA_OPTIONS if metadata.get(k) is not None}
+    if options.get("HttpTokens") == "optional":
+        # IMDSv2 kept where it was required, never asked away: the account's default (which
+        # may require it by now) decides for an instance that did not require it
+        del options["HttpTokens"]
     if options:
         out["MetadataOptions"] = options
     if isinstance(attrs.get("EbsOptimized"), bool):
@@ -343,34 +362,54 @@ def launch_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 def _restore_after_launch(ctx: OperationContext, new_id: str, pre_state: Resource) -> list[str]:
     """What RunInstances cannot set: a disabled source/destination check (a NAT instance),
-    and the Elastic IP the old instance had, when it is still allocated and free."""
+    and the Elastic IP the old instance had, when it is still allocated and free. The
+    instance is back either way: a step AWS refuses is said in the result, to do by hand,
+    rather than failing an undo that every retry would fail again."""
     attrs = pre_state.attributes
     notes: list[str] = []
     if attrs.get("SourceDestCheck") is False:
-        act(
-            ctx,
-            "ec2",
-            "modify_instance_attribute",
-            InstanceId=new_id,
-            SourceDestCheck={"Value": False},
-        )
-        notes.append("source/destination check off as it was")
+        try:
+            act(
+                ctx,
+                "ec2",
+                "modify_instance_attribute",
+                InstanceId=new_id,
+                SourceDestCheck={"Value": False},
+            )
+            notes.append("source/destination check off as it was")
+        except ClientError as exc:
+            notes.append(f"source/destination check NOT turned off: {describe_error(exc)}")
     public_ip = attrs.get("PublicIpAddress")
-    if public_ip:
-        notes.append(_reassociate(ctx, new_id, str(public_ip), pre_state.resource_id))
+    if public_ip and _elastic(attrs, str(public_ip)):
+        try:
+            notes.append(_reassociate(ctx, new_id, str(public_ip), pre_state.resource_id))
+        except ClientError as exc:
+            notes.append(f"Elastic IP {public_ip} NOT associated again: {describe_error(exc)}")
+    elif public_ip:
+        notes.append(f"public IP {public_ip} was AWS's own, not an Elastic IP: not kept")
     return notes
+
+
+def _elastic(attrs: Mapping[str, Any], public_ip: str) -> bool:
+    """The public IP was an Elastic IP: its owner is an account, not "amazon" (an instance
+    described without its interfaces is asked about)."""
+    owners = [
+        (eni.get("Association") or {}).get("IpOwnerId")
+        for eni in attrs.get("NetworkInterfaces") or ()
+        if (eni.get("Association") or {}).get("PublicIp") == public_ip
+    ]
+    return not owners or any(owner not in (None, "amazon") for owner in owners)
 
 
 def _reassociate(ctx: OperationContext, new_id: str, public_ip: str, old_id: str) -> str:
     try:
         addresses = read(ctx, "ec2", "describe_addresses", PublicIps=[public_ip])["Addresses"]
     except ClientError as exc:
-        if error_code(exc) in ("InvalidAddress.NotFound", "AuthFailure"):
-            # not an Elastic IP (AWS's own public address): the new one has its own
-            return f"public IP {public_ip} was AWS's, not an Elastic IP: a new one was given"
-        raise
+        if error_code(exc) != "InvalidAddress.NotFound":
+            raise
+        addresses = []
     if not addresses or not addresses[0].get("AllocationId"):
-        return f"public IP {public_ip} was AWS's, not an Elastic IP: a new one was given"
+        return f"Elastic IP {public_ip} is no longer allocated: not associated again"
     address = addresses[0]
     holder = address.get("InstanceId") or address.get("NetworkInterfaceId")
     if holder == new_id:
