@@ -160,30 +160,62 @@ def run(url: str, count: int, runs: int, *, fill: bool) -> None:
         conn.execute("VACUUM ANALYZE")
         total = conn.execute("SELECT count(*) FROM resources").fetchone()
         metrics = conn.execute("SELECT count(*) FROM metric_summaries").fetchone()
+        print(
+            f"{'filled' if fill else 'reused'} {total[0] if total else 0} resources, "
+            f"{metrics[0] if metrics else 0} metric summaries in {time.perf_counter() - t:.1f}s"
+        )
+        yardstick = _yardstick(conn)
     print(
-        f"{'filled' if fill else 'reused'} {total[0] if total else 0} resources, "
-        f"{metrics[0] if metrics else 0} metric summaries in {time.perf_counter() - t:.1f}s"
+        f"yardstick, one predicate over the table (the issue's scale: 0.15 - 0.3 s for a "
+        f"million rows): {yardstick:.2f}s"
     )
     pack = _twenty_policies(load_pack)
     for i in range(runs):
         label = "first run (all new)" if i == 0 else f"re-run {i} (all known)"
+        busy = _busy_cpu_seconds()
         t = time.perf_counter()
         with session_scope(url) as session:
             backend = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
             evaluator = StoredPolicyEvaluator(session)
             outcome = evaluator.run(pack)
         wall = time.perf_counter() - t
+        busy = _busy_cpu_seconds() - busy if busy is not None else None
         matched = sum(o.matched for o in outcome.outcomes)
         print(
             f"{label}: {len(pack.policies)} policies, {matched} opportunities, "
             f"{wall:.2f}s wall (committed); server backend peak {_peak_mb(backend)}"
         )
+        if busy is not None:
+            print(f"  the machine's busy CPU time meanwhile: {busy:.1f}s (all processes)")
         steps = {**outcome.seconds_by_step, **evaluator.timings}
         print("  " + ", ".join(f"{step} {seconds:.2f}s" for step, seconds in steps.items()))
     for o in outcome.outcomes:
         print(f"  {o.policy:32} {o.engine:6} {o.matched:8}")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory of this process: {peak_mb:.0f} MB")
+
+
+def _yardstick(conn: Any) -> float:
+    """The issue's measure of a machine: one SQL predicate over the table (best of three)."""
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        conn.execute(
+            "SELECT count(*) FROM resources WHERE attributes->>'InstanceType' = 'm5.large'"
+        )
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _busy_cpu_seconds() -> float | None:
+    """Seconds every CPU of the machine spent busy so far (Linux's /proc/stat), else None:
+    with the evaluation's wall time it says how much of the machine the evaluation used."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_mb(pid: int) -> str:
