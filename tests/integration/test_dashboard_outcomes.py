@@ -236,3 +236,39 @@ def test_a_stop_engaged_elsewhere_shows_without_a_reload(site: Site) -> None:
     with site.database():
         EmergencyStop().release("ada", is_admin=True)
     assert site.js_errors(page) == [] and site.js_errors(otto) == []
+
+
+NOT_PERSISTED = json.dumps(
+    {
+        "type": "urn:finops:problem:emergency-stop-not-persisted",
+        "title": "Service unavailable",
+        "status": 503,
+        "detail": "EMERGENCY STOP SET IN REDIS ONLY, NOT persisted in the database",
+        "stop_key_set": True,
+    }
+)
+
+
+def test_the_stop_page_offers_the_brake_when_the_state_cannot_be_read(site: Site) -> None:
+    """The database down: the stop's state cannot be read, and the page still lets an
+    operator engage, and shows what the API answered (the stop set in Redis only)."""
+    page = site.sign_in("otto", "overview")
+
+    def answer(route: Any) -> None:
+        body = NOT_PERSISTED if route.request.method == "POST" else PROBLEM
+        route.fulfill(status=503, body=body, content_type="application/problem+json")
+
+    page.route("**/api/v1/emergency-stop", answer)
+    go(page, "Emergency stop", "emergency")
+    expect(page.locator("#stop-unknown")).to_contain_text(
+        "The stop's state cannot be read: the database cannot be reached."
+    )
+    page.get_by_label("Reason (shown to every worker, and audited)").fill("database down")
+    page.get_by_role("button", name="Engage emergency stop").click()
+    dialog = page.get_by_role("dialog", name="Engage the emergency stop?")
+    dialog.get_by_role("button", name="Engage now").click()
+    expect(dialog.locator("#confirm-error")).to_have_text(
+        "EMERGENCY STOP SET IN REDIS ONLY, NOT persisted in the database"
+    )
+    loads = "Failed to load resource"  # the browser's own line for each 503
+    assert [e for e in site.js_errors(page) if loads not in e] == []

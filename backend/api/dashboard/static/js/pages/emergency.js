@@ -42,8 +42,22 @@ export async function render(root, { refresh, refreshStop }) {
       "One switch that stops all automation: no claim and no AWS call until an administrator releases it.",
     ),
   );
-  const stop = await api("/emergency-stop");
-  root.append(stateCard(stop));
+  // The state unreadable (the database down) must not hide the brake: engaging still
+  // sets the stop's Redis key, and the answer says whether the database recorded it.
+  let stop = null;
+  try {
+    stop = await api("/emergency-stop");
+    root.append(stateCard(stop));
+  } catch (error) {
+    root.append(
+      h(
+        "p",
+        { class: "note", id: "stop-unknown", role: "alert" },
+        `The stop's state cannot be read: ${error.message}. Engaging still stops the workers; ` +
+          "the answer says whether it was recorded.",
+      ),
+    );
+  }
   if (notice) root.append(h("p", { class: "note", id: "stop-notice", role: "status" }, notice));
   notice = "";
   const done = async (message) => {
@@ -52,7 +66,7 @@ export async function render(root, { refresh, refreshStop }) {
     await refresh();
   };
 
-  if (!stop.engaged && can("operator")) {
+  if (!stop?.engaged && can("operator")) {
     const reason = h("textarea", { name: "reason", rows: 3, maxlength: 2000, required: true });
     const form = h(
       "form",
@@ -90,7 +104,7 @@ export async function render(root, { refresh, refreshStop }) {
       );
     });
     root.append(form);
-  } else if (stop.engaged && can("administrator")) {
+  } else if (stop?.engaged && can("administrator")) {
     const release = h("button", { type: "button", class: "primary big" }, "Release emergency stop");
     release.addEventListener("click", async () => {
       const answer = await confirmDialog({
@@ -115,7 +129,7 @@ export async function render(root, { refresh, refreshStop }) {
       h(
         "p",
         { class: "note", id: "stop-note" },
-        stop.engaged
+        stop?.engaged
           ? `Only an administrator can release the stop; you are ${role}.`
           : `Operators, approvers and administrators can engage the stop; you are ${role}.`,
       ),
