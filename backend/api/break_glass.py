@@ -15,11 +15,10 @@ again as stored.
 from __future__ import annotations
 
 import datetime as dt
-import threading
-from collections import OrderedDict
 
 from backend.api.accounts import TokenRecord
-from backend.api.security import Role, hash_token
+from backend.api.security import Role
+from backend.api.token_map import ByToken
 
 BREAK_GLASS_WINDOW = dt.timedelta(minutes=15)
 MAX_REMEMBERED = 1_000  # tokens per process; the least recently checked go first
@@ -30,9 +29,7 @@ class RecentOperators:
         self, window: dt.timedelta = BREAK_GLASS_WINDOW, size: int = MAX_REMEMBERED
     ) -> None:
         self._window = window
-        self._size = size
-        self._checked: OrderedDict[str, tuple[dt.datetime, TokenRecord]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._checked: ByToken[tuple[dt.datetime, TokenRecord]] = ByToken(size)
 
     def remember(self, token: str, record: TokenRecord, now: dt.datetime) -> None:
         """A token that passed a full check now; kept only if it may engage the stop (a
@@ -40,23 +37,15 @@ class RecentOperators:
         if not record.principal.role.allows(Role.OPERATOR):
             self.forget(token)
             return
-        key = hash_token(token.strip())
-        with self._lock:
-            self._checked[key] = (now, record)
-            self._checked.move_to_end(key)
-            while len(self._checked) > self._size:
-                self._checked.popitem(last=False)
+        self._checked.put(token, (now, record))
 
     def recall(self, token: str, now: dt.datetime) -> TokenRecord | None:
         """The record of a token checked within the window, else None."""
-        key = hash_token(token.strip())
-        with self._lock:
-            found = self._checked.get(key)
+        found = self._checked.get(token)
         if found is None or now - found[0] > self._window:
             return None
         return found[1]
 
     def forget(self, token: str) -> None:
         """A token the database refused (revoked, expired, its user disabled)."""
-        with self._lock:
-            self._checked.pop(hash_token(token.strip()), None)
+        self._checked.pop(token)

@@ -11,12 +11,9 @@ lost) nothing is kept and every request reads the database, as before.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 from backend.api.accounts import TokenRecord
 from backend.api.change_feed import ChangeFeed, Version
-from backend.api.security import hash_token
+from backend.api.token_map import ByToken
 
 MAX_TOKENS = 10_000  # records kept per process; the least recently used go first
 TABLES = ("api_tokens", "users")
@@ -25,9 +22,7 @@ TABLES = ("api_tokens", "users")
 class TokenCache:
     def __init__(self, feed: ChangeFeed | None, size: int = MAX_TOKENS) -> None:
         self._feed = feed
-        self._size = size
-        self._records: OrderedDict[str, tuple[Version, TokenRecord]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._records: ByToken[tuple[Version, TokenRecord]] = ByToken(size)
 
     def version(self) -> Version | None:
         """Read it before the database: a record read after a change but stored under the
@@ -38,28 +33,19 @@ class TokenCache:
         current = self.version()
         if current is None:
             return None
-        key = hash_token(token.strip())
-        with self._lock:
-            found = self._records.get(key)
-            if found is None:
-                return None
-            if found[0] != current:
-                del self._records[key]
-                return None
-            self._records.move_to_end(key)
-            return found[1]
+        found = self._records.get(token, touch=True)
+        if found is None:
+            return None
+        if found[0] != current:
+            self._records.pop(token)  # read before a change: dropped
+            return None
+        return found[1]
 
     def put(self, token: str, record: TokenRecord, version: Version | None) -> None:
         """Keep a record read under `version`, unless a change has been seen since."""
         if version is None or version != self.version():
             return
-        key = hash_token(token.strip())
-        with self._lock:
-            self._records[key] = (version, record)
-            self._records.move_to_end(key)
-            while len(self._records) > self._size:
-                self._records.popitem(last=False)
+        self._records.put(token, (version, record))
 
     def forget(self, token: str) -> None:
-        with self._lock:
-            self._records.pop(hash_token(token.strip()), None)
+        self._records.pop(token)
