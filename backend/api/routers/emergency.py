@@ -84,11 +84,8 @@ def engage(body: EngageBody, context: ContextDep, user: StopEngager) -> EngageOu
         result = engine.emergency_stop(body.reason.strip(), user.username)
     except DatabaseUnavailableError as exc:
         log.error("emergency stop not persisted", error=str(exc), actor=user.username)
-        try:  # through Redis: heard with the database down
-            halted = engine.dispatcher.halt()
-        except Exception as halt_exc:  # noqa: BLE001 - each worker checks the key anyway
-            halted = f"workers not told ({halt_exc}); each checks the stop before every claim"
-        key_set = context.emergency_stop().stop_key_set()
+        halted = engine.dispatcher.halt()  # through Redis: heard with the database down
+        key_set = engine.emergency.stop_key_set()
         raise Problem(
             503,
             # the cause goes to the log, not to the caller (it names hosts and users)
