@@ -250,13 +250,8 @@ class TerminateInstance(BaseOperation):
             # ... or before what RunInstances cannot set (which a pending instance refuses).
             if fresh(ctx, EC2, existing).state == "pending":
                 _running(ctx, existing)
-            notes = _restore_after_launch(ctx, existing, pre_state)
-            if pre_state.state in _DOWN:
-                _settle_stopped(ctx, existing)
-                notes.append("stopped as it was")
-            return f"already relaunched {old} as {existing} (a new instance id)" + "".join(
-                f", {note}" for note in notes
-            )
+            finished = _finish_relaunch(ctx, existing, pre_state)
+            return f"already relaunched {old} as {existing} (a new instance id){finished}"
         # A terminate that failed or was interrupted may never have been made: launching
         # the image then would run the workload twice.
         still = fresh_or_none(ctx, EC2, old)
@@ -289,15 +284,11 @@ class TerminateInstance(BaseOperation):
             raise CannotUndo(f"AWS would not launch {backup_ref}: {describe_error(exc)}") from exc
         new_id = str(launched["Instances"][0]["InstanceId"])
         _running(ctx, new_id)
-        notes = _restore_after_launch(ctx, new_id, pre_state)
-        if pre_state.state in _DOWN:  # it was stopped when terminated: leave it stopped
-            _settle_stopped(ctx, new_id)
-            notes.append("stopped as it was")
+        finished = _finish_relaunch(ctx, new_id, pre_state)
         return (
             f"launched {new_id} from {backup_ref} to replace {old}: a NEW instance id "
             f"(new private IP too), type {attrs.get('InstanceType')}, "
-            f"subnet {attrs.get('SubnetId')}, {len(user_tags(pre_state.tags))} tags"
-            + "".join(f", {note}" for note in notes)
+            f"subnet {attrs.get('SubnetId')}, {len(user_tags(pre_state.tags))} tags{finished}"
         )
 
 
@@ -327,10 +318,10 @@ def launch_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:
     where = {k: placement[k] for k in _PLACEMENT if placement.get(k) not in (None, "")}
     if where.get("Tenancy") == "default":
         del where["Tenancy"]
-    # a group by id (a shared group has no usable name here), else by name
-    group = {"GroupId": placement.get("GroupId")} if placement.get("GroupId") else {}
-    group = group or ({"GroupName": placement["GroupName"]} if placement.get("GroupName") else {})
-    where |= group
+    if placement.get("GroupId"):  # by id: a shared group has no usable name here
+        where["GroupId"] = placement["GroupId"]
+    elif placement.get("GroupName"):
+        where["GroupName"] = placement["GroupName"]
     # the same dedicated host only where the instance was tied to it; else any host
     if where.get("Affinity") == "host" and placement.get("HostId"):
         where["HostId"] = placement["HostId"]
@@ -358,6 +349,17 @@ def launch_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:
     if (attrs.get("Monitoring") or {}).get("State") in ("enabled", "pending"):
         out["Monitoring"] = {"Enabled": True}
     return out
+
+
+def _finish_relaunch(ctx: OperationContext, instance_id: str, pre_state: Resource) -> str:
+    """What a relaunched (running) instance still owes, whichever try launched it: what
+    RunInstances cannot set, then stopped if it was stopped when terminated; the notes,
+    each after a comma."""
+    notes = _restore_after_launch(ctx, instance_id, pre_state)
+    if pre_state.state in _DOWN:
+        _settle_stopped(ctx, instance_id)
+        notes.append("stopped as it was")
+    return "".join(f", {note}" for note in notes)
 
 
 def _restore_after_launch(ctx: OperationContext, new_id: str, pre_state: Resource) -> list[str]:
