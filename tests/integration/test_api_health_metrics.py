@@ -217,13 +217,9 @@ def test_ready_turns_503_when_postgresql_stops_and_recovers_when_it_returns(
     from tests.support.tcp_proxy import TcpProxy
 
     upgrade()
-    host = postgres_url.split("@", 1)[1].split("/", 1)[0]
-    name, port = host.rsplit(":", 1)
-    proxy = TcpProxy(name, int(port))
+    proxy, through = TcpProxy.in_front_of(postgres_url)
     try:
-        monkeypatch.setenv(
-            "DATABASE_URL", postgres_url.replace(f"@{host}/", f"@127.0.0.1:{proxy.port}/")
-        )
+        monkeypatch.setenv("DATABASE_URL", through)
         reset_settings_cache()
         dispose_engines()
         client = TestClient(create_app(), raise_server_exceptions=False)

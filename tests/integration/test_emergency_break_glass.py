@@ -29,11 +29,9 @@ def api_behind_proxy(
 ) -> Iterator[tuple[Api, TcpProxy]]:
     """The API on PostgreSQL through a proxy the test can cut; read caches off, so that
     every token check goes to the database."""
-    host = postgres_url.split("@", 1)[1].split("/", 1)[0]
-    name, port = host.rsplit(":", 1)
-    proxy = TcpProxy(name, int(port))
+    proxy, through = TcpProxy.in_front_of(postgres_url)
     try:
-        monkeypatch.setenv("DATABASE_URL", postgres_url.replace(host, f"127.0.0.1:{proxy.port}"))
+        monkeypatch.setenv("DATABASE_URL", through)
         monkeypatch.setenv("FINOPS_API_READ_CACHE", "0")
         reset_settings_cache()
         dispose_engines()

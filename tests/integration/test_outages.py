@@ -100,13 +100,11 @@ def test_a_paused_postgresql_answers_503_in_seconds_and_the_api_recovers(
     from tests.support.api_client import build_api
 
     migrations.upgrade()
-    host = postgres_url.split("@", 1)[1].split("/", 1)[0]
-    name, port = host.rsplit(":", 1)
-    proxy = TcpProxy(name, int(port))
+    proxy, through = TcpProxy.in_front_of(postgres_url)
     monkeypatch.setattr(readiness, "DEADLINE", 3.0)  # the probe's whole answer
     monkeypatch.setattr(readiness, "DATABASE_LIMIT", 0.5)
     try:
-        monkeypatch.setenv("DATABASE_URL", postgres_url.replace(host, f"127.0.0.1:{proxy.port}"))
+        monkeypatch.setenv("DATABASE_URL", through)
         monkeypatch.setenv("FINOPS_API_DATABASE_TIMEOUT_SECONDS", "1")
         dispose_engines()
         api = build_api(tmp_path, monkeypatch)

@@ -186,10 +186,7 @@ def test_postgresql_stopped_mid_run(world: World, postgres_url: str) -> None:
     line): nothing runs on AWS without its record, and the run resumes when it is back."""
     from backend.runtime.celery_app import app
 
-    host = postgres_url.split("@", 1)[1].split("/", 1)[0]
-    name, port = host.rsplit(":", 1) if ":" in host else (host, "5432")
-    proxy = TcpProxy(name, int(port))
-    through = postgres_url.replace(f"@{host}/", f"@127.0.0.1:{proxy.port}/")
+    proxy, through = TcpProxy.in_front_of(postgres_url)
     try:
         for _ in range(2):
             world.workers.start(env={"DATABASE_URL": through})

@@ -20,6 +20,14 @@ class TcpProxy:
         self._flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
+    @classmethod
+    def in_front_of(cls, url: str) -> tuple[TcpProxy, str]:
+        """A proxy to the server of a database URL, and the same URL through the proxy."""
+        host = url.split("@", 1)[1].split("/", 1)[0]
+        name, port = host.rsplit(":", 1) if ":" in host else (host, "5432")
+        proxy = cls(name, int(port))
+        return proxy, url.replace(f"@{host}/", f"@127.0.0.1:{proxy.port}/")
+
     def _accept(self) -> None:
         while True:
             try:
