@@ -5,7 +5,7 @@ is answered from memory; any other request goes to the routes, which check it in
 A write through this process (any method but GET, HEAD and OPTIONS) moves every version on
 as it ends, so the writer reads what it wrote without waiting for the notification.
 
-Two things keep the pages that are not in memory yet from costing more than once:
+Three things keep a page read from the database from costing more than once:
 - a request for a page that another request is reading waits for that read, and is
   answered with its page, rather than reading it again (clients walking a list together
   ask for the same next page at the same moment);
