@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Float,
     ForeignKey,
     Index,
@@ -19,9 +20,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column
 
 from backend.core.types import JsonDoc, UtcDateTime, utcnow
 
@@ -145,18 +148,36 @@ class PolicyRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class PolicyNumberRow(Base):
+    """A number for each policy name that ever had an opportunity, never reused: the low
+    bits of its opportunities' ids (backend/core/opportunity_keys.py, migration 0011)."""
+
+    __tablename__ = "policy_numbers"
+    __table_args__ = (CheckConstraint("number BETWEEN 1 AND 8191", name="range"),)
+
+    number: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    policy_name: Mapped[str] = mapped_column(String(128), unique=True)
+
+
 class OpportunityRow(Base):
-    """A resource a policy selected; kept with its history (open, resolved, reopened)."""
+    """A resource a policy selected; kept with its history (open, resolved, reopened).
+
+    Its id is its key: resource_pk * 8192 + the policy's number, so that one B-tree keeps
+    (policy, resource) unique (migration 0011)."""
 
     __tablename__ = "opportunities"
     __table_args__ = (
-        UniqueConstraint("policy_name", "resource_pk", name="uq_opportunities_policy_resource"),
+        CheckConstraint(
+            "id / 8192 = resource_pk AND id % 8192 BETWEEN 1 AND 8191", name="id_is_key"
+        ),
         # Half-full pages: each evaluation's rewrite of a row stays on its page, and no index
         # on a column an evaluation changes (status went): see migration 0002.
         {"postgresql_with": {"fillfactor": 50}},
     )
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
     policy_name: Mapped[str] = mapped_column(String(128))
     # A resource's id, kept so by triggers that check whole statements, not by a foreign
     # key's lookup per row (2.7 s of a first evaluation of 1M resources): see migration 0004.
@@ -170,6 +191,16 @@ class OpportunityRow(Base):
     first_found: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[dt.datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[dt.datetime | None]
+
+
+@event.listens_for(OpportunityRow, "before_insert")
+def _keyed(_mapper: Mapper[Any], connection: Connection, row: OpportunityRow) -> None:
+    """An opportunity added through the ORM gets its key as the bulk writers give it."""
+    if row.id is None:
+        from backend.core.opportunity_keys import opportunity_id, policy_numbers
+
+        number = policy_numbers(connection, [row.policy_name])[row.policy_name]
+        row.id = opportunity_id(row.resource_pk, number)
 
 
 class ActionRunRow(Base):

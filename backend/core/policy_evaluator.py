@@ -48,6 +48,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
 from backend.core.models import MetricSummaryRow, OpportunityRow, ResourceRow
+from backend.core.opportunity_keys import id_expression, policy_numbers
 from backend.core.policy_evaluator_python import (
     UPDATED_ON_CONFLICT,
     evaluate_in_python,
@@ -72,7 +73,7 @@ SAVES_MONTHLY_COST = {
     ("delete", ResourceKind.EBS_SNAPSHOT),
     ("delete", ResourceKind.LOAD_BALANCER),
 }
-# Each kind's scan creates finops_found_<n>: policy_name, resource_pk, action, params,
+# Each kind's scan creates finops_found_<n>: id, policy_name, resource_pk, action, params,
 # evidence, then `saving` where that is the monthly cost, else the pricing signature `sig`
 # (never NULL then) to look up in finops_prices.
 _PRICES = Table(
@@ -86,20 +87,26 @@ _PRICES = Table(
     Column("why", String),  # why usd is unknown, if it is
     prefixes=["TEMPORARY"],
 )
-# One join of what was found with the table: the new are inserted, the known updated in
-# place (same page, no index entry: HOT, as the table keeps room for it, see 0002). The
-# found rows come in resource order per kind, so each new row's foreign key check mostly
-# finds the resource's page just read.
+# One join of what was found with the table, on the key: the new are inserted, the known
+# updated in place (same page, no index entry: HOT, as the table keeps room for it, see
+# 0002).
 _MERGE = """
-MERGE INTO opportunities AS o USING ({found}) AS f
-ON o.policy_name = f.policy_name AND o.resource_pk = f.resource_pk
+MERGE INTO opportunities AS o USING ({found}) AS f ON o.id = f.id
 WHEN MATCHED THEN UPDATE SET action = f.action, params = f.params, evidence = f.evidence,
     estimated_monthly_savings = f.saving, savings_unknown = f.unknown, status = 'open',
     last_seen = :now, resolved_at = NULL
-WHEN NOT MATCHED THEN INSERT (policy_name, resource_pk, action, params, evidence,
+WHEN NOT MATCHED THEN INSERT (id, policy_name, resource_pk, action, params, evidence,
     estimated_monthly_savings, savings_unknown, status, first_found, last_seen)
-    VALUES (f.policy_name, f.resource_pk, f.action, f.params, f.evidence, f.saving, f.unknown,
-    'open', :now, :now)
+    VALUES (f.id, f.policy_name, f.resource_pk, f.action, f.params, f.evidence, f.saving,
+    f.unknown, 'open', :now, :now)
+"""
+# When none of the pack's policies has an opportunity yet (a first evaluation), nothing can
+# match: a plain insert, without the join.
+_INSERT = """
+INSERT INTO opportunities (id, policy_name, resource_pk, action, params, evidence,
+    estimated_monthly_savings, savings_unknown, status, first_found, last_seen)
+SELECT f.id, f.policy_name, f.resource_pk, f.action, f.params, f.evidence, f.saving,
+    f.unknown, 'open', :now, :now FROM ({found}) AS f
 """
 
 
@@ -149,6 +156,7 @@ class StoredPolicyEvaluator:
         self._now = now or utcnow()
         self._dialect = session.get_bind().dialect.name
         self._found: list[Table] = []
+        self._numbers: dict[str, int] = {}
         self.timings: dict[str, float] = {}
 
     def run(self, pack: PolicyPack) -> StoredEvaluation:
@@ -160,12 +168,16 @@ class StoredPolicyEvaluator:
             # statement (0.7 s each); and hashed subplans need room.
             self._session.execute(text("SET LOCAL jit = off"))
             self._session.execute(text("SET LOCAL work_mem = '64MB'"))
+            self._session.execute(text("SET LOCAL parallel_setup_cost = 0"))
+            self._session.execute(text("SET LOCAL parallel_tuple_cost = 0"))
         lock_opportunities(self._session)  # one writer until commit
         # Asked before anything is written (and no other writer until commit): without an
         # open opportunity of these policies, none can resolve, and the resolving pass (a
         # scan of everything just written) is skipped, as on a first evaluation.
         names = [p.name for p in pack.enabled()]
         resolvable = self._any_open(names)
+        known = resolvable or self._any_known(names)
+        self._numbers = policy_numbers(connection, names)
         by_kind: dict[ResourceKind, list[Policy]] = defaultdict(list)
         for policy in pack.enabled():
             by_kind[policy.kind].append(policy)
@@ -180,7 +192,11 @@ class StoredPolicyEvaluator:
                     engines[policy.name] = "sql"
                 else:
                     counts[policy.name] = evaluate_in_python(
-                        self._session, policy, self._now, saves_cost=self._saves_cost(policy)
+                        self._session,
+                        policy,
+                        self._now,
+                        number=self._numbers[policy.name],
+                        saves_cost=self._saves_cost(policy),
                     )
                     engines[policy.name] = "python"
             out.seconds_by_step[f"select {kind.value}"] = time.perf_counter() - t0
@@ -191,7 +207,7 @@ class StoredPolicyEvaluator:
             self._price_found(found, sql)
             out.seconds_by_step["price"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            self._write_found(found)
+            self._write_found(found, known=known)
             out.seconds_by_step["write"] = time.perf_counter() - t0
             per_policy = select(found.c.policy_name, func.count()).group_by(found.c.policy_name)
             counts |= {name: int(n) for name, n in connection.execute(per_policy)}
@@ -309,6 +325,7 @@ class StoredPolicyEvaluator:
             *[
                 select(
                     literal(i).label("i"),
+                    literal(self._numbers[p.name]).label("number"),
                     literal(p.name).label("policy_name"),
                     literal(p.action.name).label("action"),
                     self._json(dict(p.action.params)).label("params"),
@@ -327,6 +344,7 @@ class StoredPolicyEvaluator:
         by_price = [i for i in range(len(policies)) if i not in by_cost]
         sig = signature(self._dialect, kind, hits.c.attributes) if by_price else None
         return select(
+            id_expression(hits.c.rid, which.c.number).label("id"),
             which.c.policy_name,
             hits.c.rid.label("resource_pk"),
             which.c.action,
@@ -376,11 +394,13 @@ class StoredPolicyEvaluator:
             # Small and known: the planner then hashes it rather than sort what was found.
             connection.exec_driver_sql("ANALYZE finops_prices")
 
-    def _write_found(self, found: Any) -> None:
+    def _write_found(self, found: Any, *, known: bool) -> None:
         """Everything found into the table: new ones inserted, known ones updated (and
-        reopened if they had been resolved)."""
+        reopened if they had been resolved). `known`: some policy of the pack has
+        opportunities already."""
         f, p = found.c, _PRICES.c
         columns = [
+            f.id,
             f.policy_name,
             f.resource_pk,
             f.action,
@@ -406,9 +426,10 @@ class StoredPolicyEvaluator:
                 .compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})
             )
             now = bindparam("now", self._now, type_=OpportunityRow.last_seen.type)
-            connection.execute(text(_MERGE.format(found=source)).bindparams(now))
+            statement = _MERGE if known else _INSERT
+            connection.execute(text(statement.format(found=source)).bindparams(now))
             return
-        names = ["policy_name", "resource_pk", "action", "params", "evidence"]
+        names = ["id", "policy_name", "resource_pk", "action", "params", "evidence"]
         names += ["estimated_monthly_savings", "savings_unknown"]
         stmt = sqlite.insert(OpportunityRow).from_select(
             [*names, "status", "first_found", "last_seen"],
@@ -422,7 +443,7 @@ class StoredPolicyEvaluator:
             .where(true()),  # SQLite needs a WHERE before ON CONFLICT
         )
         stmt = stmt.on_conflict_do_update(
-            index_elements=["policy_name", "resource_pk"],
+            index_elements=["id"],
             set_={
                 name: stmt.excluded[name] for name in UPDATED_ON_CONFLICT if name != "resolved_at"
             }
@@ -451,6 +472,10 @@ class StoredPolicyEvaluator:
             OpportunityRow.policy_name.in_(policies), OpportunityRow.status == "open"
         )
         return bool(self._session.scalar(select(open_ones.exists())))
+
+    def _any_known(self, policies: list[str]) -> bool:
+        known = select(OpportunityRow.id).where(OpportunityRow.policy_name.in_(policies))
+        return bool(self._session.scalar(select(known.exists())))
 
     def _resolve(self, policies: list[str]) -> int:
         result = self._session.execute(

@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from backend.core.models import MetricSummaryRow, OpportunityRow, ResourceRow
+from backend.core.opportunity_keys import opportunity_id
 from backend.core.repositories import relations_inventoried, to_resource
 from backend.core.upsert import upsert_rows
 from backend.domain.policy.evaluate import EvaluationContext, evaluate
@@ -44,11 +45,17 @@ UPDATED_ON_CONFLICT = (
 
 
 def evaluate_in_python(
-    session: Session, policy: Policy, now: dt.datetime, *, saves_cost: bool = False
+    session: Session,
+    policy: Policy,
+    now: dt.datetime,
+    *,
+    number: int,
+    saves_cost: bool = False,
 ) -> int:
     """Evaluate `policy` on the live inventory (with the volumes and AMIs its relations
-    read) and upsert its opportunities. With `saves_cost` the saving is the resource's
-    monthly cost (or why it is unknown), else the caller prices them afterwards.
+    read) and upsert its opportunities (`number`: the policy's, in their ids). With
+    `saves_cost` the saving is the resource's monthly cost (or why it is unknown), else the
+    caller prices them afterwards.
 
     Each (account, region) is evaluated on its own metrics and relations, as a scan does:
     ids repeat across regions and accounts (an RDS identifier is a name), so one map keyed
@@ -90,6 +97,7 @@ def evaluate_in_python(
             row = row_of[match.resource.key]
             found.append(
                 {
+                    "id": opportunity_id(row.id, number),
                     "policy_name": policy.name,
                     "resource_pk": row.id,
                     "action": policy.action.name,
@@ -107,7 +115,7 @@ def evaluate_in_python(
         session,
         OpportunityRow,
         found,
-        conflict_columns=("policy_name", "resource_pk"),
+        conflict_columns=("id",),
         update_columns=UPDATED_ON_CONFLICT,
     )
     return len(found)

@@ -22,6 +22,7 @@ from backend.core.models import (
     ResourceRow,
     ScanRunRow,
 )
+from backend.core.opportunity_keys import opportunity_id, policy_numbers
 from backend.core.types import utcnow
 from backend.core.upsert import upsert_rows
 from backend.domain.lifecycle import ACTIVE, ActionState
@@ -273,18 +274,20 @@ class OpportunityRepository(_Repository):
         `found` rows hold policy_name, resource_pk, action, params, evidence, savings.
         Returns (open now, resolved now).
         """
-        rows = [
-            {**row, "status": "open", "first_found": at, "last_seen": at, "resolved_at": None}
-            for row in found
-        ]
         with self._use() as session:
             lock_opportunities(session)
+            numbers = policy_numbers(session.connection(), [row["policy_name"] for row in found])
+            rows = [
+                {**row, "status": "open", "first_found": at, "last_seen": at, "resolved_at": None}
+                | {"id": opportunity_id(row["resource_pk"], numbers[row["policy_name"]])}
+                for row in found
+            ]
             for i in range(0, len(rows), 2000):
                 upsert_rows(
                     session,
                     OpportunityRow,
                     rows[i : i + 2000],
-                    conflict_columns=("policy_name", "resource_pk"),
+                    conflict_columns=("id",),
                     update_columns=(
                         "action",
                         "params",

@@ -73,9 +73,8 @@ def test_a_release_starts_on_a_newer_schema_its_migrations_allow(
     any_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     future = migrate_with_a_newer_release(tmp_path, monkeypatch, compatible=True)
-    # 0009, each one after it and the newer one let the code before them run: the oldest
-    # allowed is still 0008, the last before revisions said so
-    assert migrations.oldest_code_allowed(any_database, future) == "0008"
+    # 0011 does not let the code of 0010 run on its schema; the newer one lets 0011's run
+    assert migrations.oldest_code_allowed(any_database, future) == "0011"
     with capture_logs() as logs:
         migrations.ensure_schema()  # every command's entry: starts
         migrations.upgrade()  # nothing to do: the newer schema is left as it is
@@ -84,7 +83,7 @@ def test_a_release_starts_on_a_newer_schema_its_migrations_allow(
     assert said and said[0]["database_revision"] == future, logs
     assert finops("db", "upgrade").exit_code == 0
     # going back below it is the newer release's to do: this one does not know it
-    refused = finops("db", "downgrade", "0006")
+    refused = finops("db", "downgrade", "0010")
     assert refused.exit_code == 3 and "newer than this code's" in refused.output
 
 
@@ -103,10 +102,13 @@ def test_each_revision_records_the_oldest_code_that_may_run_on_it(any_database: 
     migrations.upgrade()
     head = migrations.head_revision()
     assert head is not None
+    # 0011 keys opportunities as the code of 0010 does not know: nothing older may run
+    assert migrations.oldest_code_allowed(any_database, head) == "0011"
+    migrations.downgrade(revision="0010")
     # 0009 only adds a table older code never reads, and 0010 triggers that only notify:
     # the code of 0008 may run on either
-    assert migrations.oldest_code_allowed(any_database, head) == "0008"
+    assert migrations.oldest_code_allowed(any_database, "0010") == "0008"
     migrations.downgrade(revision="0008")
     assert migrations.current_revision() == "0008"
     migrations.upgrade()
-    assert migrations.oldest_code_allowed(any_database, head) == "0008"
+    assert migrations.oldest_code_allowed(any_database, head) == "0011"
