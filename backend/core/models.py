@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     Float,
     ForeignKey,
     Index,
@@ -42,10 +43,24 @@ class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: UtcDateTime, dict[str, Any]: JsonDoc}
 
 
+def _tag(key: str) -> Computed:
+    return Computed(f"tags ->> '{key}'", persisted=True)
+
+
+def _json_string(path: str) -> Computed:
+    """The attribute's text when it is a JSON string, else NULL: what a string leaf reads."""
+    return Computed(
+        f"CASE WHEN jsonb_typeof(attributes #> '{{{path}}}') = 'string' "
+        f"THEN attributes #>> '{{{path}}}' END",
+        persisted=True,
+    )
+
+
 class ResourceRow(Base):
     """The inventory: one row per (account, region, kind, AWS id), kept after it is gone."""
 
     __tablename__ = "resources"
+    __mapper_args__ = {"eager_defaults": False}
     __table_args__ = (
         UniqueConstraint("account_id", "region", "kind", "resource_id", name="uq_resources_key"),
         Index("ix_resources_kind_state", "kind", "state"),
@@ -77,6 +92,19 @@ class ResourceRow(Base):
     last_seen: Mapped[dt.datetime] = mapped_column(default=utcnow)
     gone_at: Mapped[dt.datetime | None] = mapped_column(index=True)
     last_scan_id: Mapped[int | None] = mapped_column(ForeignKey("scan_runs.id"))
+    # The default pack's hottest leaves, kept by the database as columns (migration 0012;
+    # SQLite computes them on read and its evaluator does not use them). A leaf on a JSON
+    # path copies the JSON value out of the row at each call, about 0.4 microseconds a leaf
+    # a row; on a column it is a compare. Each holds exactly what its leaf reads.
+    # Deferred, and not fetched after a write: Python reads tags and attributes themselves.
+    tag_opt_out: Mapped[str | None] = mapped_column(Text, _tag("finops:opt-out"), deferred=True)
+    tag_schedule: Mapped[str | None] = mapped_column(Text, _tag("finops:schedule"), deferred=True)
+    tag_env: Mapped[str | None] = mapped_column(Text, _tag("env"), deferred=True)
+    state_name: Mapped[str | None] = mapped_column(Text, _json_string("State,Name"), deferred=True)
+    instance_type: Mapped[str | None] = mapped_column(
+        Text, _json_string("InstanceType"), deferred=True
+    )
+    volume_type: Mapped[str | None] = mapped_column(Text, _json_string("VolumeType"), deferred=True)
 
 
 class MetricSummaryRow(Base):

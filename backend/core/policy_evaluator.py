@@ -56,7 +56,7 @@ from backend.core.policy_evaluator_python import (
     signature,
 )
 from backend.core.repositories import lock_opportunities
-from backend.core.sql_policies import Predicate, SqlCompiler, leaves
+from backend.core.sql_policies import Predicate, SqlCompiler, leaves, tags_read
 from backend.core.types import utcnow
 from backend.domain.policy.filters import Filter
 from backend.domain.policy.measures import MetricsFilter
@@ -284,11 +284,7 @@ class StoredPolicyEvaluator:
                     m.days == spec.days,
                 ),
             )
-        tagged = any(
-            isinstance(leaf, ValueFilter) and leaf.key.startswith("tag:")
-            for p in policies
-            for leaf in leaves(p.filters)
-        )
+        kept, tagged = tags_read(self._dialect, policies)
         rows = (
             select(
                 r.id.label("rid"),
@@ -298,6 +294,7 @@ class StoredPolicyEvaluator:
                 r.state.label("state"),
                 *([r.attributes.label("attributes")] if not self._all_save_cost(policies) else []),
                 *([r.tags.label("tags")] if tagged else []),
+                *[column.label(f"tag_{i}") for i, column in enumerate(kept.values())],
                 *leaf_columns.used_by(policies),
                 *[m.value.label(f"v{i}") for i, m in enumerate(joined.values())],
             )
@@ -340,6 +337,7 @@ class StoredPolicyEvaluator:
                 return null().cast(type_)  # typed: the kinds' tables are read as one
             return case(*[(which.c.i == i, v) for i, v in values.items()], else_=null())
 
+        kept = list(tags_read(self._dialect, policies)[0])
         by_cost = {i for i, p in enumerate(policies) if self._saves_cost(p)}
         by_price = [i for i in range(len(policies)) if i not in by_cost]
         sig = signature(self._dialect, kind, hits.c.attributes) if by_price else None
@@ -349,7 +347,7 @@ class StoredPolicyEvaluator:
             hits.c.rid.label("resource_pk"),
             which.c.action,
             which.c.params,
-            each({i: self._evidence(p, hits, specs) for i, p in enumerate(policies)}).label(
+            each({i: self._evidence(p, hits, specs, kept) for i, p in enumerate(policies)}).label(
                 "evidence"
             ),
             each(dict.fromkeys(by_cost, hits.c.cost), Float).label("saving"),
@@ -451,12 +449,19 @@ class StoredPolicyEvaluator:
         )
         connection.execute(stmt)
 
-    def _evidence(self, policy: Policy, hits: Any, specs: list[MetricSpec]) -> Any:
-        """The tag values and metric summaries the policy looked at, as a JSON object."""
+    def _evidence(self, policy: Policy, hits: Any, specs: list[MetricSpec], kept: list[str]) -> Any:
+        """The tag values and metric summaries the policy looked at, as a JSON object.
+        `kept`: the tags `hits` has as columns tag_<i>, in that order."""
         pairs: list[Any] = []
         for leaf in leaves(policy.filters):
             if isinstance(leaf, ValueFilter) and leaf.key.startswith("tag:"):
-                pairs += [leaf.key, hits.c.tags[leaf.key[4:]].as_string()]
+                key = leaf.key[4:]
+                value = (
+                    hits.c[f"tag_{kept.index(key)}"]
+                    if key in kept
+                    else hits.c.tags[key].as_string()
+                )
+                pairs += [leaf.key, value]
             elif isinstance(leaf, MetricsFilter):
                 s = leaf.spec
                 pairs += [

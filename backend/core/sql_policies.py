@@ -43,6 +43,7 @@ from backend.core.models import InventoryPartRow, MetricSummaryRow, ResourceRow
 from backend.core.repositories import RELATION_KINDS
 from backend.domain.policy.filters import And, Filter, Not, Or
 from backend.domain.policy.measures import AgeFilter, MetricsFilter
+from backend.domain.policy.model import Policy
 from backend.domain.policy.relations import (
     BacksAmi,
     NoHealthyTargets,
@@ -69,6 +70,19 @@ _PLACEHOLDERS: dict[str, Any] = {
     "{region}": ResourceRow.region,
 }
 _OPS = {"gt": "__gt__", "ge": "__ge__", "lt": "__lt__", "le": "__le__", "eq": "__eq__"}
+# Leaves the database keeps as columns (PostgreSQL, migration 0012). A tag's column is its
+# text, read by every tag leaf; an attribute's is its text when a JSON string, read by the
+# string comparisons and regexes (presence and numbers still read the JSON).
+TAG_COLUMNS: dict[str, Any] = {
+    "finops:opt-out": ResourceRow.tag_opt_out,
+    "finops:schedule": ResourceRow.tag_schedule,
+    "env": ResourceRow.tag_env,
+}
+STRING_COLUMNS: dict[str, Any] = {
+    "State.Name": ResourceRow.state_name,
+    "InstanceType": ResourceRow.instance_type,
+    "VolumeType": ResourceRow.volume_type,
+}
 
 
 class NotCompilableError(Exception):
@@ -147,6 +161,8 @@ class SqlCompiler:
     def _path(self, key: str) -> tuple[ColumnElement[Any], ColumnElement[Any] | None]:
         """(text value, JSON type or None when the value is always text)."""
         if key.startswith("tag:"):
+            if self.dialect == "postgresql" and key[4:] in TAG_COLUMNS:
+                return TAG_COLUMNS[key[4:]], None
             return ResourceRow.tags[key[4:]].as_string(), None
         if key in RECORD_FIELDS:
             return _COLUMNS[key], None
@@ -159,6 +175,10 @@ class SqlCompiler:
             )
             kind = func.json_type(ResourceRow.attributes, path)
         return element.as_string(), kind
+
+    def _string_column(self, key: str) -> ColumnElement[Any] | None:
+        """The column holding the attribute's text where it is a JSON string, if kept."""
+        return STRING_COLUMNS.get(key) if self.dialect == "postgresql" else None
 
     def _parts(self, key: str) -> list[str | int]:
         parts: list[str | int] = []
@@ -192,6 +212,11 @@ class SqlCompiler:
         if node.op in ("eq", "ne", "in", "not-in"):
             values = node.value if isinstance(node.value, tuple) else (node.value,)
             if all(_text_like(v) for v in values):
+                string = self._string_column(node.key)
+                if string is not None:
+                    found = string.in_(values) if len(values) > 1 else string == values[0]
+                    found = func.coalesce(found, false())
+                    return not_(found) if node.op in ("ne", "not-in") else found
                 if json_type is not None and self.dialect == "postgresql":
                     # JSON strings compared as JSON: one lookup, where the type test and the
                     # text made two (the hottest leaf of a scan, 40% cheaper).
@@ -210,6 +235,9 @@ class SqlCompiler:
                 return self._numeric("eq", text, json_type, node.value)
             raise NotCompilableError("non-text equality")
         if node.op in ("regex", "regex-case") and isinstance(node.value, str):
+            string = self._string_column(node.key)
+            if string is not None:  # NULL unless a JSON string, as the type test was
+                return self._regex(node.op == "regex", string, None, node.value)
             return self._regex(node.op == "regex", text, json_type, node.value)
         if node.op in _OPS and _is_number(node.value):
             return self._numeric(node.op, text, json_type, node.value)
@@ -384,3 +412,18 @@ def leaves(node: Filter) -> Iterable[Filter]:
         yield from leaves(node.filter)
     else:
         yield node
+
+
+def tags_read(dialect: str, policies: Iterable[Policy]) -> tuple[dict[str, Any], bool]:
+    """Where the policies' tags are read from: the kept ones from their columns
+    (PostgreSQL; key -> column, in a stable order), and whether any other needs `tags`."""
+    keys = {
+        leaf.key[4:]
+        for p in policies
+        for leaf in leaves(p.filters)
+        if isinstance(leaf, ValueFilter) and leaf.key.startswith("tag:")
+    }
+    if dialect != "postgresql":
+        return {}, bool(keys)
+    kept = {key: TAG_COLUMNS[key] for key in sorted(keys) if key in TAG_COLUMNS}
+    return kept, bool(keys - set(kept))

@@ -24,7 +24,8 @@ SORTS = {
     "kind": ResourceRow.kind,
     "last_seen": ResourceRow.last_seen,
 }
-ROW_COLUMNS = list(ResourceRow.__table__.columns)
+# What a resource is; not the columns the database derives from it for the evaluator.
+ROW_COLUMNS = [c for c in ResourceRow.__table__.columns if c.computed is None]
 TagFilter = Annotated[
     list[str] | None,
     Query(description="key=value, or key alone for 'has this tag'; repeat to require several."),
