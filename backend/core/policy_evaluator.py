@@ -3,11 +3,13 @@
 Policies whose filters compile to SQL are evaluated in the database, one scan per resource
 kind into a temporary table (no WAL, no index): each distinct leaf filter of the kind's
 policies is computed once per row (each metric a LEFT JOIN, shared), every policy's verdict
-is a column over those, and each (policy, resource) selected becomes a row. Savings are the
-resource's monthly cost where that is the estimate; otherwise each distinct pricing
-signature found is priced once by the price model. One statement then writes everything
-found to `opportunities`: a MERGE on PostgreSQL, an upsert on SQLite. Any other policy is
-evaluated in Python on the live rows of its kind.
+is a column over those, and each resource some policy selects becomes one narrow row (its
+verdicts, and what the evidence and the savings read). Savings are the resource's monthly
+cost where that is the estimate; otherwise each distinct pricing signature found is priced
+once by the price model. One statement then expands the rows into one opportunity per
+(policy, resource) and writes them to `opportunities`: an INSERT on a first evaluation, a
+MERGE on PostgreSQL after, an upsert on SQLite. Any other policy is evaluated in Python on
+the live rows of its kind.
 """
 
 from __future__ import annotations
@@ -21,17 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
-    Column,
-    ColumnElement,
     Float,
-    MetaData,
     String,
-    Table,
     and_,
     bindparam,
     case,
-    column,
     false,
     func,
     literal,
@@ -47,6 +43,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
+from backend.core.evaluation_parts import INSERT, MERGE, PRICES, Hits, LeafColumns
 from backend.core.models import MetricSummaryRow, OpportunityRow, ResourceRow
 from backend.core.opportunity_keys import id_expression, policy_numbers
 from backend.core.policy_evaluator_python import (
@@ -58,7 +55,6 @@ from backend.core.policy_evaluator_python import (
 from backend.core.repositories import lock_opportunities
 from backend.core.sql_policies import Predicate, SqlCompiler, leaves, tags_read
 from backend.core.types import utcnow
-from backend.domain.policy.filters import Filter
 from backend.domain.policy.measures import MetricsFilter
 from backend.domain.policy.model import Policy, PolicyPack
 from backend.domain.policy.values import ValueFilter
@@ -73,41 +69,6 @@ SAVES_MONTHLY_COST = {
     ("delete", ResourceKind.EBS_SNAPSHOT),
     ("delete", ResourceKind.LOAD_BALANCER),
 }
-# Each kind's scan creates finops_found_<n>: id, policy_name, resource_pk, action, params,
-# evidence, then `saving` where that is the monthly cost, else the pricing signature `sig`
-# (never NULL then) to look up in finops_prices.
-_PRICES = Table(
-    "finops_prices",
-    MetaData(),
-    Column("policy_name", String),
-    Column("region", String),
-    Column("state", String),
-    Column("sig", String),
-    Column("usd", Float),
-    Column("why", String),  # why usd is unknown, if it is
-    prefixes=["TEMPORARY"],
-)
-# One join of what was found with the table, on the key: the new are inserted, the known
-# updated in place (same page, no index entry: HOT, as the table keeps room for it, see
-# 0002).
-_MERGE = """
-MERGE INTO opportunities AS o USING ({found}) AS f ON o.id = f.id
-WHEN MATCHED THEN UPDATE SET action = f.action, params = f.params, evidence = f.evidence,
-    estimated_monthly_savings = f.saving, savings_unknown = f.unknown, status = 'open',
-    last_seen = :now, resolved_at = NULL
-WHEN NOT MATCHED THEN INSERT (id, policy_name, resource_pk, action, params, evidence,
-    estimated_monthly_savings, savings_unknown, status, first_found, last_seen)
-    VALUES (f.id, f.policy_name, f.resource_pk, f.action, f.params, f.evidence, f.saving,
-    f.unknown, 'open', :now, :now)
-"""
-# When none of the pack's policies has an opportunity yet (a first evaluation), nothing can
-# match: a plain insert, without the join.
-_INSERT = """
-INSERT INTO opportunities (id, policy_name, resource_pk, action, params, evidence,
-    estimated_monthly_savings, savings_unknown, status, first_found, last_seen)
-SELECT f.id, f.policy_name, f.resource_pk, f.action, f.params, f.evidence, f.saving,
-    f.unknown, 'open', :now, :now FROM ({found}) AS f
-"""
 
 
 @dataclass
@@ -125,26 +86,6 @@ class StoredEvaluation:
     seconds_by_step: dict[str, float] = field(default_factory=dict)
 
 
-class _LeafColumns:
-    """Each distinct leaf of a kind's policies computed once, as a column of the inner scan:
-    PostgreSQL does not share common subexpressions, and the leaves (JSON lookups, regexes)
-    are most of a scan's cost. Equal leaves have equal reprs (which keep 1 and True apart)."""
-
-    def __init__(self) -> None:
-        self.predicates: dict[str, tuple[str, Predicate]] = {}
-
-    def __call__(self, node: Filter, predicate: Predicate) -> Predicate:
-        key = repr(node)
-        if key not in self.predicates:
-            self.predicates[key] = (f"l{len(self.predicates)}", predicate)
-        return column(self.predicates[key][0], Boolean)
-
-    def used_by(self, policies: list[Policy]) -> list[ColumnElement[Any]]:
-        """The labelled leaves of these policies (not those of one that failed to compile)."""
-        keys = {repr(leaf) for p in policies for leaf in leaves(p.filters)}
-        return [pred.label(name) for key, (name, pred) in self.predicates.items() if key in keys]
-
-
 class StoredPolicyEvaluator:
     """Runs in the caller's session; the caller commits."""
 
@@ -155,7 +96,7 @@ class StoredPolicyEvaluator:
         self._prices = prices or PriceTable.shipped()
         self._now = now or utcnow()
         self._dialect = session.get_bind().dialect.name
-        self._found: list[Table] = []
+        self._hits_by_kind: list[Hits] = []
         self._numbers: dict[str, int] = {}
         self.timings: dict[str, float] = {}
 
@@ -183,7 +124,7 @@ class StoredPolicyEvaluator:
             by_kind[policy.kind].append(policy)
         engines: dict[str, str] = {}
         counts: dict[str, int] = {}
-        self._found = []
+        self._hits_by_kind = []
         for kind, policies in by_kind.items():
             t0 = time.perf_counter()
             in_sql = self._scan_kind(kind, policies)
@@ -200,18 +141,17 @@ class StoredPolicyEvaluator:
                     )
                     engines[policy.name] = "python"
             out.seconds_by_step[f"select {kind.value}"] = time.perf_counter() - t0
-        if self._found:
+        if self._hits_by_kind:
             t0 = time.perf_counter()
-            found = union_all(*[select(t) for t in self._found]).subquery("f")
-            sql = {p.name: p for p in pack.enabled() if engines[p.name] == "sql"}
-            self._price_found(found, sql)
+            self._price_hits()
             out.seconds_by_step["price"] = time.perf_counter() - t0
             t0 = time.perf_counter()
+            found = union_all(*[self._found_rows(h) for h in self._hits_by_kind]).subquery("f")
             self._write_found(found, known=known)
             out.seconds_by_step["write"] = time.perf_counter() - t0
-            per_policy = select(found.c.policy_name, func.count()).group_by(found.c.policy_name)
-            counts |= {name: int(n) for name, n in connection.execute(per_policy)}
-            for table in [*self._found, _PRICES]:
+            for h in self._hits_by_kind:
+                counts |= self._count(h)
+            for table in [*[h.table for h in self._hits_by_kind], PRICES]:
                 table.drop(connection)
         t0 = time.perf_counter()
         for policy in pack.enabled():
@@ -230,14 +170,15 @@ class StoredPolicyEvaluator:
 
     # -- one scan per kind -----------------------------------------------------------------
     def _scan_kind(self, kind: ResourceKind, policies: list[Policy]) -> set[str]:
-        """Find what the kind's compilable policies select, into a new temporary table;
-        returns their names."""
+        """Find the resources the kind's compilable policies select, into a new temporary
+        table (one narrow row per resource; expanded into opportunities as they are
+        written); returns the policies' names."""
         specs = sorted(
             {s for p in policies for s in p.metric_specs},
             key=lambda s: (s.namespace, s.metric, s.statistic, s.days),
         )
         joined = {spec: aliased(MetricSummaryRow, name=f"m{i}") for i, spec in enumerate(specs)}
-        leaf_columns = _LeafColumns()
+        leaf_columns = LeafColumns()
         compiler = SqlCompiler(
             self._dialect,
             self._now,
@@ -248,24 +189,27 @@ class StoredPolicyEvaluator:
         compiled = [(p, v) for p, v in verdicts if v is not None]
         if not compiled:
             return set()
+        policies = [p for p, _ in compiled]
         hits = self._hits(kind, compiled, leaf_columns, joined)
-        found = self._found_rows(kind, [p for p, _ in compiled], hits, specs)
+        kept = [c for c in hits.c if c.name != "attributes" and c.name not in leaf_columns.names]
+        if not self._all_save_cost(policies):  # priced by signature: read once per resource
+            kept.append(signature(self._dialect, kind, hits.c.attributes).label("sig"))
         # CREATE TABLE AS, as PostgreSQL runs it with parallel workers (not INSERT SELECT).
-        name = f"finops_found_{len(self._found)}"
+        name = f"finops_hits_{len(self._hits_by_kind)}"
         connection = self._session.connection()
         connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")  # left by a failed run
-        into = found.into(name, temporary=True)
+        into = select(*kept).into(name, temporary=True)
         t0 = time.perf_counter()
         connection.execute(into)
         self.timings[f"scan {kind.value}"] = time.perf_counter() - t0
-        self._found.append(into.table)
-        return {p.name for p, _ in compiled}
+        self._hits_by_kind.append(Hits(kind, policies, specs, into.table))
+        return {p.name for p in policies}
 
     def _hits(
         self,
         kind: ResourceKind,
         compiled: list[tuple[Policy, Predicate]],
-        leaf_columns: _LeafColumns,
+        leaf_columns: LeafColumns,
         joined: dict[MetricSpec, Any],
     ) -> Any:
         """The kind's live rows that some policy selects, with each policy's verdict `p<i>`
@@ -313,11 +257,10 @@ class StoredPolicyEvaluator:
             .subquery("hits")
         )
 
-    def _found_rows(
-        self, kind: ResourceKind, policies: list[Policy], hits: Any, specs: list[MetricSpec]
-    ) -> Any:
+    def _found_rows(self, found: Hits) -> Any:
         """One row per (hit, policy that selected it), each hit read once, in scan order:
-        the columns of finops_found_<n>."""
+        what the write reads."""
+        policies, specs, hits = found.policies, found.specs, found.table
         which = union_all(
             *[
                 select(
@@ -340,7 +283,7 @@ class StoredPolicyEvaluator:
         kept = list(tags_read(self._dialect, policies)[0])
         by_cost = {i for i, p in enumerate(policies) if self._saves_cost(p)}
         by_price = [i for i in range(len(policies)) if i not in by_cost]
-        sig = signature(self._dialect, kind, hits.c.attributes) if by_price else None
+        sig = hits.c.sig if by_price else None
         return select(
             id_expression(hits.c.rid, which.c.number).label("id"),
             which.c.policy_name,
@@ -370,33 +313,46 @@ class StoredPolicyEvaluator:
             return text_value.cast(JSONB)
         return func.json(text_value)
 
-    def _price_found(self, found: Any, policies: dict[str, Policy]) -> None:
+    def _price_hits(self) -> None:
         """Price each distinct (policy, region, state, signature) found, once."""
         connection = self._session.connection()
-        _PRICES.drop(connection, checkfirst=True)
-        _PRICES.create(connection)
-        f = found.c
-        signatures = select(f.policy_name, f.region, f.state, f.sig).where(f.sig.is_not(None))
+        PRICES.drop(connection, checkfirst=True)
+        PRICES.create(connection)
         rows = []
-        for name, region, state, sig in connection.execute(signatures.distinct()):
-            p = policies[name]
-            stub = pricing_stub(p.kind, region, state, json.loads(sig) if sig else [])
-            usd = estimate_savings(p.action.name, stub, self._prices, dict(p.action.params))
-            rows.append(
-                {"policy_name": name, "region": region, "state": state, "sig": sig}
-                | {"usd": usd.monthly_usd, "why": usd.unknown}
+        for found in self._hits_by_kind:
+            priced = [(i, p) for i, p in enumerate(found.policies) if not self._saves_cost(p)]
+            if not priced:
+                continue
+            h = found.table.c
+            signatures = select(h.region, h.state, h.sig).where(
+                or_(*[h[f"p{i}"] for i, _ in priced])
             )
+            for region, state, sig in connection.execute(signatures.distinct()):
+                stub = pricing_stub(found.kind, region, state, json.loads(sig) if sig else [])
+                for _, p in priced:
+                    usd = estimate_savings(p.action.name, stub, self._prices, dict(p.action.params))
+                    rows.append(
+                        {"policy_name": p.name, "region": region, "state": state, "sig": sig}
+                        | {"usd": usd.monthly_usd, "why": usd.unknown}
+                    )
         if rows:
-            connection.execute(_PRICES.insert(), rows)
+            connection.execute(PRICES.insert(), rows)
         if self._dialect == "postgresql":
             # Small and known: the planner then hashes it rather than sort what was found.
             connection.exec_driver_sql("ANALYZE finops_prices")
+
+    def _count(self, found: Hits) -> dict[str, int]:
+        """How many resources each of the kind's policies selected."""
+        h = found.table.c
+        counted = select(*[func.count().filter(h[f"p{i}"]) for i in range(len(found.policies))])
+        numbers = self._session.execute(counted).one()
+        return {p.name: int(n) for p, n in zip(found.policies, numbers, strict=True)}
 
     def _write_found(self, found: Any, *, known: bool) -> None:
         """Everything found into the table: new ones inserted, known ones updated (and
         reopened if they had been resolved). `known`: some policy of the pack has
         opportunities already."""
-        f, p = found.c, _PRICES.c
+        f, p = found.c, PRICES.c
         columns = [
             f.id,
             f.policy_name,
@@ -408,7 +364,7 @@ class StoredPolicyEvaluator:
             case((f.sig.is_(None), f.unknown), else_=p.why).label("unknown"),
         ]
         joined = found.outerjoin(
-            _PRICES,
+            PRICES,
             and_(
                 p.policy_name == f.policy_name,
                 p.region == f.region,
@@ -424,7 +380,7 @@ class StoredPolicyEvaluator:
                 .compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})
             )
             now = bindparam("now", self._now, type_=OpportunityRow.last_seen.type)
-            statement = _MERGE if known else _INSERT
+            statement = MERGE if known else INSERT
             connection.execute(text(statement.format(found=source)).bindparams(now))
             return
         names = ["id", "policy_name", "resource_pk", "action", "params", "evidence"]

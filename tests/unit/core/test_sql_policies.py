@@ -24,7 +24,7 @@ def policy_filters(filters: str) -> Filter:
 
 
 def test_each_leaf_is_replaced_by_what_on_leaf_returns() -> None:
-    tree = policy_filters('[{"tag:env": dev}, {not: [{"State.Name": running}]}]')
+    tree = policy_filters('[{"tag:team": dev}, {not: [{"State.Name": running}]}]')
     seen: list[tuple[Filter, Any]] = []
 
     def stand_in(node: Filter, predicate: Any) -> Any:
@@ -37,7 +37,9 @@ def test_each_leaf_is_replaced_by_what_on_leaf_returns() -> None:
     assert str(compiled.compile(dialect=postgresql.dialect())) == "leaf1 AND NOT leaf2"
     # what the caller is handed is the leaf's own predicate, to compute elsewhere
     first = str(seen[0][1].compile(dialect=postgresql.dialect()))
-    assert "resources.tags ->> " in first
+    assert "resources.tags ->> " in first  # tag:team is read from the JSON
+    second = str(seen[1][1].compile(dialect=postgresql.dialect()))
+    assert "resources.state_name = " in second  # State.Name from the column kept (0012)
 
 
 def test_a_tree_with_a_leaf_sql_cannot_express_still_compiles_to_nothing() -> None:
