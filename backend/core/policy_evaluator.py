@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Float,
     String,
     and_,
@@ -53,10 +54,18 @@ from backend.core.policy_evaluator_python import (
     signature,
 )
 from backend.core.repositories import lock_opportunities
-from backend.core.sql_policies import Predicate, SqlCompiler, leaves, tags_read
+from backend.core.sql_policies import (
+    Predicate,
+    SqlCompiler,
+    ami_snapshot_keys,
+    leaves,
+    tags_read,
+)
+from backend.core.sql_relations import RelationJoins
 from backend.core.types import utcnow
 from backend.domain.policy.measures import MetricsFilter
 from backend.domain.policy.model import Policy, PolicyPack
+from backend.domain.policy.relations import BacksAmi, Orphaned
 from backend.domain.policy.values import ValueFilter
 from backend.domain.pricing import PriceTable, estimate_savings, pricing_stub
 from backend.domain.resources import MetricSpec, ResourceKind
@@ -146,7 +155,9 @@ class StoredPolicyEvaluator:
             self._price_hits()
             out.seconds_by_step["price"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            found = union_all(*[self._found_rows(h) for h in self._hits_by_kind]).subquery("f")
+            found = union_all(
+                *[rows for h in self._hits_by_kind for rows in self._found_rows(h)]
+            ).subquery("f")
             self._write_found(found, known=known)
             out.seconds_by_step["write"] = time.perf_counter() - t0
             for h in self._hits_by_kind:
@@ -179,18 +190,20 @@ class StoredPolicyEvaluator:
         )
         joined = {spec: aliased(MetricSummaryRow, name=f"m{i}") for i, spec in enumerate(specs)}
         leaf_columns = LeafColumns()
+        relations = self._relation_joins(policies)
         compiler = SqlCompiler(
             self._dialect,
             self._now,
             {s: (typing.cast(Any, m.id), typing.cast(Any, m.value)) for s, m in joined.items()},
             on_leaf=leaf_columns,
+            relations=relations,
         )
         verdicts = [(p, compiler.compile(p.filters)) for p in policies]
         compiled = [(p, v) for p, v in verdicts if v is not None]
         if not compiled:
             return set()
         policies = [p for p, _ in compiled]
-        hits = self._hits(kind, compiled, leaf_columns, joined)
+        hits = self._hits(kind, compiled, leaf_columns, joined, relations)
         kept = [c for c in hits.c if c.name != "attributes" and c.name not in leaf_columns.names]
         if not self._all_save_cost(policies):  # priced by signature: read once per resource
             kept.append(signature(self._dialect, kind, hits.c.attributes).label("sig"))
@@ -211,6 +224,7 @@ class StoredPolicyEvaluator:
         compiled: list[tuple[Policy, Predicate]],
         leaf_columns: LeafColumns,
         joined: dict[MetricSpec, Any],
+        relations: RelationJoins | None,
     ) -> Any:
         """The kind's live rows that some policy selects, with each policy's verdict `p<i>`
         and what the savings and the evidence read."""
@@ -228,6 +242,8 @@ class StoredPolicyEvaluator:
                     m.days == spec.days,
                 ),
             )
+        if relations is not None:
+            source = relations.attach(source)
         kept, tagged = tags_read(self._dialect, policies)
         rows = (
             select(
@@ -257,48 +273,41 @@ class StoredPolicyEvaluator:
             .subquery("hits")
         )
 
-    def _found_rows(self, found: Hits) -> Any:
-        """One row per (hit, policy that selected it), each hit read once, in scan order:
-        what the write reads."""
-        policies, specs, hits = found.policies, found.specs, found.table
-        which = union_all(
-            *[
+    def _found_rows(self, found: Hits) -> list[Any]:
+        """What the write reads: for each policy, one row per hit it selected (a scan of the
+        narrow table each, where one join with every policy picked each value by CASE)."""
+        h = found.table.c
+        kept = list(tags_read(self._dialect, found.policies)[0])
+        selects = []
+        for i, p in enumerate(found.policies):
+            by_cost = self._saves_cost(p)
+            number = literal(self._numbers[p.name], BigInteger)
+            selects.append(
                 select(
-                    literal(i).label("i"),
-                    literal(self._numbers[p.name]).label("number"),
-                    literal(p.name).label("policy_name"),
-                    literal(p.action.name).label("action"),
+                    id_expression(h.rid, number).label("id"),
+                    literal(p.name, String).label("policy_name"),
+                    h.rid.label("resource_pk"),
+                    literal(p.action.name, String).label("action"),
                     self._json(dict(p.action.params)).label("params"),
-                )
-                for i, p in enumerate(policies)
-            ]
-        ).subquery("which")
+                    self._evidence(p, found.table, found.specs, kept).label("evidence"),
+                    (h.cost if by_cost else null().cast(Float)).label("saving"),
+                    (h.cost_unknown if by_cost else null().cast(String)).label("unknown"),
+                    h.region,
+                    h.state,
+                    (null().cast(String) if by_cost else h.sig).label("sig"),
+                ).where(h[f"p{i}"])
+            )
+        return selects
 
-        def each(values: dict[int, Any], type_: Any = None) -> Any:
-            """The value for the row's policy (NULL for a policy not in `values`)."""
-            if not values:
-                return null().cast(type_)  # typed: the kinds' tables are read as one
-            return case(*[(which.c.i == i, v) for i, v in values.items()], else_=null())
-
-        kept = list(tags_read(self._dialect, policies)[0])
-        by_cost = {i for i, p in enumerate(policies) if self._saves_cost(p)}
-        by_price = [i for i in range(len(policies)) if i not in by_cost]
-        sig = hits.c.sig if by_price else None
-        return select(
-            id_expression(hits.c.rid, which.c.number).label("id"),
-            which.c.policy_name,
-            hits.c.rid.label("resource_pk"),
-            which.c.action,
-            which.c.params,
-            each({i: self._evidence(p, hits, specs, kept) for i, p in enumerate(policies)}).label(
-                "evidence"
-            ),
-            each(dict.fromkeys(by_cost, hits.c.cost), Float).label("saving"),
-            each(dict.fromkeys(by_cost, hits.c.cost_unknown), String).label("unknown"),
-            hits.c.region,
-            hits.c.state,
-            each(dict.fromkeys(by_price, sig), String).label("sig"),
-        ).select_from(hits.join(which, each({i: hits.c[f"p{i}"] for i in range(len(policies))})))
+    def _relation_joins(self, policies: list[Policy]) -> RelationJoins | None:
+        """The snapshot relations as joins, where the policies read them (PostgreSQL: its
+        workers then evaluate them; SQLite reads the subqueries)."""
+        relational = any(
+            isinstance(leaf, Orphaned | BacksAmi) for p in policies for leaf in leaves(p.filters)
+        )
+        if self._dialect != "postgresql" or not relational:
+            return None
+        return RelationJoins(ami_snapshot_keys(self._dialect))
 
     def _all_save_cost(self, policies: list[Policy]) -> bool:
         return all(self._saves_cost(p) for p in policies)

@@ -41,6 +41,7 @@ from sqlalchemy.orm import aliased
 
 from backend.core.models import InventoryPartRow, MetricSummaryRow, ResourceRow
 from backend.core.repositories import RELATION_KINDS
+from backend.core.sql_relations import RelationJoins, snapshot_key
 from backend.domain.policy.filters import And, Filter, Not, Or
 from backend.domain.policy.measures import AgeFilter, MetricsFilter
 from backend.domain.policy.model import Policy
@@ -120,12 +121,16 @@ class SqlCompiler:
         metric_columns: Mapping[MetricSpec, tuple[ColumnElement[Any], ColumnElement[Any]]]
         | None = None,
         on_leaf: Callable[[Filter, Predicate], Predicate] | None = None,
+        relations: RelationJoins | None = None,
     ) -> None:
         """`metric_columns`: spec -> (summary row id, value) of a LEFT JOIN the caller made;
         without it a metric filter reads its summary through a correlated subquery.
         `on_leaf`: given each leaf and its predicate, returns what the tree uses in its place
-        (the caller can compute each distinct leaf once, in an inner query)."""
+        (the caller can compute each distinct leaf once, in an inner query).
+        `relations`: the relations' joins the caller added (sql_relations.py); without them
+        a relation reads its subqueries."""
         self.dialect = dialect
+        self.relations = relations
         self.now = now
         self.metric_columns = metric_columns or {}
         self.on_leaf = on_leaf
@@ -338,28 +343,34 @@ class SqlCompiler:
             return false()  # target health is not stored: not known is not zero
         if isinstance(node, Orphaned):
             volume_id = attrs["VolumeId"].as_string()
-            v = aliased(ResourceRow)
-            gone = ~exists().where(
-                v.kind == ResourceKind.EBS_VOLUME.value,
-                v.gone_at.is_(None),
-                v.state != "deleted",  # as the Python index: a deleted volume is gone
-                v.account_id == ResourceRow.account_id,
-                v.region == ResourceRow.region,
-                v.resource_id == volume_id,
-            )
             return case(
                 (~self._relations_known(), null()),
                 (func.coalesce(volume_id, "") == "", false()),
-                else_=gone,
+                else_=self._volume_gone(volume_id),
             )
         if isinstance(node, BacksAmi):
             return case((~self._relations_known(), null()), else_=self._backs_ami())
         raise NotCompilableError(type(node).__name__)
 
+    def _volume_gone(self, volume_id: ColumnElement[Any]) -> Predicate:
+        if self.relations is not None:
+            return self.relations.volume_gone
+        v = aliased(ResourceRow)
+        return ~exists().where(
+            v.kind == ResourceKind.EBS_VOLUME.value,
+            v.gone_at.is_(None),
+            v.state != "deleted",  # as the Python index: a deleted volume is gone
+            v.account_id == ResourceRow.account_id,
+            v.region == ResourceRow.region,
+            v.resource_id == volume_id,
+        )
+
     def _relations_known(self) -> Predicate:
         """A scan has listed the row's region's volumes and AMIs completely (as the Python
         evaluator's `inventoried`): else "no such volume" is not knowledge, and the
         relation is unknown (NULL)."""
+        if self.relations is not None:
+            return self.relations.listed
         listed = [
             exists().where(
                 InventoryPartRow.account_id == ResourceRow.account_id,
@@ -373,30 +384,33 @@ class SqlCompiler:
     def _backs_ami(self) -> Predicate:
         """The snapshot's key among every AMI's snapshot keys: uncorrelated, so the database
         builds the set once (a correlated form made PostgreSQL loop over AMIs per snapshot)."""
-        a = aliased(ResourceRow)
-        if self.dialect == "postgresql":
-            entries = (
-                func.jsonb_array_elements(a.attributes["BlockDeviceMappings"])
-                .table_valued("value")
-                .alias("bdm")
-            )
-            snapshot: ColumnElement[Any] = entries.c.value.op("->")("Ebs").op("->>")("SnapshotId")
-        else:
-            entries = (
-                func.json_each(a.attributes, "$.BlockDeviceMappings")
-                .table_valued("value")
-                .alias("bdm")
-            )
-            snapshot = func.json_extract(entries.c.value, "$.Ebs.SnapshotId")
-        # One text key, so that PostgreSQL hashes the set (a row value is not hashed).
-        backed = (
-            select(a.account_id + "/" + a.region + "/" + snapshot)
-            .select_from(a)
-            .join(entries, true())
-            .where(a.kind == ResourceKind.AMI.value, a.gone_at.is_(None), snapshot.is_not(None))
+        if self.relations is not None:
+            return self.relations.backed
+        return snapshot_key().in_(ami_snapshot_keys(self.dialect))
+
+
+def ami_snapshot_keys(dialect: str) -> Any:
+    """Every live AMI's snapshot keys (account/region/snapshot id): one text key each, so
+    that PostgreSQL hashes the set (a row value is not hashed)."""
+    a = aliased(ResourceRow)
+    if dialect == "postgresql":
+        entries = (
+            func.jsonb_array_elements(a.attributes["BlockDeviceMappings"])
+            .table_valued("value")
+            .alias("bdm")
         )
-        key = ResourceRow.account_id + "/" + ResourceRow.region + "/" + ResourceRow.resource_id
-        return key.in_(backed)
+        snapshot: ColumnElement[Any] = entries.c.value.op("->")("Ebs").op("->>")("SnapshotId")
+    else:
+        entries = (
+            func.json_each(a.attributes, "$.BlockDeviceMappings").table_valued("value").alias("bdm")
+        )
+        snapshot = func.json_extract(entries.c.value, "$.Ebs.SnapshotId")
+    return (
+        select((a.account_id + "/" + a.region + "/" + snapshot).label("key"))
+        .select_from(a)
+        .join(entries, true())
+        .where(a.kind == ResourceKind.AMI.value, a.gone_at.is_(None), snapshot.is_not(None))
+    )
 
 
 def _is_number(value: Any) -> bool:
