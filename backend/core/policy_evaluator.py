@@ -204,14 +204,14 @@ class StoredPolicyEvaluator:
             return set()
         policies = [p for p, _ in compiled]
         hits = self._hits(kind, compiled, leaf_columns, joined, relations)
-        kept = [c for c in hits.c if c.name != "attributes" and c.name not in leaf_columns.names]
+        narrow = [c for c in hits.c if c.name != "attributes" and c.name not in leaf_columns.names]
         if not self._all_save_cost(policies):  # priced by signature: read once per resource
-            kept.append(signature(self._dialect, kind, hits.c.attributes).label("sig"))
+            narrow.append(signature(self._dialect, kind, hits.c.attributes).label("sig"))
         # CREATE TABLE AS, as PostgreSQL runs it with parallel workers (not INSERT SELECT).
         name = f"finops_hits_{len(self._hits_by_kind)}"
         connection = self._session.connection()
         connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")  # left by a failed run
-        into = select(*kept).into(name, temporary=True)
+        into = select(*narrow).into(name, temporary=True)
         t0 = time.perf_counter()
         connection.execute(into)
         self.timings[f"scan {kind.value}"] = time.perf_counter() - t0
