@@ -173,7 +173,7 @@ class ActionPlanner:
                 OpportunityRow.policy_name.in_(acting),
                 ResourceRow.gone_at.is_(None),
             )
-            .order_by(OpportunityRow.id)
+            .order_by(OpportunityRow.first_found, OpportunityRow.id)  # the longest waiting first
         )
         stamps = planning_metric_stamps(session, acting)
         for opp, resource in rows:

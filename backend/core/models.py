@@ -43,6 +43,8 @@ class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: UtcDateTime, dict[str, Any]: JsonDoc}
 
 
+# PostgreSQL's expressions: the schema comes from the migrations, and SQLite's (0012) are its
+# own, computed on read and never used by its evaluator.
 def _tag(key: str) -> Computed:
     return Computed(f"tags ->> '{key}'", persisted=True)
 
@@ -177,8 +179,8 @@ class PolicyRow(Base):
 
 
 class PolicyNumberRow(Base):
-    """A number for each policy name that ever had an opportunity, never reused: the low
-    bits of its opportunities' ids (backend/core/opportunity_keys.py, migration 0011)."""
+    """A number for each policy name ever evaluated, never reused: the low bits of its
+    opportunities' ids (backend/core/opportunity_keys.py, migration 0011)."""
 
     __tablename__ = "policy_numbers"
     __table_args__ = (CheckConstraint("number BETWEEN 1 AND 8191", name="range"),)
@@ -195,8 +197,11 @@ class OpportunityRow(Base):
 
     __tablename__ = "opportunities"
     __table_args__ = (
+        # And the statement trigger of 0004 checks each id's number is its policy's.
         CheckConstraint(
-            "id / 8192 = resource_pk AND id % 8192 BETWEEN 1 AND 8191", name="id_is_key"
+            "id / 8192 = resource_pk AND id % 8192 BETWEEN 1 AND 8191"
+            " AND resource_pk < 1099511627776",
+            name="id_is_key",
         ),
         # Half-full pages: each evaluation's rewrite of a row stays on its page, and no index
         # on a column an evaluation changes (status went): see migration 0002.

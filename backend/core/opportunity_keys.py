@@ -1,11 +1,12 @@
 """An opportunity's id is its key: the resource and the policy packed into one integer.
 
-A sequence id and a unique (policy, resource) made each opportunity written update two
-B-trees; the second cost 1.5 - 1.8 s of the 487,417 a first evaluation of 1,000,000 stored
-resources writes (docs/benchmarks.md). The id is now resource_pk * 8192 + the policy's
-number, so that the primary key alone keeps (policy, resource) unique. Each policy name
-gets its number once, in `policy_numbers`, and keeps it: an id never changes meaning. With
-resource_pk below 2^40 the ids stay below 2^53, exact in JavaScript's numbers.
+With a sequence id and a unique (policy, resource), each opportunity written updated two
+B-trees. A first evaluation of 1,000,000 stored resources writes 487,417 opportunities, and
+the second B-tree cost 1.5 - 1.8 s of it (docs/benchmarks.md). The id is now resource_pk *
+8192 + the policy's number, so that the primary key alone keeps (policy, resource) unique.
+Each policy name evaluated gets its number once, in `policy_numbers`, and keeps it: an id
+never changes meaning. The database refuses an id whose parts are not its row's (migration
+0011). With resource_pk below 2^40 the ids stay below 2^53, exact in JavaScript's numbers.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def policy_numbers(connection: Connection, names: Iterable[str]) -> dict[str, in
     if len(known) == len(wanted):
         return known
     if connection.dialect.name == "postgresql":
-        # Two writers must not hand out the same number: one at a time, until commit.
+        # Two writers must not hand out the same number: one at a time, until commit; and
+        # the opportunities first, as every writer of them locks (no deadlock).
+        connection.exec_driver_sql("LOCK TABLE opportunities IN SHARE ROW EXCLUSIVE MODE")
         connection.exec_driver_sql("LOCK TABLE policy_numbers IN SHARE ROW EXCLUSIVE MODE")
         known = _known(connection, wanted)
     missing = [name for name in wanted if name not in known]

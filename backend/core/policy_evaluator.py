@@ -7,8 +7,8 @@ is a column over those, and each resource some policy selects becomes one narrow
 verdicts, and what the evidence and the savings read). Savings are the resource's monthly
 cost where that is the estimate; otherwise each distinct pricing signature found is priced
 once by the price model. One statement then expands the rows into one opportunity per
-(policy, resource) and writes them to `opportunities`: an INSERT on a first evaluation, a
-MERGE on PostgreSQL after, an upsert on SQLite. Any other policy is evaluated in Python on
+(policy, resource) and writes them to `opportunities`: on PostgreSQL an INSERT on a first
+evaluation and a MERGE after, on SQLite an upsert. Any other policy is evaluated in Python on
 the live rows of its kind.
 """
 
@@ -80,6 +80,18 @@ SAVES_MONTHLY_COST = {
 }
 
 
+# PostgreSQL's planner, for the evaluation's statements: JSON predicates inflate its costs
+# until it JIT-compiles every statement (0.7 s each); hashed subplans need room; and every
+# bulk scan is worth its parallel workers (the EBS and snapshot selects were planned
+# serial on their estimates).
+_PLANNER = {
+    "jit": "off",
+    "work_mem": "64MB",
+    "parallel_setup_cost": "0",
+    "parallel_tuple_cost": "0",
+}
+
+
 @dataclass
 class PolicyOutcome:
     policy: str
@@ -110,16 +122,30 @@ class StoredPolicyEvaluator:
         self.timings: dict[str, float] = {}
 
     def run(self, pack: PolicyPack) -> StoredEvaluation:
+        if self._dialect != "postgresql":
+            return self._run(pack)
+        # The planner settings for the evaluation's statements only: the caller's next
+        # statements in this transaction (an action plan, say) get their own back. Not
+        # restored after a failure: the transaction is then rolled back, and they with it.
+        names = list(_PLANNER)
+        before = self._session.execute(
+            select(*[func.current_setting(name) for name in names])
+        ).one()
+        self._set(_PLANNER)
+        evaluation = self._run(pack)
+        self._set(dict(zip(names, before, strict=True)))
+        return evaluation
+
+    def _set(self, settings: dict[str, str]) -> None:
+        """SET LOCAL each, in one statement."""
+        self._session.execute(
+            select(*[func.set_config(name, value, true()) for name, value in settings.items()])
+        )
+
+    def _run(self, pack: PolicyPack) -> StoredEvaluation:
         started = time.perf_counter()
         out = StoredEvaluation()
         connection = self._session.connection()
-        if self._dialect == "postgresql":
-            # JSON predicates inflate the planner's costs until it JIT-compiles every
-            # statement (0.7 s each); and hashed subplans need room.
-            self._session.execute(text("SET LOCAL jit = off"))
-            self._session.execute(text("SET LOCAL work_mem = '64MB'"))
-            self._session.execute(text("SET LOCAL parallel_setup_cost = 0"))
-            self._session.execute(text("SET LOCAL parallel_tuple_cost = 0"))
         lock_opportunities(self._session)  # one writer until commit
         # Asked before anything is written (and no other writer until commit): without an
         # open opportunity of these policies, none can resolve, and the resolving pass (a
@@ -274,8 +300,8 @@ class StoredPolicyEvaluator:
         )
 
     def _found_rows(self, found: Hits) -> list[Any]:
-        """What the write reads: for each policy, one row per hit it selected (a scan of the
-        narrow table each, where one join with every policy picked each value by CASE)."""
+        """What the write reads: for each policy, one row per hit it selected (each a scan
+        of the kind's narrow table, with the policy's constants as literals)."""
         h = found.table.c
         kept = list(tags_read(self._dialect, found.policies)[0])
         selects = []

@@ -3,9 +3,15 @@
 An opportunity had a sequence id and a unique (policy_name, resource_pk): every insert
 updated two B-trees. The second cost 1.5 - 1.8 s of a first evaluation of 1,000,000 stored
 resources (487,417 opportunities, docs/benchmarks.md). The id is now the key itself:
-resource_pk * 8192 + the policy's number, from the new table `policy_numbers` (each name
-that ever had an opportunity, numbered once, never reused). The primary key alone keeps
-(policy, resource) unique; a check keeps each id's resource part equal to its resource_pk.
+resource_pk * 8192 + the policy's number, from the new table `policy_numbers` (each policy
+name evaluated, numbered once, never reused). The primary key keeps (policy, resource)
+unique as long as each id holds its own resource and policy, which the database checks:
+- a check constraint: the id's resource part is its resource_pk, below 2^40;
+- the statement trigger of 0004, which already reads each insert's new rows: each
+  (policy_name, id % 8192) among them is a pair of `policy_numbers` (one hash aggregate of
+  the new rows, about 0.1 s for 487,000);
+- an id or a policy_name never changes (AFTER UPDATE OF those columns: nothing updates them,
+  so it never fires, and costs the evaluator's updates nothing).
 
 Existing opportunities are renumbered, and the actions that name them follow. The ids stay
 below 2^53 (JavaScript's exact integers) while resource_pk is below 2^40. The API's default
@@ -34,10 +40,65 @@ older_code_compatible = False
 SLOTS = 8192
 UNIQUE = "uq_opportunities_policy_resource"
 CHECK = "ck_opportunities_id_is_key"
-CHECK_SQL = f"id / {SLOTS} = resource_pk AND id % {SLOTS} BETWEEN 1 AND {SLOTS - 1}"
+CHECK_SQL = (
+    f"id / {SLOTS} = resource_pk AND id % {SLOTS} BETWEEN 1 AND {SLOTS - 1}"
+    f" AND resource_pk < {2**40}"
+)
 ACTIONS_FK = "fk_actions_opportunity_id_opportunities"
 NEW_ID = f"""(SELECT o.resource_pk * {SLOTS} + n.number FROM policy_numbers n
               WHERE n.policy_name = o.policy_name)"""
+EXISTS_CHECK = """
+  SELECT n.resource_pk INTO missing FROM finops_new_opportunities n
+  WHERE NOT EXISTS (SELECT FROM resources r WHERE r.id = n.resource_pk) LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation',
+      MESSAGE = format('opportunities name resources that do not exist (resource_pk %s, for one)',
+        missing),
+      TABLE = 'opportunities', CONSTRAINT = 'fk_opportunities_resource_pk_resources';
+  END IF;"""
+# 0004's function, and the same with the policies' numbers checked too.
+POSTGRESQL_INSERT_CHECK = {
+    "0004": f"""
+CREATE OR REPLACE FUNCTION finops_opportunities_resources_exist() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE missing bigint;
+BEGIN{EXISTS_CHECK}
+  RETURN NULL;
+END $$""",
+    "0011": f"""
+CREATE OR REPLACE FUNCTION finops_opportunities_resources_exist() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE missing bigint; policy text;
+BEGIN{EXISTS_CHECK}
+  SELECT u.policy_name INTO policy
+  FROM (SELECT DISTINCT n.policy_name, n.id % {SLOTS} AS number
+        FROM finops_new_opportunities n) u
+  WHERE NOT EXISTS (SELECT FROM policy_numbers p
+                    WHERE p.policy_name = u.policy_name AND p.number = u.number) LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION USING ERRCODE = 'check_violation',
+      MESSAGE = format('opportunities of policy %s have ids without its number'
+        ' (policy_numbers): an id is resource_pk * {SLOTS} + the number', policy),
+      TABLE = 'opportunities', CONSTRAINT = 'opportunities_policy_number';
+  END IF;
+  RETURN NULL;
+END $$""",
+}
+KEY_UNCHANGED = """
+CREATE TRIGGER opportunities_key_unchanged AFTER UPDATE OF id, policy_name ON opportunities
+FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id OR OLD.policy_name IS DISTINCT FROM NEW.policy_name)
+EXECUTE FUNCTION finops_key_unchanged('id and policy_name')"""  # noqa: E501
+SQLITE_KEY_CHECKS = [
+    f"""
+CREATE TRIGGER opportunities_policy_number BEFORE INSERT ON opportunities
+WHEN NOT EXISTS (SELECT 1 FROM policy_numbers
+                 WHERE policy_name = NEW.policy_name AND number = NEW.id % {SLOTS})
+BEGIN SELECT RAISE(ABORT, 'an opportunity id holds its policy''s number (policy_numbers)'); END""",
+    """
+CREATE TRIGGER opportunities_key_unchanged BEFORE UPDATE OF id, policy_name ON opportunities
+WHEN OLD.id IS NOT NEW.id OR OLD.policy_name IS NOT NEW.policy_name
+BEGIN SELECT RAISE(ABORT, 'opportunities.id and policy_name never change'); END""",
+]
 # SQLite's triggers of 0004 that name opportunities: copying the table drops its own, and
 # SQLite refuses to rename the copy while another table's trigger names a missing table.
 CASCADE = "resources_cascade_opportunities"
@@ -92,6 +153,8 @@ def upgrade() -> None:
             f"ALTER TABLE actions ADD CONSTRAINT {ACTIONS_FK} FOREIGN KEY (opportunity_id) "
             "REFERENCES opportunities (id)"
         )
+        op.execute(POSTGRESQL_INSERT_CHECK["0011"])
+        op.execute(KEY_UNCHANGED)
         return
     # SQLite checks the primary key row by row: through negative ids, which no old id is.
     op.execute(f"UPDATE opportunities AS o SET id = -{NEW_ID}")
@@ -100,7 +163,7 @@ def upgrade() -> None:
     with op.batch_alter_table("opportunities", schema=None) as batch_op:
         batch_op.drop_constraint(UNIQUE, type_="unique")
         batch_op.create_check_constraint(op.f(CHECK), sa.text(CHECK_SQL))
-    for statement in SQLITE_TRIGGERS:
+    for statement in [*SQLITE_TRIGGERS, *SQLITE_KEY_CHECKS]:
         op.execute(statement)
 
 
@@ -108,6 +171,8 @@ def downgrade() -> None:
     """The ids stay as they are (unique integers all the same); new ones come from a
     sequence again, after the largest."""
     if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER opportunities_key_unchanged ON opportunities")
+        op.execute(POSTGRESQL_INSERT_CHECK["0004"])
         op.execute(f"ALTER TABLE opportunities DROP CONSTRAINT {CHECK}")
         op.execute(
             f"ALTER TABLE opportunities ADD CONSTRAINT {UNIQUE} UNIQUE (policy_name, resource_pk)"

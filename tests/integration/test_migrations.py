@@ -107,7 +107,7 @@ def test_0011_renumbers_opportunities_and_the_actions_that_name_them(
                 " status, first_found, last_seen) VALUES ('late', :pk, 'delete', '{}', '{}',"
                 " 'open', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
             ),
-            {"pk": other},
+            {"pk": volume},  # not the largest resource: its id passes no leftover check
         )
         late = session.scalar(text("SELECT id FROM opportunities WHERE policy_name = 'late'"))
         assert late is not None and late > max(kept.values())  # the sequence after them

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from backend.core.database import session_scope
 from backend.core.migrations import upgrade
 from backend.core.models import OpportunityRow, ResourceRow
-from backend.core.opportunity_keys import opportunity_id
+from backend.core.opportunity_keys import opportunity_id, policy_numbers
 from tests.support.api_client import seed_resource
 
 NOW = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
@@ -32,13 +32,20 @@ def opportunity(resource_pk: int, policy: str = "p") -> dict[str, object]:
     }
 
 
+def migrate() -> None:
+    """The schema at head, and the policies "p" and "q" numbered 1 and 2."""
+    upgrade()
+    with session_scope() as session:
+        assert policy_numbers(session.connection(), ["p", "q"]) == {"p": 1, "q": 2}
+
+
 def count_opportunities() -> int:
     with session_scope() as session:
         return int(session.scalar(select(func.count()).select_from(OpportunityRow)) or 0)
 
 
 def test_an_opportunity_for_no_resource_is_refused_whole(any_database: str) -> None:
-    upgrade()
+    migrate()
     pk = seed_resource()
     refusal = r"FOREIGN KEY|do not exist"
     with pytest.raises(DBAPIError, match=refusal) as refused, session_scope() as session:
@@ -52,7 +59,7 @@ def test_an_opportunity_for_no_resource_is_refused_whole(any_database: str) -> N
 
 
 def test_deleting_resources_deletes_their_opportunities_only(any_database: str) -> None:
-    upgrade()
+    migrate()
     gone, kept = seed_resource(), seed_resource()
     with session_scope() as session:
         session.execute(
@@ -66,7 +73,7 @@ def test_deleting_resources_deletes_their_opportunities_only(any_database: str) 
 
 
 def test_the_keys_between_them_never_change(any_database: str) -> None:
-    upgrade()
+    migrate()
     first, second = seed_resource(), seed_resource()
     with session_scope() as session:
         session.execute(insert(OpportunityRow), [opportunity(first)])
@@ -84,10 +91,35 @@ def test_the_keys_between_them_never_change(any_database: str) -> None:
 
 
 def test_truncating_resources_truncates_opportunities(postgres_url: str) -> None:
-    upgrade()
+    migrate()
     pk = seed_resource()
     with session_scope() as session:
         session.execute(insert(OpportunityRow), [opportunity(pk)])
     with session_scope() as session:
         session.execute(text("TRUNCATE resources CASCADE"))
     assert count_opportunities() == 0
+
+
+def test_an_id_must_hold_its_own_resource_and_policy(any_database: str) -> None:
+    """With the id as the key, one opportunity per (policy, resource) holds only if each id
+    is its own row's: the database refuses any other, on insert and on update."""
+    migrate()
+    pk = seed_resource()
+    refused = r"policy_number|holds its policy|id_is_key|CHECK constraint"
+    wrong_number = opportunity(pk) | {"id": opportunity_id(pk, 2)}  # q's number, for p
+    with pytest.raises(DBAPIError, match=refused), session_scope() as session:
+        session.execute(insert(OpportunityRow), [wrong_number])
+    unknown_name = opportunity(pk) | {"policy_name": "never-numbered"}
+    with pytest.raises(DBAPIError, match=refused), session_scope() as session:
+        session.execute(insert(OpportunityRow), [unknown_name])
+    with session_scope() as session:
+        session.execute(insert(OpportunityRow), [opportunity(pk)])
+    with pytest.raises(DBAPIError, match="never change"), session_scope() as session:
+        session.execute(update(OpportunityRow).values(policy_name="q"))
+    far = seed_resource(id=2**40)  # past what an id can hold below 2^53
+    with pytest.raises(DBAPIError, match=r"id_is_key|CHECK constraint"), session_scope() as s:
+        s.execute(
+            insert(OpportunityRow),
+            [opportunity(pk) | {"resource_pk": far, "id": far * 8192 + 1}],
+        )
+    assert count_opportunities() == 1

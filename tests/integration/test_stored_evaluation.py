@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
 
 from backend.core.database import session_scope
 from backend.core.policy_evaluator import StoredPolicyEvaluator
@@ -249,3 +250,19 @@ def test_leaves_on_the_kept_columns_select_what_python_selects(migrated: str) ->
         )
         for column in ("instance_type", "state_name", "volume_type", "tag_schedule"):
             assert f"resources.{column}" in compiled
+
+
+def test_the_planner_settings_are_the_callers_again_after_an_evaluation(migrated: str) -> None:
+    """The evaluator's planner settings (parallel plans whatever the estimates, no JIT) are
+    for its own statements: the caller's next ones in the transaction get theirs back."""
+    with session_scope() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            pytest.skip("PostgreSQL's planner settings")
+        store([ec2_instance({"env": "dev"})], {})
+        session.execute(text("SET LOCAL parallel_setup_cost = 123"))
+        names = ("parallel_setup_cost", "parallel_tuple_cost", "jit", "work_mem")
+        before = [session.scalar(text(f"SHOW {name}")) for name in names]
+        pack = load_text(KEPT_LEAVES, "kept.yml")
+        assert StoredPolicyEvaluator(session, now=NOW).run(pack).outcomes  # it ran
+        assert [session.scalar(text(f"SHOW {name}")) for name in names] == before
+        assert before[0] == "123"
