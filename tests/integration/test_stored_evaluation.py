@@ -266,3 +266,45 @@ def test_the_planner_settings_are_the_callers_again_after_an_evaluation(migrated
         assert StoredPolicyEvaluator(session, now=NOW).run(pack).outcomes  # it ran
         assert [session.scalar(text(f"SHOW {name}")) for name in names] == before
         assert before[0] == "123"
+
+
+def test_a_snapshot_two_amis_name_is_one_opportunity_and_half_listed_is_unknown(
+    migrated: str,
+) -> None:
+    """The relations as joins (PostgreSQL) match at most one row each: a snapshot behind two
+    AMIs is selected once, by what Python selects; and a region whose volumes were listed
+    but not its AMIs leaves the relations unknown."""
+
+    def ami(rid: str, snapshot: str) -> Resource:
+        return one(
+            ResourceKind.AMI, rid, "available",
+            BlockDeviceMappings=[{"Ebs": {"SnapshotId": snapshot}}],
+        )  # fmt: skip
+
+    backed = one(ResourceKind.EBS_SNAPSHOT, "snap-backed", "completed", VolumeId="vol-gone")
+    orphan = one(ResourceKind.EBS_SNAPSHOT, "snap-orphan", "completed", VolumeId="vol-gone")
+    resources = [backed, orphan, ami("ami-1", "snap-backed"), ami("ami-2", "snap-backed")]
+    pack = load_text(
+        "policies:\n"
+        "  - {name: behind-ami, resource: ebs-snapshot, filters: [backs-ami]}\n"
+        "  - {name: orphans, resource: ebs-snapshot, filters: [orphaned, {not: [backs-ami]}]}\n",
+        "p.yml",
+    )
+    store(resources, {})
+    with session_scope() as session:
+        mark_listed({("111111111111", "us-east-1")}, session)
+    ctx = EvaluationContext.from_resources(
+        resources, now=NOW, inventoried=[("111111111111", "us-east-1")]
+    )
+    python: dict[str, set[str]] = {}
+    for m in evaluate(pack, resources, ctx):
+        python.setdefault(m.policy.name, set()).add(m.resource.resource_id)
+    assert python == {"behind-ami": {"snap-backed"}, "orphans": {"snap-orphan"}}
+    assert stored_selection(pack) == python
+    with session_scope() as session:
+        rows = session.scalar(text("SELECT count(*) FROM opportunities"))
+    assert rows == 2  # one each, not one per AMI
+    store(resources, {})  # again, without the opportunities found above
+    with session_scope() as session:  # the volumes listed, the AMIs not
+        session.execute(text("DELETE FROM inventory_parts WHERE kind = 'ami'"))
+    assert stored_selection(pack) == {}
