@@ -165,7 +165,7 @@ class ActionPlanner:
         to_notice: list[ActionRow] = []
         if not acting:
             return to_notice
-        rows = session.execute(
+        found = session.execute(
             select(OpportunityRow, ResourceRow)
             .join(ResourceRow, ResourceRow.id == OpportunityRow.resource_pk)
             .where(
@@ -173,7 +173,12 @@ class ActionPlanner:
                 OpportunityRow.policy_name.in_(acting),
                 ResourceRow.gone_at.is_(None),
             )
-            .order_by(OpportunityRow.first_found, OpportunityRow.id)  # the longest waiting first
+        ).all()
+        # In the order they were found: the oldest first, then the pack's policy order, then
+        # the resources' (ids are keys, no longer the order of discovery: migration 0011).
+        order = {name: i for i, name in enumerate(acting)}
+        rows = sorted(
+            found, key=lambda r: (r[0].first_found, order[r[0].policy_name], r[0].resource_pk)
         )
         stamps = planning_metric_stamps(session, acting)
         for opp, resource in rows:
