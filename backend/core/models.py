@@ -197,7 +197,8 @@ class OpportunityRow(Base):
 
     __tablename__ = "opportunities"
     __table_args__ = (
-        # And the statement trigger of 0004 checks each id's number is its policy's.
+        # And 0004's insert trigger, as 0011 extends it, checks each id's number is its
+        # policy's.
         CheckConstraint(
             "id / 8192 = resource_pk AND id % 8192 BETWEEN 1 AND 8191"
             " AND resource_pk < 1099511627776",

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Float,
     String,
     and_,
@@ -55,6 +56,7 @@ from backend.core.policy_evaluator_python import (
 )
 from backend.core.repositories import lock_opportunities
 from backend.core.sql_policies import (
+    TAG_COLUMNS,
     Predicate,
     SqlCompiler,
     ami_snapshot_keys,
@@ -151,8 +153,8 @@ class StoredPolicyEvaluator:
         # open opportunity of these policies, none can resolve, and the resolving pass (a
         # scan of everything just written) is skipped, as on a first evaluation.
         names = [p.name for p in pack.enabled()]
-        resolvable = self._any_open(names)
-        known = resolvable or self._any_known(names)
+        resolvable = self._any(names, OpportunityRow.status == "open")
+        known = resolvable or self._any(names)
         self._numbers = policy_numbers(connection, names)
         by_kind: dict[ResourceKind, list[Policy]] = defaultdict(list)
         for policy in pack.enabled():
@@ -280,7 +282,7 @@ class StoredPolicyEvaluator:
                 r.state.label("state"),
                 *([r.attributes.label("attributes")] if not self._all_save_cost(policies) else []),
                 *([r.tags.label("tags")] if tagged else []),
-                *[column.label(f"tag_{i}") for i, column in enumerate(kept.values())],
+                *kept.values(),  # under their own names, which the evidence reads
                 *leaf_columns.used_by(policies),
                 *[m.value.label(f"v{i}") for i, m in enumerate(joined.values())],
             )
@@ -303,7 +305,6 @@ class StoredPolicyEvaluator:
         """What the write reads: for each policy, one row per hit it selected (each a scan
         of the kind's narrow table, with the policy's constants as literals)."""
         h = found.table.c
-        kept = list(tags_read(self._dialect, found.policies)[0])
         selects = []
         for i, p in enumerate(found.policies):
             by_cost = self._saves_cost(p)
@@ -315,7 +316,7 @@ class StoredPolicyEvaluator:
                     h.rid.label("resource_pk"),
                     literal(p.action.name, String).label("action"),
                     self._json(dict(p.action.params)).label("params"),
-                    self._evidence(p, found.table, found.specs, kept).label("evidence"),
+                    self._evidence(p, found.table, found.specs).label("evidence"),
                     (h.cost if by_cost else null().cast(Float)).label("saving"),
                     (h.cost_unknown if by_cost else null().cast(String)).label("unknown"),
                     h.region,
@@ -440,19 +441,17 @@ class StoredPolicyEvaluator:
         )
         connection.execute(stmt)
 
-    def _evidence(self, policy: Policy, hits: Any, specs: list[MetricSpec], kept: list[str]) -> Any:
-        """The tag values and metric summaries the policy looked at, as a JSON object.
-        `kept`: the tags `hits` has as columns tag_<i>, in that order."""
+    def _evidence(self, policy: Policy, hits: Any, specs: list[MetricSpec]) -> Any:
+        """The tag values and metric summaries the policy looked at, as a JSON object: a
+        tag from its kept column where `hits` has it, else from the JSON."""
         pairs: list[Any] = []
         for leaf in leaves(policy.filters):
             if isinstance(leaf, ValueFilter) and leaf.key.startswith("tag:"):
-                key = leaf.key[4:]
-                value = (
-                    hits.c[f"tag_{kept.index(key)}"]
-                    if key in kept
-                    else hits.c.tags[key].as_string()
-                )
-                pairs += [leaf.key, value]
+                column = TAG_COLUMNS.get(leaf.key[4:])
+                if column is not None and column.key in hits.c:
+                    pairs += [leaf.key, hits.c[column.key]]
+                else:
+                    pairs += [leaf.key, hits.c.tags[leaf.key[4:]].as_string()]
             elif isinstance(leaf, MetricsFilter):
                 s = leaf.spec
                 pairs += [
@@ -463,15 +462,10 @@ class StoredPolicyEvaluator:
         return build(*pairs)
 
     # -- bookkeeping ----------------------------------------------------------------------
-    def _any_open(self, policies: list[str]) -> bool:
-        open_ones = select(OpportunityRow.id).where(
-            OpportunityRow.policy_name.in_(policies), OpportunityRow.status == "open"
-        )
-        return bool(self._session.scalar(select(open_ones.exists())))
-
-    def _any_known(self, policies: list[str]) -> bool:
-        known = select(OpportunityRow.id).where(OpportunityRow.policy_name.in_(policies))
-        return bool(self._session.scalar(select(known.exists())))
+    def _any(self, policies: list[str], *where: ColumnElement[bool]) -> bool:
+        """Whether these policies have an opportunity (that is so)."""
+        found = select(OpportunityRow.id).where(OpportunityRow.policy_name.in_(policies), *where)
+        return bool(self._session.scalar(select(found.exists())))
 
     def _resolve(self, policies: list[str]) -> int:
         result = self._session.execute(

@@ -41,7 +41,7 @@ from sqlalchemy.orm import aliased
 
 from backend.core.models import InventoryPartRow, MetricSummaryRow, ResourceRow
 from backend.core.repositories import RELATION_KINDS
-from backend.core.sql_relations import RelationJoins, snapshot_key
+from backend.core.sql_relations import RelationJoins, live_volume, part_listed, snapshot_key
 from backend.domain.policy.filters import And, Filter, Not, Or
 from backend.domain.policy.measures import AgeFilter, MetricsFilter
 from backend.domain.policy.model import Policy
@@ -355,15 +355,7 @@ class SqlCompiler:
     def _volume_gone(self, volume_id: ColumnElement[Any]) -> Predicate:
         if self.relations is not None:
             return self.relations.volume_gone
-        v = aliased(ResourceRow)
-        return ~exists().where(
-            v.kind == ResourceKind.EBS_VOLUME.value,
-            v.gone_at.is_(None),
-            v.state != "deleted",  # as the Python index: a deleted volume is gone
-            v.account_id == ResourceRow.account_id,
-            v.region == ResourceRow.region,
-            v.resource_id == volume_id,
-        )
+        return ~exists().where(live_volume(aliased(ResourceRow), volume_id))
 
     def _relations_known(self) -> Predicate:
         """A scan has listed the row's region's volumes and AMIs completely (as the Python
@@ -372,12 +364,7 @@ class SqlCompiler:
         if self.relations is not None:
             return self.relations.listed
         listed = [
-            exists().where(
-                InventoryPartRow.account_id == ResourceRow.account_id,
-                InventoryPartRow.region == ResourceRow.region,
-                InventoryPartRow.kind == kind,
-            )
-            for kind in sorted(RELATION_KINDS)
+            exists().where(part_listed(InventoryPartRow, kind)) for kind in sorted(RELATION_KINDS)
         ]
         return and_(*listed)
 

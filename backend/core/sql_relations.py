@@ -36,24 +36,10 @@ class RelationJoins:
         self._backed = ami_snapshot_keys.distinct().subquery("backed")
 
     def attach(self, source: Any) -> Any:
-        r = ResourceRow
         for kind, part in self._listed.items():
-            source = source.outerjoin(
-                part,
-                and_(part.account_id == r.account_id, part.region == r.region, part.kind == kind),
-            )
-        v = self._volume
-        source = source.outerjoin(
-            v,
-            and_(
-                v.kind == ResourceKind.EBS_VOLUME.value,
-                v.gone_at.is_(None),
-                v.state != "deleted",  # as the Python index: a deleted volume is gone
-                v.account_id == r.account_id,
-                v.region == r.region,
-                v.resource_id == r.attributes["VolumeId"].as_string(),
-            ),
-        )
+            source = source.outerjoin(part, part_listed(part, kind))
+        volume_id = ResourceRow.attributes["VolumeId"].as_string()
+        source = source.outerjoin(self._volume, live_volume(self._volume, volume_id))
         return source.outerjoin(self._backed, self._backed.c.key == snapshot_key())
 
     @property
@@ -71,6 +57,25 @@ class RelationJoins:
         """Some live AMI's block devices name the row (a snapshot)."""
         backed: Predicate = self._backed.c.key.is_not(None)
         return backed
+
+
+def part_listed(part: Any, kind: str) -> Predicate:
+    """`part` (an alias of InventoryPartRow) says the row's region's `kind` was listed whole."""
+    r = ResourceRow
+    return and_(part.account_id == r.account_id, part.region == r.region, part.kind == kind)
+
+
+def live_volume(volume: Any, volume_id: ColumnElement[Any]) -> Predicate:
+    """`volume` (an alias of ResourceRow) is the live volume `volume_id` of the row's region."""
+    r = ResourceRow
+    return and_(
+        volume.kind == ResourceKind.EBS_VOLUME.value,
+        volume.gone_at.is_(None),
+        volume.state != "deleted",  # as the Python index: a deleted volume is gone
+        volume.account_id == r.account_id,
+        volume.region == r.region,
+        volume.resource_id == volume_id,
+    )
 
 
 def snapshot_key() -> ColumnElement[str]:
