@@ -58,6 +58,29 @@ def test_an_opportunity_for_no_resource_is_refused_whole(any_database: str) -> N
     assert count_opportunities() == 2
 
 
+@pytest.mark.parametrize("where", ["first", "between", "last"])
+def test_a_missing_resource_among_many_is_found_wherever_it_falls(
+    any_database: str, where: str
+) -> None:
+    """PostgreSQL merges the new rows with the resources between the smallest and largest
+    resource_pk they name (0013): a missing one at either end or in a gap is refused."""
+    migrate()
+    pks = [seed_resource() for _ in range(5)]
+    gone = {"first": pks[0], "between": pks[2], "last": pks[-1]}[where]
+    with session_scope() as session:
+        session.execute(delete(ResourceRow).where(ResourceRow.id == gone))
+    rows = [opportunity(pk, policy) for pk in pks for policy in ("p", "q")]
+    named = "FOREIGN KEY" if any_database.startswith("sqlite") else rf"\(resource_pk {gone},"
+    with pytest.raises(DBAPIError, match=named):
+        with session_scope() as session:  # one statement (executemany would run one per row)
+            session.execute(insert(OpportunityRow).values(rows))
+    assert count_opportunities() == 0
+    kept = [row for row in rows if row["resource_pk"] != gone]
+    with session_scope() as session:  # and the others, all of them there, go in
+        session.execute(insert(OpportunityRow).values(kept))
+    assert count_opportunities() == len(kept) == 8
+
+
 def test_deleting_resources_deletes_their_opportunities_only(any_database: str) -> None:
     migrate()
     gone, kept = seed_resource(), seed_resource()
