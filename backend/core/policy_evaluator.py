@@ -231,10 +231,12 @@ class StoredPolicyEvaluator:
         if not compiled:
             return set()
         policies = [p for p, _ in compiled]
-        hits = self._hits(kind, compiled, leaf_columns, joined, relations)
-        narrow = [c for c in hits.c if c.name != "attributes" and c.name not in leaf_columns.names]
-        if not self._all_save_cost(policies):  # priced by signature: read once per resource
-            narrow.append(signature(self._dialect, kind, hits.c.attributes).label("sig"))
+        # The same verdicts over the leaves themselves, for the inner scan's WHERE (_hits).
+        inline = SqlCompiler(self._dialect, self._now, compiler.metric_columns, relations=relations)
+        each = [v for p in policies if (v := inline.compile(p.filters)) is not None]
+        selecting = or_(*each) if len(each) == len(policies) else None
+        hits = self._hits(kind, compiled, leaf_columns, joined, relations, selecting)
+        narrow = [c for c in hits.c if c.name not in leaf_columns.names]
         # CREATE TABLE AS, as PostgreSQL runs it with parallel workers (not INSERT SELECT).
         name = f"finops_hits_{len(self._hits_by_kind)}"
         connection = self._session.connection()
@@ -253,9 +255,10 @@ class StoredPolicyEvaluator:
         leaf_columns: LeafColumns,
         joined: dict[MetricSpec, Any],
         relations: RelationJoins | None,
+        selecting: Predicate | None,
     ) -> Any:
-        """The kind's live rows that some policy selects, with each policy's verdict `p<i>`
-        and what the savings and the evidence read."""
+        """The kind's live rows that some policy selects (`selecting`: whether one does),
+        with each policy's verdict `p<i>` and what the savings and the evidence read."""
         r = ResourceRow
         policies = [p for p, _ in compiled]
         source: Any = ResourceRow.__table__
@@ -280,7 +283,12 @@ class StoredPolicyEvaluator:
                 r.cost_unknown.label("cost_unknown"),
                 r.region.label("region"),
                 r.state.label("state"),
-                *([r.attributes.label("attributes")] if not self._all_save_cost(policies) else []),
+                # Priced by signature: read once per resource.
+                *(
+                    [signature(self._dialect, kind, r.attributes).label("sig")]
+                    if not self._all_save_cost(policies)
+                    else []
+                ),
                 *([r.tags.label("tags")] if tagged else []),
                 *kept.values(),  # under their own names, which the evidence reads
                 *leaf_columns.used_by(policies),
@@ -291,8 +299,12 @@ class StoredPolicyEvaluator:
         )
         if self._dialect == "postgresql":
             # OFFSET 0 keeps this query apart: PostgreSQL would otherwise inline it and copy
-            # each leaf into every verdict (and the WHERE) that uses it.
-            rows = rows.offset(0)
+            # each leaf into every verdict (and the WHERE) that uses it. It also keeps the
+            # outer query out of the parallel workers, so they filter the rows here: the
+            # leader then gathers the hits only, not every row of the kind (0.2 - 0.3 s of
+            # 1.4 s for 500,000 instances), and a hit's leaves are computed twice, which
+            # costs less.
+            rows = (rows if selecting is None else rows.where(selecting)).offset(0)
         scan = rows.subquery("scan")
         flags = [func.coalesce(v, false()) for _, v in compiled]
         return (
