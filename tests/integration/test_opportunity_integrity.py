@@ -71,9 +71,9 @@ def test_a_missing_resource_among_many_is_found_wherever_it_falls(
         session.execute(delete(ResourceRow).where(ResourceRow.id == gone))
     rows = [opportunity(pk, policy) for pk in pks for policy in ("p", "q")]
     named = "FOREIGN KEY" if any_database.startswith("sqlite") else rf"\(resource_pk {gone},"
-    with pytest.raises(DBAPIError, match=named):
-        with session_scope() as session:  # one statement (executemany would run one per row)
-            session.execute(insert(OpportunityRow).values(rows))
+    # One statement: executemany would run one per row.
+    with pytest.raises(DBAPIError, match=named), session_scope() as session:
+        session.execute(insert(OpportunityRow).values(rows))
     assert count_opportunities() == 0
     kept = [row for row in rows if row["resource_pk"] != gone]
     with session_scope() as session:  # and the others, all of them there, go in
