@@ -58,14 +58,19 @@ def test_an_opportunity_for_no_resource_is_refused_whole(any_database: str) -> N
     assert count_opportunities() == 2
 
 
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
 @pytest.mark.parametrize("where", ["first", "between", "last"])
 def test_a_missing_resource_among_many_is_found_wherever_it_falls(
-    any_database: str, where: str
+    any_database: str, where: str, layout: str
 ) -> None:
     """PostgreSQL merges the new rows with the resources between the smallest and largest
-    resource_pk they name (0013): a missing one at either end or in a gap is refused."""
+    resource_pk they name where they are dense in that range, and looks each up where they
+    are sparse (0013): either way a missing one at either end or in a gap is refused."""
     migrate()
-    pks = [seed_resource() for _ in range(5)]
+    if layout == "dense":
+        pks = [seed_resource() for _ in range(5)]
+    else:  # 10 rows across ids 100,000 apart: 6 rows an id is far away
+        pks = [seed_resource(id=1_000 + 100_000 * i) for i in range(5)]
     gone = {"first": pks[0], "between": pks[2], "last": pks[-1]}[where]
     with session_scope() as session:
         session.execute(delete(ResourceRow).where(ResourceRow.id == gone))
