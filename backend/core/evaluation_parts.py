@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Boolean, Column, ColumnElement, Float, MetaData, String, Table, column
+from sqlalchemy.sql.elements import ColumnClause
+from sqlalchemy.sql.visitors import replacement_traverse
 
 from backend.core.sql_policies import Predicate, leaves
 from backend.domain.policy.filters import Filter
@@ -76,6 +78,17 @@ class LeafColumns:
     @property
     def names(self) -> set[str]:
         return {name for name, _ in self.predicates.values()}
+
+    def inlined(self, verdict: Predicate) -> Predicate:
+        """The verdict over the leaves themselves instead of their columns (for a WHERE in
+        the query that computes the columns)."""
+        by_name = dict(self.predicates.values())
+
+        def leaf(element: Any, **_kw: Any) -> Any:
+            is_leaf = isinstance(element, ColumnClause) and element.table is None
+            return by_name.get(element.name) if is_leaf else None
+
+        return replacement_traverse(verdict, {}, leaf)
 
     def used_by(self, policies: list[Policy]) -> list[ColumnElement[Any]]:
         """The labelled leaves of these policies (not those of one that failed to compile)."""
