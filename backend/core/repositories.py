@@ -11,7 +11,19 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, CursorResult, and_, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Table,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from backend.core.models import (
@@ -32,6 +44,25 @@ T = TypeVar("T")
 # The kinds whose complete listing makes a region's snapshot relations knowable.
 RELATION_KINDS = frozenset({ResourceKind.EBS_VOLUME.value, ResourceKind.AMI.value})
 PartKey = tuple[str, str, str]  # (account, region, kind)
+
+
+# What a rescan refreshes on a resource it knows.
+_RESCANNED = (
+    "state",
+    "tags",
+    "attributes",
+    "created_at",
+    "state_changed_at",
+    "monthly_cost",
+    "cost_unknown",
+    "last_seen",
+    "gone_at",
+    "last_scan_id",
+)
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    return (row["account_id"], row["region"], row["kind"], row["resource_id"])
 
 
 class _Repository:
@@ -95,25 +126,55 @@ class ResourceRepository(_Repository):
             )
         with self._use() as session:
             for i in range(0, len(rows), 2000):
-                upsert_rows(
-                    session,
-                    ResourceRow,
-                    rows[i : i + 2000],
-                    conflict_columns=("account_id", "region", "kind", "resource_id"),
-                    update_columns=(
-                        "state",
-                        "tags",
-                        "attributes",
-                        "created_at",
-                        "state_changed_at",
-                        "monthly_cost",
-                        "cost_unknown",
-                        "last_seen",
-                        "gone_at",
-                        "last_scan_id",
-                    ),
-                )
+                self._write(session, rows[i : i + 2000])
         return len(rows)
+
+    @staticmethod
+    def _write(session: Session, rows: list[dict[str, Any]]) -> None:
+        """Update the resources already known by their primary key; insert the rest.
+
+        Not one upsert: PostgreSQL draws an id from the sequence for every row an
+        INSERT ... ON CONFLICT attempts, updated or not, so rescanning 10,000,000 resources
+        every 15 minutes would spend the ids up to an opportunity key's limit (2^40,
+        models.py) in about three years. The new rows still go in as an upsert, for a
+        concurrent scan that inserted them meanwhile.
+        """
+        keys = [_key(row) for row in rows]
+        r = ResourceRow
+        known = {
+            (a, g, k, rid): pk
+            for pk, a, g, k, rid in session.execute(
+                select(r.id, r.account_id, r.region, r.kind, r.resource_id).where(
+                    tuple_(r.account_id, r.region, r.kind, r.resource_id).in_(keys)
+                )
+            )
+        }
+        updates = [
+            {"pk": known[key]} | {name: row[name] for name in _RESCANNED}
+            for key, row in zip(keys, rows, strict=True)
+            if key in known
+        ]
+        fresh = [row for key, row in zip(keys, rows, strict=True) if key not in known]
+        if updates:
+            table = cast(Table, ResourceRow.__table__)
+            result = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(table)
+                    .where(table.c.id == bindparam("pk"))
+                    .values({name: bindparam(name) for name in _RESCANNED}),
+                    updates,
+                ),
+            )
+            if result.rowcount != len(updates):  # some deleted meanwhile: put them back
+                fresh += [row for key, row in zip(keys, rows, strict=True) if key in known]
+        upsert_rows(
+            session,
+            ResourceRow,
+            fresh,
+            conflict_columns=("account_id", "region", "kind", "resource_id"),
+            update_columns=_RESCANNED,
+        )
 
     def mark_gone(self, part: PartKey, *, scan_id: int, at: dt.datetime) -> int:
         """Resources of a part that this scan saw completely, but that it did not find."""
