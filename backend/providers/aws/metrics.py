@@ -21,6 +21,13 @@ log = structlog.get_logger(__name__)
 
 BATCH = 500  # GetMetricData's limit on queries per call
 DAY = 86400
+# CloudWatch rounds StartTime down, by up to an hour (a start more than 63 days ago), and
+# answers one datapoint per period from there. A period of exactly the window would leave a
+# second, short period at its end, whose datapoint _combine would weigh as much as the
+# whole window's (an Average of 14 days and one of 40 seconds, halved). An hour more than
+# the window: one period, one datapoint, every series. A multiple of 3600, as CloudWatch
+# asks of a period for old data.
+PERIOD_SLACK = 3600
 
 
 def _combine(statistic: str, values: Sequence[float]) -> float | None:
@@ -45,8 +52,8 @@ def fetch_metric_summaries(
     """Summaries for (resource, spec) pairs; None where CloudWatch has no datapoints, no
     entry where it could not read the series (unknown, not idle).
 
-    The period is the whole window, so CloudWatch does the aggregation and answers one
-    datapoint a series.
+    The period is the whole window (PERIOD_SLACK), so CloudWatch does the aggregation and
+    answers one datapoint a series.
     """
     end = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
     by_days: dict[int, list[tuple[Resource, MetricSpec]]] = {}
@@ -80,7 +87,7 @@ def _fetch_batch(
                             }
                         ],
                     },
-                    "Period": days * DAY,
+                    "Period": days * DAY + PERIOD_SLACK,
                     "Stat": spec.statistic,
                 },
             }
