@@ -63,7 +63,9 @@ POLICY_KEYS = (
     "name", "resource", "description", "filters", "action", "actions", "mode", "schedule",
     "notice", "limits", "rollback", "risk", "enabled",
 )  # fmt: skip
-Located = tuple[Policy, str, int | None]  # a policy, its file and line, for duplicate checks
+# Each policy item with a name, its file and line, and the policy if it is valid: names are
+# checked for duplicates whether or not their policies are, so one pass reports both.
+Located = tuple[str, Policy | None, str, int | None]
 
 
 def validate_paths(paths: Sequence[Path]) -> list[PolicyProblem]:
@@ -143,15 +145,16 @@ def _load_texts(
         located.extend(_policies_in(file, text, sink))
     first: dict[str, tuple[str, int | None]] = {}
     kept: list[Policy] = []
-    for policy, file, line in located:
-        if policy.name in first:
-            where = "{}:{}".format(*first[policy.name])
-            Sink(file, policy.name, problems).add(
-                f"duplicate policy name '{policy.name}' (first defined at {where})", line
+    for name, policy, file, line in located:
+        if name in first:
+            where = "{}:{}".format(*first[name])
+            Sink(file, name, problems).add(
+                f"duplicate policy name '{name}' (first defined at {where})", line
             )
             continue
-        first[policy.name] = (file, line)
-        kept.append(policy)
+        first[name] = (file, line)
+        if policy is not None:
+            kept.append(policy)
     return kept, problems
 
 
@@ -178,8 +181,9 @@ def _policies_in(file: str, text: str, sink: Sink) -> list[Located]:
     found: list[Located] = []
     for item, line in zip(items, lines, strict=True):
         policy = _policy(item, line, file, sink.problems)
-        if policy is not None:
-            found.append((policy, file, line))
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str):
+            found.append((name, policy, file, line))
     return found
 
 

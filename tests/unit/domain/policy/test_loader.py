@@ -111,6 +111,23 @@ def test_duplicate_names_across_files(tmp_path: Path) -> None:
     assert "1 problem(s) in the policy pack" in str(raised.value)
 
 
+def test_a_duplicate_name_is_reported_beside_its_policies_other_problems() -> None:
+    found = problems_in("""
+        policies:
+          - name: x
+            resource: ec2
+            filters: [{type: nonsense}]
+          - name: x
+            resource: ebs
+            action: stop
+    """)
+    assert [(p.policy, p.line, p.message.split(";")[0]) for p in found] == [
+        ("x", 5, "unknown filter type 'nonsense'"),
+        ("x", 8, "action 'stop' does not apply to kind 'ebs'"),
+        ("x", 6, "duplicate policy name 'x' (first defined at pack.yml:3)"),
+    ]
+
+
 def test_the_pack_is_refused_whole(tmp_path: Path) -> None:
     good = tmp_path / "good.yml"
     good.write_text("policies:\n  - name: fine\n    resource: ec2\n")
