@@ -14,14 +14,11 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
-    Table,
     and_,
-    bindparam,
     func,
     or_,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.orm import Session
@@ -36,7 +33,7 @@ from backend.core.models import (
 )
 from backend.core.opportunity_keys import opportunity_id, policy_numbers
 from backend.core.types import utcnow
-from backend.core.upsert import upsert_rows
+from backend.core.upsert import rewrite_rows, upsert_rows
 from backend.domain.lifecycle import ACTIVE, ActionState
 from backend.domain.resources import MetricSpec, Resource, ResourceKind
 
@@ -59,10 +56,6 @@ _RESCANNED = (
     "gone_at",
     "last_scan_id",
 )
-
-
-def _key(row: dict[str, Any]) -> tuple[str, str, str, str]:
-    return (row["account_id"], row["region"], row["kind"], row["resource_id"])
 
 
 class _Repository:
@@ -125,56 +118,14 @@ class ResourceRepository(_Repository):
                 }
             )
         with self._use() as session:
-            for i in range(0, len(rows), 2000):
-                self._write(session, rows[i : i + 2000])
+            rewrite_rows(
+                session,
+                ResourceRow,
+                rows,
+                key_columns=("account_id", "region", "kind", "resource_id"),
+                update_columns=_RESCANNED,
+            )
         return len(rows)
-
-    @staticmethod
-    def _write(session: Session, rows: list[dict[str, Any]]) -> None:
-        """Update the resources already known by their primary key; insert the rest.
-
-        Not one upsert: PostgreSQL draws an id from the sequence for every row an
-        INSERT ... ON CONFLICT attempts, updated or not, so rescanning 10,000,000 resources
-        every 15 minutes would spend the ids up to an opportunity key's limit (2^40,
-        models.py) in about three years. The new rows still go in as an upsert, for a
-        concurrent scan that inserted them meanwhile.
-        """
-        keys = [_key(row) for row in rows]
-        r = ResourceRow
-        known = {
-            (a, g, k, rid): pk
-            for pk, a, g, k, rid in session.execute(
-                select(r.id, r.account_id, r.region, r.kind, r.resource_id).where(
-                    tuple_(r.account_id, r.region, r.kind, r.resource_id).in_(keys)
-                )
-            )
-        }
-        updates = [
-            {"pk": known[key]} | {name: row[name] for name in _RESCANNED}
-            for key, row in zip(keys, rows, strict=True)
-            if key in known
-        ]
-        fresh = [row for key, row in zip(keys, rows, strict=True) if key not in known]
-        if updates:
-            table = cast(Table, ResourceRow.__table__)
-            result = cast(
-                CursorResult[Any],
-                session.execute(
-                    update(table)
-                    .where(table.c.id == bindparam("pk"))
-                    .values({name: bindparam(name) for name in _RESCANNED}),
-                    updates,
-                ),
-            )
-            if result.rowcount != len(updates):  # some deleted meanwhile: put them back
-                fresh += [row for key, row in zip(keys, rows, strict=True) if key in known]
-        upsert_rows(
-            session,
-            ResourceRow,
-            fresh,
-            conflict_columns=("account_id", "region", "kind", "resource_id"),
-            update_columns=_RESCANNED,
-        )
 
     def mark_gone(self, part: PartKey, *, scan_id: int, at: dt.datetime) -> int:
         """Resources of a part that this scan saw completely, but that it did not find."""
@@ -307,11 +258,11 @@ class MetricRepository(_Repository):
             for pk, s, v in values
         ]
         with self._use() as session:
-            upsert_rows(
+            rewrite_rows(
                 session,
                 MetricSummaryRow,
                 rows,
-                conflict_columns=("resource_pk", "namespace", "metric", "statistic", "days"),
+                key_columns=("resource_pk", "namespace", "metric", "statistic", "days"),
                 update_columns=("value", "collected_at"),
             )
 

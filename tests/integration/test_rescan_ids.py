@@ -1,4 +1,5 @@
-"""A rescan updates the resources it knows in place and spends no new ids on them."""
+"""A rescan updates the resources and metric summaries it knows in place and spends no new
+ids on them (PostgreSQL draws one for every row an INSERT ... ON CONFLICT attempts)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from sqlalchemy.orm import ORMExecuteState
 
 from backend.core.database import session_scope
 from backend.core.migrations import upgrade
-from backend.core.models import ResourceRow, ScanRunRow
-from backend.core.repositories import ResourceRepository
-from backend.domain.resources import Resource, ResourceKind
+from backend.core.models import MetricSummaryRow, ResourceRow, ScanRunRow
+from backend.core.repositories import MetricRepository, ResourceRepository
+from backend.domain.resources import MetricSpec, Resource, ResourceKind
 
 AT = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 
@@ -93,3 +94,33 @@ def test_a_resource_deleted_between_lookup_and_update_is_written_again(
         assert session.info.get("purged")
     now = by_name()
     assert {name: row.state for name, row in now.items()} == {"vol-a": "in-use", "vol-b": "in-use"}
+
+
+def test_rescanned_metric_summaries_are_updated_and_draw_no_ids(any_database: str) -> None:
+    upgrade()
+    scan_in([volume("vol-a"), volume("vol-b")], AT)
+    pks = [row.id for row in by_name().values()]
+    reads = MetricSpec("AWS/EBS", "VolumeReadOps", "Sum", 14)
+    idle = MetricSpec("AWS/EBS", "VolumeIdleTime", "Sum", 14)
+
+    def collect(values: list[tuple[int, MetricSpec, float | None]], at: dt.datetime) -> None:
+        with session_scope() as session:
+            MetricRepository(session).upsert_many(values, at=at)
+
+    collect([(pk, reads, 10.0) for pk in pks], AT)
+    for hour in range(1, 4):
+        collect([(pk, reads, 10.0 + hour) for pk in pks], AT + dt.timedelta(hours=hour))
+    collect([(pks[0], reads, 20.0), (pks[0], idle, None)], AT + dt.timedelta(hours=4))
+    with session_scope() as session:
+        rows = session.execute(
+            select(MetricSummaryRow.id, MetricSummaryRow.resource_pk, MetricSummaryRow.metric)
+            .add_columns(MetricSummaryRow.value)
+            .order_by(MetricSummaryRow.id)
+        ).all()
+    ids = [row.id for row in rows]
+    assert ids == list(range(ids[0], ids[0] + 3))  # the new series took the next id
+    assert {(row.resource_pk, row.metric, row.value) for row in rows[:2]} == {
+        (pks[0], "VolumeReadOps", 20.0),
+        (pks[1], "VolumeReadOps", 13.0),
+    }
+    assert (rows[2].resource_pk, rows[2].metric, rows[2].value) == (pks[0], "VolumeIdleTime", None)
